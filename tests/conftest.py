@@ -1,0 +1,56 @@
+"""Shared fixtures: real corpora from ../shared/data, a small prepared data dir, and a way to run the real CLI."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tstcli import recipe as recipes
+from tstcli.data.prepare import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+MOBY = SHARED / "corpus" / "moby_dick.jsonl.gz"
+
+# A model small enough that a dozen steps take a second or two on 2 CPU cores.
+SMALL = {
+    "run": {"name": "small", "seed": 3},
+    "data": {"sources": [str(MOBY)], "vocab_size": 512, "val_fraction": 0.05},
+    "model": {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 64},
+    "train": {"steps": 12, "batch_size": 4, "seq_len": 32, "lr": 3e-3, "warmup_steps": 2, "dtype": "fp32",
+              "compile": False, "log_every": 1, "threads": 1},
+    "tst": {"bag_size": 3, "ratio": 0.5},
+    "eval": {"every": 4, "batches": 2},
+    "checkpoint": {"every": 2, "keep": 0},
+}
+
+
+def small_recipe(data_dir, **overrides) -> recipes.Recipe:
+    """The SMALL recipe with `section.key` overrides, e.g. small_recipe(d, **{"tst.bag_size": 1})."""
+    table = {k: dict(v) for k, v in SMALL.items()}
+    table["data"]["dir"] = str(data_dir)
+    for path, value in overrides.items():
+        section, key = path.split(".")
+        table.setdefault(section, {})[key] = value
+    return recipes.from_dict(table, "test recipe")
+
+
+def write_recipe(path: Path, r: recipes.Recipe) -> Path:
+    path.write_text(recipes.to_toml(r))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """Moby-Dick prepared once (BPE 512) for the whole session."""
+    d = tmp_path_factory.mktemp("small-data")
+    prepare(small_recipe(d).data, d, log=lambda *_: None)
+    return d
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600):
+    """Run the real command line (`python -m tstcli`, the same entry point as `tst`)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tstcli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, timeout=timeout)

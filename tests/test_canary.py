@@ -1,0 +1,44 @@
+"""bag_size = 1 must be exactly ordinary next-token training (the canary of DESIGN.md §2)."""
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from conftest import small_recipe
+from tstcli.train.loop import Trainer, make_optimizer, phase_loss
+from tstcli.tst import PhaseSpec
+
+
+def _trainer(small_data, tmp_path, **kw):
+    from tstcli.train.loop import open_data
+    r = small_recipe(small_data, **{"tst.bag_size": 1, **kw})
+    data, _ = open_data(r, small_data)
+    return r, Trainer(r, tmp_path, data, quiet=True)
+
+
+def test_phase1_with_s1_trains_bitwise_like_next_token(small_data, tmp_path):
+    r, t = _trainer(small_data, tmp_path)
+    assert t.loaders[1].width == r.train.seq_len + 1  # s = 1: phase-1 rows are next-token rows
+    models = [t.model, copy.deepcopy(t.model)]
+    opts = [make_optimizer(m, r.train) for m in models]
+    specs = [PhaseSpec("full", 1, r.train.seq_len), PhaseSpec.next_token(r.train.seq_len)]
+    for step in range(6):
+        rows = torch.from_numpy(t.loaders[1].batch(step)[0])
+        for m, o, spec in zip(models, opts, specs):
+            loss = phase_loss(m, rows, spec, None, None)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            o.step()
+            o.zero_grad()
+        a, b = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models]
+        assert torch.equal(a, b), f"phase 1 with s=1 drifted from next-token training at step {step}"
+
+
+def test_next_token_phase_matches_plain_reference(small_data, tmp_path):
+    """Phase 2 as the loop computes it equals textbook next-token CE: model(ids) -> logits -> F.cross_entropy."""
+    r, t = _trainer(small_data, tmp_path)
+    rows = torch.from_numpy(t.loaders[2].batch(0)[0])
+    ours = phase_loss(t.model, rows, PhaseSpec.next_token(r.train.seq_len), None, None)
+    logits = t.model.logits(t.model(input_ids=rows[:, :-1]))
+    ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+    assert abs(ours.item() - ref.item()) < 1e-6

@@ -1,0 +1,116 @@
+"""End to end through the real CLI: the tiny recipe learns in both phases; compiled bf16 resume is exact;
+SIGTERM saves and exits 143; the README's main command works in a fresh copy of the repository."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli, small_recipe, write_recipe
+from test_resume import train_losses
+
+TINY = ROOT / "recipes" / "tiny.toml"
+
+
+def val_losses(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["val_loss"] for r in rows if r["kind"] == "val"}
+
+
+def test_tiny_recipe_learns_in_both_phases(tmp_path):
+    run = tmp_path / "run"
+    r = run_cli("train", TINY, "--run-dir", run, "--json", "--set", "train.steps=80", "--set", "train.compile=false",
+                "--set", f'data.dir="{tmp_path}/data"', "--set", "eval.every=1000", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "prepare: data in" in r.stderr  # prepared on demand, and said so
+    out = json.loads(r.stdout)
+    assert out["steps"] == 80 and out["tokens_phase1"] == 24 * 16 * 4 * 129 and out["tokens_phase2"] == 56 * 16 * 129
+    val = val_losses(run)
+    v0, v_switch, v_end = val[0], val[24], val[80]
+    assert v_switch < v0 - 1.0, f"phase 1 did not lower held-out loss: {v0} -> {v_switch}"
+    assert v_end < v_switch - 0.3, f"phase 2 did not lower held-out loss: {v_switch} -> {v_end}"
+    assert out["final_val_loss"] == v_end
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    p1 = [x for x in rows if x["kind"] == "train" and x["phase"] == 1]
+    assert len(p1) == 24 and all(x["mce_loss"] == x["loss"] for x in p1)
+
+
+def test_compiled_bf16_resume_is_bitwise(tmp_path):
+    """The default settings (torch.compile + bf16 autocast) resume exactly too."""
+    sets = ["--set", "train.steps=10", "--set", "checkpoint.every=3", "--set", "checkpoint.keep=0",
+            "--set", "eval.every=1000", "--set", f'data.dir="{tmp_path}/data"', "--set", "train.batch_size=8"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = run_cli("train", TINY, "--run-dir", a, *sets, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(a, b)
+    for ckpt in (b / "checkpoints").iterdir():
+        if int(ckpt.name.split("-")[1]) > 6:
+            shutil.rmtree(ckpt)
+    r = run_cli("resume", b, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert train_losses(a) == train_losses(b)
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_resume_is_exact(small_data, tmp_path):
+    r = small_recipe(small_data, **{"train.steps": 400, "checkpoint.every": 100, "eval.every": 100})
+    recipe = write_recipe(tmp_path / "r.toml", r)
+    ref = run_cli("train", recipe, "--run-dir", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "tstcli", "train", str(recipe), "--run-dir", str(run)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        m = run / "metrics.jsonl"
+        if m.exists() and m.read_text().count('"train"') >= 30:
+            break
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    stopped = int(re.search(r"stopped by signal 15 at step (\d+)", err).group(1))
+    assert stopped < 400
+    assert (run / "checkpoints" / f"step-{stopped:08d}" / "state.json").is_file()
+    res = run_cli("resume", run)
+    assert res.returncode == 0, res.stderr
+    assert train_losses(run) == train_losses(tmp_path / "ref")
+
+
+def _readme_block(name):
+    text = (ROOT / "README.md").read_text()
+    block = re.search(rf"<!-- {name} -->\n```\n(.*?)\n```\n<!-- /{name} -->", text, re.S)
+    assert block, f"README.md has no {name} block"
+    return block.group(1).strip()
+
+
+def test_readme_main_command_in_a_fresh_copy(tmp_path):
+    """README command 1, verbatim, in a copy of the repository's files (fresh venv, no network, no ../shared)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    repo = tmp_path / "repo"
+    for f in files:
+        if (ROOT / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    cmd = _readme_block("main-command")
+    assert "tst train recipes/tiny.toml" in cmd
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    t0 = time.time()
+    r = subprocess.run(["bash", "-c", cmd], cwd=repo, capture_output=True, text=True, env=env,
+                       stdin=subprocess.DEVNULL, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "final held-out loss" in r.stdout and "tokens read: phase 1" in r.stdout and "wall time" in r.stdout
+    final = float(re.search(r"final held-out loss: ([\d.]+)", r.stdout).group(1))
+    assert final < 5.5, r.stdout
+    assert (repo / "runs" / "tiny" / "checkpoints" / "step-00000300" / "state.json").is_file()
+    print(f"README main command: {time.time() - t0:.0f} s\n{r.stdout}")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "test-command" in ci and _readme_block("test-command").endswith("python -m pytest -q")

@@ -1,0 +1,3 @@
+from tstcli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command line: one thin file per verb; `app.main` maps errors to exit codes."""

@@ -1,0 +1,75 @@
+"""The `tst` application: registers the verbs and turns every failure into one line and a documented exit code."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+import typer
+
+from tstcli import __version__
+from tstcli.cli import prepare, resume, train
+from tstcli.errors import EXIT_INTERNAL, EXIT_USAGE, Stopped, TstError
+
+app = typer.Typer(name="tst", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Pretrain language models with Token Superposition Training (TST).")
+
+
+def _version(value: bool):
+    if value:
+        print(f"tst {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """Pretrain language models with Token Superposition Training (TST)."""
+
+
+app.command("prepare")(prepare.prepare)
+app.command("train")(train.train)
+app.command("resume")(resume.resume)
+
+
+def _internal_error() -> int:
+    fd, path = tempfile.mkstemp(prefix=f"tst-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    exc = sys.exc_info()[1]
+    print(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug in tst, traceback in {path}"
+          .replace("\n", " "), file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> None:
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="tst", standalone_mode=False)
+        code = 0
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.Abort:
+        code = 130
+    except TstError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        code = e.exit_code
+    except Stopped as e:
+        code = 128 + e.signum
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `tst`: show the help
+            print(e.format_message(), file=sys.stderr)
+            code = EXIT_USAGE
+        elif hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a click usage error (typer may vendor click)
+            print(f"error: {e.format_message()} (see `tst --help`)", file=sys.stderr)
+            code = e.exit_code or EXIT_USAGE
+        else:
+            code = _internal_error()
+    sys.stdout.flush()
+    sys.exit(code)

@@ -1,0 +1,46 @@
+"""`tst train RECIPE`: prepare data if needed, then train through both phases."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tstcli import recipe as recipes
+from tstcli.cli.common import JsonOption, SetList, SetOption, emit, ensure_prepared, log
+from tstcli.cli.summary import summary_lines
+from tstcli.data import shards
+from tstcli.data.tokenizer import load_tokenizer
+from tstcli.train import rundir
+from tstcli.train.loop import Trainer, open_data
+from tstcli.train.plan import build_plan, plan_lines
+
+
+def train(
+    recipe: Path = typer.Argument(..., help="recipe TOML file"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default runs/<run.name>)"),
+    set_: SetList = SetOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and train nothing"),
+    json_: bool = JsonOption,
+):
+    """Train a model: superposition phase, then next-token recovery; checkpoints and metrics in the run dir."""
+    r = recipes.load(recipe, set_ or [])
+    run_dir = run_dir or Path("runs") / r.run.name
+    if dry_run:
+        data_dir = Path(r.data_dir)
+        manifest = shards.read_manifest(data_dir) if (data_dir / shards.MANIFEST).is_file() else None
+        vocab = manifest["vocab_size"] if manifest else (
+            r.data.vocab_size if r.data.tokenizer == "bpe" else
+            load_tokenizer(r.data.tokenizer).get_vocab_size(with_added_tokens=True))
+        plan = build_plan(r, vocab, manifest)
+        emit(plan, json_, plan_lines(r, plan))
+        return
+    rundir.ensure_new(run_dir)
+    data_dir, _ = ensure_prepared(r)
+    data, built = open_data(r, data_dir)
+    if built:
+        log(f"prepare: packed rows for this recipe in {data.pack.directory}")
+    rundir.create(run_dir, recipes.to_toml(r), data_dir, data.manifest_sha, data.pack.info["key"])
+    log(f"train: run directory {run_dir}")
+    result = Trainer(r, run_dir, data).run()
+    emit(result, json_, summary_lines(result))

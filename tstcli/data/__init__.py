@@ -1,0 +1,1 @@
+"""Corpus sources, tokenizer, shards, per-phase packing and the deterministic row loader."""

@@ -1,0 +1,162 @@
+"""`prepare`: stream the corpus once or twice, tokenize it, write train/val shards and the manifest.
+
+Pass 1 (only for a trained tokenizer) streams the training documents into the BPE trainer. Pass 2 streams every
+document, sends it to the validation or training split by a hash of its text (a split by document, stable under
+reordering of sources), tokenizes in batches and appends to the shard writers. Memory is bounded by one batch.
+Re-running with the same inputs finds the manifest up to date and does nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from tstcli.data import shards, sources
+from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256, train_bpe
+from tstcli.errors import DataError
+from tstcli.recipe import DataConfig
+
+BATCH_CHARS = 4_000_000  # characters per encode_batch call: large enough to use every core, small enough to stream
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    data_dir: Path
+    manifest: dict
+    up_to_date: bool
+    seconds: float
+    source_bytes: int
+
+
+def _is_val(text: str, val_fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha1(text.encode("utf-8", "replace")).digest()[:8], "little")
+    return h / 2.0 ** 64 < val_fraction
+
+
+def _inputs(cfg: DataConfig, files: list[sources.SourceFile]) -> dict:
+    tok = cfg.tokenizer
+    tok_path = Path(tok).expanduser()
+    if tok != "bpe" and (tok_path.is_file() or (tok_path / "tokenizer.json").is_file()):
+        tok = "sha256:" + shards.file_sha256(tok_path if tok_path.is_file() else tok_path / "tokenizer.json")
+    return {
+        "format": shards.FORMAT_VERSION,
+        "sources": [{"origin": f.origin, "fingerprint": f.fingerprint} for f in files],
+        "tokenizer": tok,
+        "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else None,
+        "eot_token": cfg.eot_token,
+        "text_field": cfg.text_field,
+        "txt_documents": cfg.txt_documents,
+        "val_fraction": cfg.val_fraction,
+        "shard_tokens": cfg.shard_tokens,
+    }
+
+
+def is_up_to_date(data_dir: Path, cfg: DataConfig) -> bool:
+    """True when `data_dir` holds a preparation of exactly these inputs (its shards are verified separately, so a
+    corrupt shard is reported as such rather than silently rebuilt)."""
+    if not (data_dir / shards.MANIFEST).is_file():
+        return False
+    return shards.read_manifest(data_dir).get("inputs") == _inputs(cfg, sources.resolve(cfg.sources))
+
+
+def _documents(files, cfg: DataConfig, split: str) -> Iterator[str]:
+    for f in files:
+        for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents):
+            if (split == "val") == _is_val(doc, cfg.val_fraction):
+                yield doc
+
+
+def _encode(tok, docs: list[str]) -> list[list[int]]:
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(docs, add_special_tokens=False)]
+
+
+def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> PrepareResult:
+    t0 = time.perf_counter()
+    data_dir = Path(data_dir)
+    files = sources.resolve(cfg.sources)
+    source_bytes = sum(Path(f.path).stat().st_size for f in files)
+    inputs = _inputs(cfg, files)
+    if not force and is_up_to_date(data_dir, cfg):
+        return PrepareResult(data_dir, shards.read_manifest(data_dir), True, time.perf_counter() - t0, source_bytes)
+
+    show = sys.stderr.isatty()
+    if cfg.tokenizer == "bpe":
+        log(f"prepare: training a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on the training documents")
+        tok = train_bpe(_documents(files, cfg, "train"), cfg.vocab_size, cfg.eot_token, show)
+    else:
+        tok = load_tokenizer(cfg.tokenizer)
+    eot = eot_id(tok, cfg.eot_token, "data.eot_token")
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    dtype = shards.token_dtype(vocab)
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / ".prepare-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    writers = {s: shards.ShardWriter(tmp, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
+    docs_per_split = {"train": 0, "val": 0}
+    chars = 0
+    bar = tqdm(total=source_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not show, file=sys.stderr)
+    eot_arr = np.array([eot], dtype=np.int64)
+
+    def flush(batch: list[str], split: str):
+        ids = _encode(tok, batch)
+        for doc_ids in ids:
+            writers[split].write(np.concatenate([np.asarray(doc_ids, dtype=np.int64), eot_arr]))
+        docs_per_split[split] += len(batch)
+
+    batches = {"train": [], "val": []}
+    sizes = {"train": 0, "val": 0}
+    for f in files:
+        for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents):
+            split = "val" if _is_val(doc, cfg.val_fraction) else "train"
+            batches[split].append(doc)
+            sizes[split] += len(doc)
+            chars += len(doc)
+            if sizes[split] >= BATCH_CHARS:
+                flush(batches[split], split)
+                batches[split], sizes[split] = [], 0
+        bar.update(Path(f.path).stat().st_size)
+    for split in ("train", "val"):
+        if batches[split]:
+            flush(batches[split], split)
+    bar.close()
+    split_shards = {s: w.finish() for s, w in writers.items()}
+    for split in ("train", "val"):
+        if docs_per_split[split] == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            what = "no document fell in the validation split: raise data.val_fraction or add documents" \
+                if split == "val" else "no training documents: lower data.val_fraction or add documents"
+            raise DataError(f"data.sources: {what}")
+
+    tok.save(str(tmp / "tokenizer.json"))
+    manifest = {
+        "format": shards.FORMAT_VERSION,
+        "inputs": inputs,
+        "sources": [{"origin": f.origin, "path": f.path, "bytes": Path(f.path).stat().st_size} for f in files],
+        "tokenizer": {"file": "tokenizer.json", "sha256": tokenizer_sha256(tok), "spec": cfg.tokenizer,
+                      "eot_token": cfg.eot_token, "eot_id": eot},
+        "vocab_size": vocab,
+        "dtype": dtype.str,
+        "characters": chars,
+        "splits": {s: {"documents": docs_per_split[s], "tokens": sum(x["tokens"] for x in split_shards[s]),
+                       "shards": split_shards[s]} for s in ("train", "val")},
+    }
+    # Replace the previous preparation: drop its manifest first so a crash never leaves a manifest over mixed files.
+    (data_dir / shards.MANIFEST).unlink(missing_ok=True)
+    for old in list(data_dir.glob("train-*.bin")) + list(data_dir.glob("val-*.bin")):
+        old.unlink()
+    shutil.rmtree(data_dir / "packs", ignore_errors=True)
+    for p in tmp.iterdir():
+        p.replace(data_dir / p.name)
+    tmp.rmdir()
+    shards.write_json_atomic(data_dir / shards.MANIFEST, manifest)
+    return PrepareResult(data_dir, manifest, False, time.perf_counter() - t0, source_bytes)

@@ -1,0 +1,141 @@
+"""Flat token shards on disk and their manifest (DESIGN.md §4).
+
+A split (train, val) is a list of shard files of raw little-endian token ids (uint16 when the vocabulary fits,
+else uint32), documents separated by the end-of-text token. `manifest.json` records tokenizer hash, vocab size,
+dtype, per-shard token counts and sha256, and where the data came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tstcli.errors import DataError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+class ShardWriter:
+    """Appends token arrays to `<split>-NNNNN.bin` files, rolling over every `shard_tokens` tokens."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.dir, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
+        self.shards: list[dict] = []
+        self._fh = None
+        self._hash = None
+        self._count = 0
+
+    def _open(self):
+        name = f"{self.split}-{len(self.shards):05d}.bin"
+        self._fh = open(self.dir / name, "wb")
+        self._hash = hashlib.sha256()
+        self._count = 0
+        self.shards.append({"file": name})
+
+    def _close(self):
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self.shards[-1].update(tokens=self._count, sha256=self._hash.hexdigest())
+        self._fh = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = tokens.astype(self.dtype, copy=False)
+        while len(tokens):
+            if self._fh is None:
+                self._open()
+            room = self.shard_tokens - self._count
+            part, tokens = tokens[:room], tokens[room:]
+            data = part.tobytes()
+            self._fh.write(data)
+            self._hash.update(data)
+            self._count += len(part)
+            if self._count == self.shard_tokens:
+                self._close()
+
+    def finish(self) -> list[dict]:
+        if self._fh is not None:
+            self._close()
+        return self.shards
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_manifest(data_dir: Path) -> dict:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: no manifest (run `tst prepare RECIPE` first)")
+    try:
+        m = json.loads(path.read_text())
+        m["splits"]["train"]["shards"], m["splits"]["val"]["shards"], m["dtype"], m["vocab_size"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{path}: corrupt manifest (expected the JSON written by `tst prepare`)") from None
+    return m
+
+
+def manifest_sha256(data_dir: Path) -> str:
+    return hashlib.sha256((Path(data_dir) / MANIFEST).read_bytes()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(data_dir: Path, manifest: dict, full: bool) -> None:
+    """Check every shard exists with the size the manifest gives; with `full`, its sha256 too."""
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    for split in ("train", "val"):
+        for shard in manifest["splits"][split]["shards"]:
+            path = Path(data_dir) / shard["file"]
+            if not path.is_file():
+                raise DataError(f"{path}: shard listed in {MANIFEST} is missing (re-run `tst prepare --force`)")
+            if path.stat().st_size != shard["tokens"] * itemsize:
+                raise DataError(f"{path}: size {path.stat().st_size} bytes, manifest expects "
+                                f"{shard['tokens'] * itemsize} (corrupt shard; re-run `tst prepare --force`)")
+            if full and file_sha256(path) != shard["sha256"]:
+                raise DataError(f"{path}: sha256 differs from {MANIFEST} (corrupt shard; re-run `tst prepare --force`)")
+
+
+class TokenStore:
+    """Read-only memory maps of one split's shards, addressed by a global token offset."""
+
+    def __init__(self, data_dir: Path, manifest: dict, split: str):
+        dtype = np.dtype(manifest["dtype"])
+        shards = manifest["splits"][split]["shards"]
+        self.maps = [np.memmap(Path(data_dir) / s["file"], dtype=dtype, mode="r") if s["tokens"] else
+                     np.zeros(0, dtype) for s in shards]
+        self.lengths = np.array([s["tokens"] for s in shards], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+
+    @property
+    def total(self) -> int:
+        return int(self.starts[-1])
+
+    def rows(self, offsets: np.ndarray, width: int) -> np.ndarray:
+        """Rows of `width` tokens starting at global `offsets`; a row never crosses a shard boundary."""
+        out = np.empty((len(offsets), width), dtype=np.int64)
+        shard_ids = np.searchsorted(self.starts, offsets, side="right") - 1
+        for i, (off, sid) in enumerate(zip(offsets, shard_ids)):
+            local = int(off - self.starts[sid])
+            out[i] = self.maps[sid][local:local + width]
+        return out

@@ -1,0 +1,126 @@
+"""Corpus sources: resolve recipe entries to files and stream documents out of them.
+
+Supported: `.txt`, `.txt.gz` (documents separated by blank lines, or one per file), `.jsonl`, `.jsonl.gz` (one
+document per line, text in a configurable field), directories of those (sorted, recursive), Hugging Face hub files
+(`hf://datasets/OWNER/NAME/PATH[@REVISION]`, downloaded through huggingface-hub), and `builtin:sample`, the
+public-domain corpus shipped inside the package. Everything streams: memory does not grow with the corpus.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from tstcli.errors import DataError
+
+SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "corpus"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # local path, after any download
+    origin: str  # what the recipe named (for the manifest)
+    fingerprint: str  # size + mtime for local files, revision for hub files: decides whether prepare is up to date
+
+
+def _is_corpus_file(p: Path) -> bool:
+    return p.name.endswith(SUFFIXES)
+
+
+def _local(path: Path, origin: str) -> list[SourceFile]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_corpus_file(p))
+        if not files:
+            raise DataError(f"data.sources: directory {path} holds no {', '.join(SUFFIXES)} files")
+        return [f for p in files for f in _local(p, f"{origin}/{p.relative_to(path)}")]
+    if not path.exists():
+        raise DataError(f"data.sources: {origin}: no such file or directory")
+    if not _is_corpus_file(path):
+        raise DataError(f"data.sources: {origin}: unsupported file type (expected {', '.join(SUFFIXES)})")
+    st = path.stat()
+    return [SourceFile(str(path), origin, f"{st.st_size}:{st.st_mtime_ns}")]
+
+
+def _hub(spec: str) -> list[SourceFile]:
+    # hf://datasets/OWNER/NAME/PATH/IN/REPO[@REVISION]
+    rest = spec[len("hf://datasets/"):]
+    rest, _, revision = rest.partition("@")
+    parts = rest.split("/")
+    if len(parts) < 3:
+        raise DataError(f"data.sources: {spec}: expected hf://datasets/OWNER/NAME/PATH")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        local = hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision or None)
+    except LocalEntryNotFoundError:
+        raise DataError(f"data.sources: {spec}: not in the local hub cache and the hub cannot be reached "
+                        "(offline?); download it on a networked machine or use a local copy") from None
+    except (EntryNotFoundError, RepositoryNotFoundError) as e:
+        raise DataError(f"data.sources: {spec}: not found on the hub ({type(e).__name__})") from None
+    except Exception as e:  # network failures come in many types
+        raise DataError(f"data.sources: {spec}: hub download failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+    if not _is_corpus_file(Path(local)):
+        raise DataError(f"data.sources: {spec}: unsupported file type (expected {', '.join(SUFFIXES)})")
+    return [SourceFile(local, spec, f"hub:{revision or 'main'}:{os.path.getsize(local)}")]
+
+
+def resolve(sources: list[str]) -> list[SourceFile]:
+    files: list[SourceFile] = []
+    for spec in sources:
+        if spec == "builtin:sample":
+            files += _local(BUILTIN_DIR, "builtin:sample")
+        elif spec.startswith("hf://"):
+            if not spec.startswith("hf://datasets/"):
+                raise DataError(f"data.sources: {spec}: only dataset files are supported (hf://datasets/...)")
+            files += _hub(spec)
+        else:
+            files += _local(Path(spec).expanduser(), spec)
+    return files
+
+
+def _open_text(path: str) -> io.TextIOBase:
+    if path.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def iter_documents(f: SourceFile, text_field: str, txt_documents: str) -> Iterator[str]:
+    """Yield the documents of one source file, in file order, skipping empty ones."""
+    try:
+        with _open_text(f.path) as fh:
+            if f.path.endswith((".jsonl", ".jsonl.gz")):
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        text = json.loads(line)[text_field]
+                    except (ValueError, KeyError, TypeError):
+                        raise DataError(f"{f.origin}:{lineno}: expected a JSON object with a string "
+                                        f"'{text_field}' field (data.text_field)") from None
+                    if not isinstance(text, str):
+                        raise DataError(f"{f.origin}:{lineno}: field '{text_field}' is not a string")
+                    if text.strip():
+                        yield text
+            elif txt_documents == "file":
+                text = fh.read()
+                if text.strip():
+                    yield text
+            else:
+                buf: list[str] = []
+                for line in fh:
+                    if line.strip():
+                        buf.append(line)
+                    elif buf:
+                        yield "".join(buf).rstrip("\n")
+                        buf = []
+                if buf:
+                    yield "".join(buf).rstrip("\n")
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{f.origin}: cannot read: {e}") from None

@@ -1,0 +1,336 @@
+"""The recipe: a TOML file parsed once into frozen dataclasses.
+
+Every key is declared here with its type, default and meaning (the README's key table is generated from these
+declarations, and a test keeps it current). Unknown keys, wrong types and out-of-range values are `RecipeError`s
+naming the file and the key. Nothing below the CLI reads TOML.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from tstcli.errors import RecipeError
+
+
+def key(default, doc: str, choices: tuple | None = None):
+    """A recipe key: default value, one-line meaning, optional closed set of values."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, "choices": choices})
+    return field(default=default, metadata={"doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = key("run", "run name; the default run directory is runs/<name>")
+    seed: int = key(0, "seed for initialisation, the phase split of the data and the row order")
+    device: str = key("auto", "auto (cuda when available, else cpu), cpu or cuda", ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: list = key(["builtin:sample"], "corpus sources: files (.txt, .txt.gz, .jsonl, .jsonl.gz), directories of "
+                        "them, hf://datasets/OWNER/NAME/PATH hub files, or builtin:sample (shipped with tst)")
+    text_field: str = key("text", "JSON field holding a document's text in .jsonl sources")
+    txt_documents: str = key("blank_line", "how .txt sources split into documents: at blank lines, or one per file",
+                             ("blank_line", "file"))
+    dir: str = key("", "where prepared shards live; empty means data/<run.name>")
+    tokenizer: str = key("bpe", "bpe (train a byte-level BPE on the corpus), a tokenizer.json path, or a hub repo id")
+    vocab_size: int = key(4096, "vocabulary size of a trained BPE tokenizer")
+    eot_token: str = key("<|endoftext|>", "end-of-text token separating documents (must exist in a loaded tokenizer)")
+    val_fraction: float = key(0.02, "fraction of documents held out for validation (split by document)")
+    shard_tokens: int = key(1 << 26, "tokens per shard file")
+    repeat: bool = key(True, "allow a phase to re-read its rows (new epoch, new order) when the corpus is too short")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dim: int = key(128, "hidden size")
+    n_layers: int = key(4, "transformer blocks")
+    n_heads: int = key(4, "attention heads")
+    n_kv_heads: int = key(0, "key/value heads for grouped-query attention; 0 means n_heads")
+    ffn_dim: int = key(0, "SwiGLU intermediate size; 0 means 8/3·dim rounded up to a multiple of 64")
+    max_seq_len: int = key(2048, "longest context the model supports (RoPE positions)")
+    rope_theta: float = key(10000.0, "RoPE base")
+    norm_eps: float = key(1e-5, "RMSNorm epsilon")
+    tie_embeddings: bool = key(True, "share the input embedding and the output head")
+    init_std: float = key(0.02, "standard deviation of the initial weights")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def intermediate(self) -> int:
+        return self.ffn_dim or 64 * math.ceil(8 * self.dim / 3 / 64)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = key(300, "optimizer steps in all (phase 1 + phase 2)")
+    batch_size: int = key(16, "rows per optimizer step (global batch); each row is seq_len latent positions")
+    micro_batch_size: int = key(0, "rows per forward/backward; 0 means batch_size (no gradient accumulation)")
+    seq_len: int = key(128, "latent positions per row (L)")
+    lr: float = key(3e-3, "peak learning rate")
+    min_lr_ratio: float = key(0.0, "learning rate at the end of the decay, as a fraction of lr")
+    schedule: str = key("wsd", "wsd (warmup-stable-decay) or cosine (warmup then cosine decay)", ("wsd", "cosine"))
+    warmup_steps: int = key(30, "linear warmup steps")
+    decay_fraction: float = key(0.1, "wsd: fraction of steps in the final linear decay")
+    weight_decay: float = key(0.1, "AdamW decoupled weight decay (matrices only)")
+    beta1: float = key(0.9, "AdamW beta1")
+    beta2: float = key(0.95, "AdamW beta2")
+    eps: float = key(1e-8, "AdamW epsilon")
+    grad_clip: float = key(1.0, "clip the global gradient norm to this; 0 disables clipping")
+    dtype: str = key("bf16", "compute dtype: bf16 autocast over fp32 weights, or fp32", ("bf16", "fp32"))
+    compile: bool = key(True, "torch.compile the training and evaluation steps")
+    log_every: int = key(10, "steps between progress lines when not on a terminal")
+    threads: int = key(0, "CPU threads for torch; 0 leaves torch's default")
+
+    @property
+    def micro_batch(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+
+@dataclass(frozen=True)
+class TstConfig:
+    bag_size: int = key(4, "s: tokens per bag in phase 1; 1 is plain next-token training")
+    ratio: float = key(0.3, "fraction of steps in phase 1 (superposition), in [0, 1)")
+    mode: str = key("full", "full: bag input + next-bag target; input: bag input + next token; "
+                    "output: token input + next-s-tokens target", ("full", "input", "output"))
+    weighting: str = key("uniform", "multi-hot target weights: uniform 1/s, or power (j+1)^-alpha normalised",
+                         ("uniform", "power"))
+    alpha: float = key(1.0, "exponent of the power weighting")
+    reinit_embedding: bool = key(False, "ablation: re-initialise the input embedding at the switch")
+    reinit_head: bool = key(False, "ablation: re-initialise the output head at the switch")
+    reset_optimizer: bool = key(False, "ablation: reset the optimizer state at the switch (patch-level training)")
+    restart_schedule: bool = key(False, "ablation: restart the learning-rate schedule (warmup included) at the switch")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = key(100, "steps between held-out evaluations (also at step 0, at the switch and at the end)")
+    batches: int = key(8, "held-out batches per evaluation (rows of seq_len+1 tokens, batch_size rows each)")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = key(100, "steps between checkpoints (also at the end)")
+    keep: int = key(2, "complete checkpoints to keep (older ones are deleted); 0 keeps all")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tst: TstConfig = field(default_factory=TstConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    # ---- derived quantities: the one place the phase split is defined ----
+    @property
+    def phase1_steps(self) -> int:
+        return round(self.tst.ratio * self.train.steps)
+
+    def phase_at(self, step: int) -> int:
+        """Phase of optimizer step `step` (1-based)."""
+        return 1 if step <= self.phase1_steps else 2
+
+    @property
+    def data_dir(self) -> str:
+        return self.data.dir or f"data/{self.run.name}"
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
+_SECTION_CLASSES = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Recipe)}
+
+
+def _type_name(t) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a list of strings"}[t]
+
+
+def _coerce(where: str, name: str, f: dataclasses.Field, value: Any) -> Any:
+    t = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[f.type]
+    ok = (isinstance(value, bool) if t is bool else
+          isinstance(value, int) and not isinstance(value, bool) if t is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if t is float else
+          isinstance(value, list) and all(isinstance(v, str) for v in value) if t is list else
+          isinstance(value, str))
+    if not ok:
+        raise RecipeError(f"{where}: key '{name}' must be {_type_name(t)}, got {value!r}")
+    if t is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise RecipeError(f"{where}: key '{name}' must be a finite number, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise RecipeError(f"{where}: key '{name}' must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`key.path=value` with TOML value syntax; a bare word is taken as a string."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected key.path=value, e.g. --set train.steps=100")
+    path, raw = item.split("=", 1)
+    path, raw = path.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def _apply_override(table: dict, path: str, value: Any, where: str) -> None:
+    parts = path.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise RecipeError(f"{where}: override key {path!r} must be section.key, e.g. train.steps")
+    table.setdefault(parts[0], {})
+    if not isinstance(table[parts[0]], dict):
+        raise RecipeError(f"{where}: '{parts[0]}' must be a table")
+    table[parts[0]][parts[1]] = value
+
+
+def from_dict(table: dict, where: str) -> Recipe:
+    sections = {}
+    for name, value in table.items():
+        if name not in _SECTION_CLASSES:
+            raise RecipeError(f"{where}: unknown table [{name}] (known: {', '.join(_SECTION_CLASSES)})")
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: '{name}' must be a table [{name}], got {value!r}")
+        cls = _SECTION_CLASSES[name]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for k, v in value.items():
+            if k not in fields:
+                raise RecipeError(f"{where}: unknown key '{name}.{k}' (known keys in [{name}]: {', '.join(fields)})")
+            kwargs[k] = _coerce(where, f"{name}.{k}", fields[k], v)
+        sections[name] = cls(**kwargs)
+    recipe = Recipe(**sections)
+    validate(recipe, where)
+    return recipe
+
+
+def _require(cond: bool, where: str, key_name: str, expected: str, got: Any) -> None:
+    if not cond:
+        raise RecipeError(f"{where}: key '{key_name}' must be {expected}; got {got!r}")
+
+
+def validate(r: Recipe, where: str) -> None:
+    t, m, s = r.train, r.model, r.tst
+    _require(0 <= s.ratio < 1, where, "tst.ratio", "in [0, 1)", s.ratio)
+    _require(s.bag_size >= 1, where, "tst.bag_size", ">= 1", s.bag_size)
+    _require(s.alpha >= 0, where, "tst.alpha", ">= 0", s.alpha)
+    _require(t.steps >= 1, where, "train.steps", ">= 1", t.steps)
+    _require(t.batch_size >= 1, where, "train.batch_size", ">= 1", t.batch_size)
+    _require(t.micro_batch_size >= 0, where, "train.micro_batch_size", ">= 0", t.micro_batch_size)
+    _require(t.batch_size % t.micro_batch == 0, where, "train.micro_batch_size",
+             f"a divisor of train.batch_size ({t.batch_size})", t.micro_batch_size)
+    _require(t.seq_len >= 1, where, "train.seq_len", ">= 1", t.seq_len)
+    _require(t.seq_len <= m.max_seq_len, where, "train.seq_len",
+             f"<= model.max_seq_len ({m.max_seq_len}), the longest context the model supports", t.seq_len)
+    if s.mode == "output":
+        _require(s.bag_size <= t.seq_len + 2, where, "tst.bag_size", "<= train.seq_len + 2 in output mode", s.bag_size)
+    _require(t.lr > 0, where, "train.lr", "> 0", t.lr)
+    _require(0 <= t.min_lr_ratio <= 1, where, "train.min_lr_ratio", "in [0, 1]", t.min_lr_ratio)
+    _require(t.warmup_steps >= 0, where, "train.warmup_steps", ">= 0", t.warmup_steps)
+    _require(0 <= t.decay_fraction <= 1, where, "train.decay_fraction", "in [0, 1]", t.decay_fraction)
+    _require(t.weight_decay >= 0, where, "train.weight_decay", ">= 0", t.weight_decay)
+    _require(0 <= t.beta1 < 1, where, "train.beta1", "in [0, 1)", t.beta1)
+    _require(0 <= t.beta2 < 1, where, "train.beta2", "in [0, 1)", t.beta2)
+    _require(t.eps > 0, where, "train.eps", "> 0", t.eps)
+    _require(t.grad_clip >= 0, where, "train.grad_clip", ">= 0", t.grad_clip)
+    _require(t.log_every >= 1, where, "train.log_every", ">= 1", t.log_every)
+    _require(t.threads >= 0, where, "train.threads", ">= 0", t.threads)
+    _require(m.dim >= 1, where, "model.dim", ">= 1", m.dim)
+    _require(m.n_layers >= 1, where, "model.n_layers", ">= 1", m.n_layers)
+    _require(m.n_heads >= 1 and m.dim % m.n_heads == 0, where, "model.n_heads",
+             f"a divisor of model.dim ({m.dim})", m.n_heads)
+    _require((m.dim // m.n_heads) % 2 == 0, where, "model.n_heads", "such that dim/n_heads is even (RoPE)", m.n_heads)
+    _require(m.n_kv_heads >= 0 and m.n_heads % m.kv_heads == 0, where, "model.n_kv_heads",
+             f"a divisor of model.n_heads ({m.n_heads})", m.n_kv_heads)
+    _require(m.ffn_dim >= 0, where, "model.ffn_dim", ">= 0", m.ffn_dim)
+    _require(m.rope_theta > 0, where, "model.rope_theta", "> 0", m.rope_theta)
+    _require(m.norm_eps > 0, where, "model.norm_eps", "> 0", m.norm_eps)
+    _require(m.init_std > 0, where, "model.init_std", "> 0", m.init_std)
+    d = r.data
+    _require(len(d.sources) >= 1, where, "data.sources", "a non-empty list", d.sources)
+    _require(256 <= d.vocab_size <= 1 << 22, where, "data.vocab_size", "in [256, 4194304]", d.vocab_size)
+    _require(0 < d.val_fraction < 1, where, "data.val_fraction", "in (0, 1)", d.val_fraction)
+    _require(d.shard_tokens >= 1024, where, "data.shard_tokens", ">= 1024", d.shard_tokens)
+    _require(r.eval.every >= 1, where, "eval.every", ">= 1", r.eval.every)
+    _require(r.eval.batches >= 1, where, "eval.batches", ">= 1", r.eval.batches)
+    _require(r.checkpoint.every >= 1, where, "checkpoint.every", ">= 1", r.checkpoint.every)
+    _require(r.checkpoint.keep >= 0, where, "checkpoint.keep", ">= 0", r.checkpoint.keep)
+    _require(r.run.name != "" and "/" not in r.run.name, where, "run.name", "a non-empty name without '/'", r.run.name)
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe file, apply `--set` overrides, validate; every failure is one RecipeError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe {path}: no such file")
+    try:
+        table = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"recipe {path}: invalid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"recipe {path}: cannot read: {e}") from None
+    for item in overrides:
+        k, v = parse_set(item)
+        _apply_override(table, k, v, f"recipe {path} (--set {item})")
+    return from_dict(table, f"recipe {path}")
+
+
+def to_dict(r: Recipe) -> dict:
+    return dataclasses.asdict(r)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def to_toml(r: Recipe) -> str:
+    """The resolved recipe as TOML (every key, defaults included), loadable by `load`."""
+    out = []
+    for section, values in to_dict(r).items():
+        out.append(f"[{section}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def key_table() -> str:
+    """Markdown table of every recipe key (kept in the README; a test checks it is current)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for section, cls in _SECTION_CLASSES.items():
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            doc = f.metadata["doc"]
+            if f.metadata.get("choices"):
+                doc += f" (one of: {', '.join(f.metadata['choices'])})"
+            cells = [f"`{section}.{f.name}`", f.type, f"`{_toml_value(default)}`", doc]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # regenerate the key table of recipes/README.md
+    print(key_table())
