@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tstcli.data import packing, shards
@@ -212,6 +211,7 @@ class Trainer:
             return self._save({**state, "step": step, "phase": r.phase_at(step),
                                "torch_rng": torch.get_rng_state().tolist()})
 
+        last_epoch = {1: None, 2: None}
         try:
             if state["step"] == 0:
                 validate(0, r.phase_at(1))
@@ -222,6 +222,10 @@ class Trainer:
                 out = self.train_step(step)
                 dt = time.perf_counter() - t0
                 phase = out["phase"]
+                if last_epoch[phase] is not None and out["epoch"] > last_epoch[phase]:
+                    progress.message(f"phase {phase}: its rows are exhausted at step {step}; epoch "
+                                     f"{out['epoch'] + 1} re-reads them in a new order (the corpus repeats)")
+                last_epoch[phase] = out["epoch"]
                 tokens = r.train.batch_size * self.widths[phase]
                 positions = r.train.batch_size * r.train.seq_len
                 state["tokens"] += tokens

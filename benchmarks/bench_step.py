@@ -1,0 +1,101 @@
+"""Phase-1 vs phase-2 step time at equal latent positions, and raw tokens/s per phase.
+
+Runs the real training step (`Trainer.train_step`: data rows, bags, model, loss, backward, clip, AdamW) for
+phase-1 and phase-2 steps of the same run, alternating blocks of steps so that machine noise hits both phases
+alike, and reports median step times, their ratio and raw tokens/s. Targets (issue #3, CPU): phase-1/phase-2
+step time <= 1.04 and phase-1 raw tokens/s >= 0.96·s × phase 2's.
+
+    python benchmarks/bench_step.py                       # tiny + a larger model, compile off and on
+    python benchmarks/bench_step.py --models tiny --compile off --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tstcli import recipe as recipes  # noqa: E402
+from tstcli.data.prepare import prepare  # noqa: E402
+from tstcli.train.loop import Trainer, open_data  # noqa: E402
+
+MODELS = {
+    # the default recipe's shape
+    "tiny": [],
+    # a larger CPU model: 8 layers x 384, L=256 (~17M params with V=4096)
+    "d384": ["model.dim=384", "model.n_layers=8", "model.n_heads=6", "model.n_kv_heads=6", "train.seq_len=256"],
+}
+
+
+def measure(model: str, compile_: bool, rounds: int, block: int, data_dir: Path, run_dir: Path) -> dict:
+    sets = MODELS[model] + [f"train.compile={'true' if compile_ else 'false'}", "train.steps=1000", "tst.ratio=0.5",
+                            f'data.dir="{data_dir}"']
+    r = recipes.load(ROOT / "recipes" / "tiny.toml", sets)
+    data, _ = open_data(r, data_dir)
+    t = Trainer(r, run_dir, data, quiet=True)
+    s = r.tst.bag_size
+    steps = {1: iter(range(1, r.phase1_steps + 1)), 2: iter(range(r.phase1_steps + 1, r.train.steps + 1))}
+    t0 = time.perf_counter()
+    for phase in (1, 2):  # warm-up: compile both graphs, fill caches
+        for _ in range(2):
+            t.train_step(next(steps[phase]))
+    warm = time.perf_counter() - t0
+    times = {1: [], 2: []}
+    for _ in range(rounds):
+        for phase in (1, 2):
+            for _ in range(block):
+                a = time.perf_counter()
+                t.train_step(next(steps[phase]))
+                times[phase].append(time.perf_counter() - a)
+    med = {p: statistics.median(times[p]) for p in (1, 2)}
+    B, L = r.train.batch_size, r.train.seq_len
+    raw = {p: B * t.widths[p] / med[p] for p in (1, 2)}
+    return {
+        "model": model, "compile": compile_, "params": sum(p.numel() for p in t.model.parameters()),
+        "s": s, "batch": B, "seq_len": L, "threads": torch.get_num_threads(), "warmup_s": round(warm, 1),
+        "phase1_step_ms": round(1000 * med[1], 2), "phase2_step_ms": round(1000 * med[2], 2),
+        "step_ratio": round(med[1] / med[2], 3),
+        "phase1_raw_tokens_per_s": round(raw[1]), "phase2_raw_tokens_per_s": round(raw[2]),
+        "raw_tokens_ratio_over_s": round(raw[1] / raw[2] / s, 3),
+        "positions_per_s": {p: round(B * L / med[p]) for p in (1, 2)},
+        "samples": {p: len(times[p]) for p in (1, 2)},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="tiny,d384")
+    ap.add_argument("--compile", default="off,on")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block", type=int, default=4, help="consecutive steps of one phase per round")
+    ap.add_argument("--json", type=Path, help="also write results here")
+    args = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        prepare(recipes.load(ROOT / "recipes" / "tiny.toml").data, data_dir, log=lambda *_: None)
+        for model in args.models.split(","):
+            for c in args.compile.split(","):
+                res = measure(model, c == "on", args.rounds, args.block, data_dir, Path(tmp) / f"run-{model}-{c}")
+                results.append(res)
+                print(json.dumps(res), flush=True)
+    print("\n| model | params | compile | phase-1 step | phase-2 step | ratio | raw tok/s p1 | raw tok/s p2 | "
+          "(p1/p2)/s |\n|---|---|---|---|---|---|---|---|---|")
+    for x in results:
+        print(f"| {x['model']} | {x['params'] / 1e6:.1f}M | {'on' if x['compile'] else 'off'} | "
+              f"{x['phase1_step_ms']} ms | {x['phase2_step_ms']} ms | {x['step_ratio']} | "
+              f"{x['phase1_raw_tokens_per_s']:,} | {x['phase2_raw_tokens_per_s']:,} | {x['raw_tokens_ratio_over_s']} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Training loop behaviours: modes, ablation switches, schedules, divergence, dry run."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import run_cli, small_recipe, write_recipe
+from tstcli.errors import DivergedError
+from tstcli.train.loop import Trainer, open_data
+from tstcli.train.schedule import lr_factor
+
+
+def _trainer(small_data, tmp_path, **kw):
+    r = small_recipe(small_data, **kw)
+    data, _ = open_data(r, small_data)
+    return Trainer(r, tmp_path, data, quiet=True)
+
+
+@pytest.mark.parametrize("mode,width", [("full", 3 * 33), ("input", 3 * 33), ("output", 2 * 33)])
+def test_each_mode_trains_through_both_phases(small_data, tmp_path, mode, width):
+    t = _trainer(small_data, tmp_path, **{"tst.mode": mode, "train.steps": 8})
+    assert t.widths[1] == width and t.widths[2] == 33
+    res = t.run()
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in rows if x["kind"] == "train"]
+    assert [x["phase"] for x in train] == [1] * 4 + [2] * 4
+    assert all(math.isfinite(x["loss"]) for x in train)
+    assert res["tokens_phase1"] == 4 * 4 * width and res["tokens_phase2"] == 4 * 4 * 33
+
+
+def test_switch_keeps_everything_by_default_and_ablations_reset(small_data, tmp_path):
+    t = _trainer(small_data, tmp_path / "a")
+    t.train_step(1)
+    emb = t.model.get_input_embeddings().weight.detach().clone()
+    state = len(t.optimizer.state)
+    t._switch(_Quiet())
+    assert torch.equal(emb, t.model.get_input_embeddings().weight) and len(t.optimizer.state) == state
+    t2 = _trainer(small_data, tmp_path / "b", **{"tst.reinit_embedding": True, "tst.reset_optimizer": True,
+                                                   "model.tie_embeddings": False, "tst.reinit_head": True})
+    t2.train_step(1)
+    emb2, head2 = (t2.model.get_input_embeddings().weight.detach().clone(), t2.model.output.weight.detach().clone())
+    t2._switch(_Quiet())
+    assert not torch.equal(emb2, t2.model.get_input_embeddings().weight)
+    assert not torch.equal(head2, t2.model.output.weight)
+    assert len(t2.optimizer.state) == 0
+
+
+class _Quiet:
+    def message(self, _):
+        pass
+
+
+def test_wsd_and_cosine_schedules():
+    f = lambda s, kind="wsd": lr_factor(s, 100, 10, kind, 0.2, 0.1)  # noqa: E731
+    assert [f(s) for s in (1, 5, 10)] == [0.1, 0.5, 1.0]
+    assert f(11) == f(80) == 1.0  # stable
+    decay = [f(s) for s in range(81, 101)]
+    assert all(a > b for a, b in zip(decay, decay[1:])) and 0.1 < decay[-1] < 0.2
+    cos = [f(s, "cosine") for s in range(11, 101)]
+    assert cos[0] == pytest.approx(1.0, abs=1e-3) and all(a >= b for a, b in zip(cos, cos[1:]))
+    assert 0.1 < cos[-1] < 0.11
+
+
+def test_restart_schedule_warms_up_again_at_the_switch(small_data, tmp_path):
+    t = _trainer(small_data, tmp_path, **{"tst.restart_schedule": True})
+    assert t.lr_at(7) == pytest.approx(t.lr_at(1)) and t.lr_at(7) < t.lr_at(6)
+    t2 = _trainer(small_data, tmp_path / "x")
+    assert t2.lr_at(7) > t2.lr_at(1)
+
+
+def test_non_finite_loss_stops_before_the_update(small_data, tmp_path):
+    t = _trainer(small_data, tmp_path)
+    real = t.loss_fn(1)
+    t._losses[1] = lambda rows: real(rows) * float("nan")  # inject a non-finite loss
+    before = [p.detach().clone() for p in t.model.parameters()]
+    with pytest.raises(DivergedError, match="step 1 \\(phase 1\\)"):
+        t.train_step(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, t.model.parameters())), "the bad step must not be applied"
+    assert len(t.optimizer.state) == 0
+
+
+def test_divergence_exits_5_through_the_cli_and_keeps_the_checkpoint(small_data, tmp_path):
+    # An absurd learning rate blows the weights up after the first updates: the run must stop with exit 5.
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{
+        "train.lr": 1e30, "train.warmup_steps": 0, "train.grad_clip": 0.0, "checkpoint.every": 1}))
+    r = run_cli("train", recipe, "--run-dir", tmp_path / "run")
+    assert r.returncode == 5, r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: training diverged at step") and "phase 1" in err
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert ckpts and (ckpts[-1] / "state.json").is_file()
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(small_data, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data))
+    r = run_cli("train", recipe, "--dry-run", "--json", "--run-dir", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["phases"]["1"]["steps"] == 6 and plan["phases"]["1"]["row_tokens"] == 99
+    assert plan["phases"]["1"]["tokens"] == 6 * 4 * 99 and plan["phases"]["2"]["tokens"] == 6 * 4 * 33
+    assert plan["coverage"]["covered_without_repetition"] is True
+    assert plan["parameters"] > 0 and plan["flops_per_step"] == plan["flops_per_position"] * 4 * 32
+    assert plan["memory_estimate_gib"] > 0
+    assert not (tmp_path / "run").exists()
+    text = run_cli("train", recipe, "--dry-run").stdout
+    assert "phase 1 (superposition, s=3" in text and "memory estimate" in text
+
+
+def test_short_corpus_repeats_in_new_epochs_and_says_so(tmp_path):
+    src = tmp_path / "small.jsonl"
+    src.write_text("".join(json.dumps({"text": f"The whale number {i} swims in the sea near ship {i % 7}."}) + "\n"
+                           for i in range(300)))
+    r = small_recipe(tmp_path / "data", **{"data.sources": [str(src)], "data.vocab_size": 300,
+                                          "data.val_fraction": 0.1, "train.steps": 40, "eval.batches": 1})
+    recipe = write_recipe(tmp_path / "r.toml", r)
+    res = run_cli("train", recipe, "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    assert "phase 1: its rows are exhausted" in res.stderr and "phase 2: its rows are exhausted" in res.stderr
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for phase in (1, 2):
+        assert max(x["epoch"] for x in rows if x["kind"] == "train" and x["phase"] == phase) >= 1
+    prep = run_cli("prepare", recipe)
+    assert "corpus too small for the recipe" in prep.stdout and "epochs of its rows (repeats)" in prep.stdout
