@@ -37,6 +37,7 @@ def raw_bytes(files: list[Path]) -> int:
 
 
 def run(files: list[Path], tokenizer: str, vocab: int, tmp: Path, label: str) -> dict:
+    label = label.replace(" ", "")
     recipe = tmp / f"{label}.toml"
     recipe.write_text(f"""[run]\nname = "{label}"\n[data]\nsources = {json.dumps([str(f) for f in files])}
 dir = "{tmp / label}"\ntokenizer = "{tokenizer}"\nvocab_size = {vocab}\n""")
@@ -64,8 +65,10 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, names in (("subset", SUBSET), ("full", FULL)):
+        # full x2 lists every file twice: twice the text, so peak memory must stay where "full" was.
+        for label, names in (("subset", SUBSET), ("full", FULL), ("full x2", FULL + FULL)):
             res = run([CORPUS / n for n in names], args.tokenizer, args.vocab, Path(tmp), label)
+            res["corpus"] = label
             results.append(res)
             print(json.dumps(res), flush=True)
     print(f"\nos.cpu_count() = {os.cpu_count()}")

@@ -96,3 +96,9 @@ def test_train_refuses_an_existing_run_dir(small_data, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data))
     assert_one_line_error(run_cli("train", recipe, "--run-dir", run), 2, "tst resume")
     assert (run / "metrics.jsonl").read_text() == "{}\n"  # nothing lost
+
+
+def test_hub_tokenizer_offline_exits_3(tmp_path):
+    r = run_cli("prepare", TINY, "--set", 'data.tokenizer="nobody/nothing"', "--set", f'data.dir="{tmp_path}/d"',
+                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert_one_line_error(r, 3, "data.tokenizer", "nobody/nothing")

@@ -135,3 +135,17 @@ def test_row_order_is_a_pure_function_and_ranks_partition_the_batch():
     assert epoch == 1 and not np.array_equal(nxt, epoch0[:8])
     # batches are spread over the corpus (a seeded global permutation, not adjacent rows)
     assert np.ptp(a) > 300 * 7
+
+
+def test_bpe_sample_is_bounded_deterministic_ordered_and_spread():
+    from tstcli.data.tokenizer import sample_documents
+    docs = [f"document {i} " + "x" * (i % 50) for i in range(2000)]
+    budget = sum(map(len, docs)) // 4
+    sample = sample_documents(iter(docs), budget)
+    assert sum(map(len, sample)) <= budget
+    assert sum(map(len, sample)) > 0.9 * budget  # the budget is used
+    assert sample == sample_documents(iter(docs), budget)
+    positions = [docs.index(d) for d in sample]
+    assert positions == sorted(positions)  # corpus order
+    assert min(positions) < 200 and max(positions) > 1800  # from across the corpus, not a prefix
+    assert sample_documents(iter(docs), 10 ** 9) == docs

@@ -45,3 +45,17 @@ def test_resume_is_bitwise_identical(uninterrupted, tmp_path, stop_at, where):
     final = "checkpoints/step-00000012/model.safetensors"
     assert (b / final).read_bytes() == (a / final).read_bytes(), f"resume in {where} changed the final weights"
     assert not list((b / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_without_any_checkpoint_restarts_cleanly(uninterrupted, tmp_path):
+    """A run killed before its first checkpoint resumes from the start, with no duplicate metric rows."""
+    _, a = uninterrupted
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "checkpoints")
+    r = run_cli("resume", b)
+    assert r.returncode == 0, r.stderr
+    assert "from the start" in r.stderr
+    assert train_losses(b) == train_losses(a)
+    vals = [json.loads(l)["step"] for l in (b / "metrics.jsonl").read_text().splitlines() if '"val"' in l]
+    assert vals == sorted(set(vals))

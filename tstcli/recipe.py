@@ -45,6 +45,8 @@ class DataConfig:
     dir: str = key("", "where prepared shards live; empty means data/<run.name>")
     tokenizer: str = key("bpe", "bpe (train a byte-level BPE on the corpus), a tokenizer.json path, or a hub repo id")
     vocab_size: int = key(4096, "vocabulary size of a trained BPE tokenizer")
+    tokenizer_train_chars: int = key(10_000_000, "train the BPE on a uniform sample of the training documents "
+                                     "holding at most this many characters; 0 uses them all")
     eot_token: str = key("<|endoftext|>", "end-of-text token separating documents (must exist in a loaded tokenizer)")
     val_fraction: float = key(0.02, "fraction of documents held out for validation (split by document)")
     shard_tokens: int = key(1 << 26, "tokens per shard file")
@@ -266,6 +268,7 @@ def validate(r: Recipe, where: str) -> None:
     d = r.data
     _require(len(d.sources) >= 1, where, "data.sources", "a non-empty list", d.sources)
     _require(256 <= d.vocab_size <= 1 << 22, where, "data.vocab_size", "in [256, 4194304]", d.vocab_size)
+    _require(d.tokenizer_train_chars >= 0, where, "data.tokenizer_train_chars", ">= 0", d.tokenizer_train_chars)
     _require(0 < d.val_fraction < 1, where, "data.val_fraction", "in (0, 1)", d.val_fraction)
     _require(d.shard_tokens >= 1024, where, "data.shard_tokens", ">= 1024", d.shard_tokens)
     _require(r.eval.every >= 1, where, "eval.every", ">= 1", r.eval.every)

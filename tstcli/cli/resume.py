@@ -10,8 +10,7 @@ from tstcli.cli.common import JsonOption, emit, log
 from tstcli.cli.summary import summary_lines
 from tstcli.data import shards
 from tstcli.errors import DataError
-from tstcli.train import checkpoint, rundir
-from tstcli.train.loop import Trainer, open_data
+from tstcli.train import rundir
 
 
 def resume(
@@ -19,6 +18,9 @@ def resume(
     json_: bool = JsonOption,
 ):
     """Continue a run exactly where its latest complete checkpoint left it (needs only the run directory)."""
+    from tstcli.train import checkpoint
+    from tstcli.train.loop import Trainer, open_data  # torch: imported only when needed
+
     info = rundir.read_info(run_dir)
     r = recipes.load(run_dir / rundir.RECIPE)
     data_dir = Path(info["data_dir"])

@@ -12,8 +12,6 @@ from tstcli.cli.summary import summary_lines
 from tstcli.data import shards
 from tstcli.data.tokenizer import load_tokenizer
 from tstcli.train import rundir
-from tstcli.train.loop import Trainer, open_data
-from tstcli.train.plan import build_plan, plan_lines
 
 
 def train(
@@ -24,6 +22,10 @@ def train(
     json_: bool = JsonOption,
 ):
     """Train a model: superposition phase, then next-token recovery; checkpoints and metrics in the run dir."""
+    # torch is imported here, not at module level: `tst --help`, `prepare` and usage errors stay fast.
+    from tstcli.train.loop import Trainer, open_data
+    from tstcli.train.plan import build_plan, plan_lines
+
     r = recipes.load(recipe, set_ or [])
     run_dir = run_dir or Path("runs") / r.run.name
     if dry_run:

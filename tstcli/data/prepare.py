@@ -50,6 +50,7 @@ def _inputs(cfg: DataConfig, files: list[sources.SourceFile]) -> dict:
         "sources": [{"origin": f.origin, "fingerprint": f.fingerprint} for f in files],
         "tokenizer": tok,
         "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else None,
+        "tokenizer_train_chars": cfg.tokenizer_train_chars if cfg.tokenizer == "bpe" else None,
         "eot_token": cfg.eot_token,
         "text_field": cfg.text_field,
         "txt_documents": cfg.txt_documents,
@@ -89,8 +90,9 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
 
     show = sys.stderr.isatty()
     if cfg.tokenizer == "bpe":
-        log(f"prepare: training a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on the training documents")
-        tok = train_bpe(_documents(files, cfg, "train"), cfg.vocab_size, cfg.eot_token, show)
+        sample = f"a sample of up to {cfg.tokenizer_train_chars:,} characters of " if cfg.tokenizer_train_chars else ""
+        log(f"prepare: training a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on {sample}the training documents")
+        tok = train_bpe(_documents(files, cfg, "train"), cfg.vocab_size, cfg.eot_token, show, cfg.tokenizer_train_chars)
     else:
         tok = load_tokenizer(cfg.tokenizer)
     eot = eot_id(tok, cfg.eot_token, "data.eot_token")
@@ -107,10 +109,11 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
     bar = tqdm(total=source_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not show, file=sys.stderr)
     eot_arr = np.array([eot], dtype=np.int64)
 
-    def flush(batch: list[str], split: str):
-        ids = _encode(tok, batch)
-        for doc_ids in ids:
-            writers[split].write(np.concatenate([np.asarray(doc_ids, dtype=np.int64), eot_arr]))
+    def encode_and_write(batch: list[str], split: str) -> None:
+        parts = []
+        for doc_ids in _encode(tok, batch):
+            parts += [np.asarray(doc_ids, dtype=np.int64), eot_arr]
+        writers[split].write(np.concatenate(parts))
         docs_per_split[split] += len(batch)
 
     batches = {"train": [], "val": []}
@@ -122,12 +125,12 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
             sizes[split] += len(doc)
             chars += len(doc)
             if sizes[split] >= BATCH_CHARS:
-                flush(batches[split], split)
+                encode_and_write(batches[split], split)
                 batches[split], sizes[split] = [], 0
         bar.update(Path(f.path).stat().st_size)
     for split in ("train", "val"):
         if batches[split]:
-            flush(batches[split], split)
+            encode_and_write(batches[split], split)
     bar.close()
     split_shards = {s: w.finish() for s, w in writers.items()}
     for split in ("train", "val"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 from pathlib import Path
 from typing import Iterable
 
@@ -9,26 +10,36 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from tstcli.errors import DataError
 
-# Cap on the text a BPE is trained on: merges stabilise long before, and this bounds prepare's first pass.
-BPE_TRAIN_CHARS = 200_000_000
+def sample_documents(documents: Iterable[str], budget_chars: int) -> list[str]:
+    """A uniform, deterministic sample of documents holding at most `budget_chars` characters, in corpus order.
+
+    Each document gets a key from a hash of its text; the sample keeps the smallest keys that fit the budget
+    (a bottom-k sample under a size budget), in one streaming pass with memory bounded by the budget.
+    """
+    heap: list[tuple[int, int, str]] = []  # (-key, position, text): the largest key is on top
+    total = 0
+    for i, doc in enumerate(documents):
+        key = int.from_bytes(hashlib.sha1(b"bpe-sample\0" + doc.encode("utf-8", "replace")).digest()[:8], "little")
+        if total + len(doc) <= budget_chars or (heap and key < -heap[0][0]):
+            heapq.heappush(heap, (-key, i, doc))
+            total += len(doc)
+            while total > budget_chars and heap:
+                total -= len(heapq.heappop(heap)[2])
+    return [doc for _, _, doc in sorted(heap, key=lambda x: x[1])]
 
 
-def train_bpe(documents: Iterable[str], vocab_size: int, eot_token: str, show_progress: bool) -> Tokenizer:
+def train_bpe(documents: Iterable[str], vocab_size: int, eot_token: str, show_progress: bool,
+              budget_chars: int = 0) -> Tokenizer:
+    """Byte-level BPE trained on `documents` (on a uniform sample of at most `budget_chars` characters if > 0)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[eot_token], show_progress=show_progress,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
 
-    def capped():
-        seen = 0
-        for doc in documents:
-            yield doc
-            seen += len(doc)
-            if seen >= BPE_TRAIN_CHARS:
-                return
-
-    tok.train_from_iterator(capped(), trainer=trainer)
+    if budget_chars > 0:
+        documents = sample_documents(documents, budget_chars)
+    tok.train_from_iterator(documents, trainer=trainer)
     return tok
 
 

@@ -188,7 +188,8 @@ class Trainer:
         if resume is not None:
             state.update(checkpoint.load(resume, self.model, self.optimizer))
             torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
-            rundir.truncate_metrics(self.run_dir, state["step"])
+        # Rows logged after the checkpoint (or, with none, by a run killed before its first) are replayed exactly.
+        rundir.truncate_metrics(self.run_dir, state["step"] if resume is not None else -1)
         metrics = open(self.run_dir / rundir.METRICS, "a")
         progress = Progress(r.train.steps, state["step"], r.train.log_every, self.quiet)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
