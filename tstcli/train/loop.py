@@ -77,6 +77,10 @@ class Trainer:
         r = self.r = recipe
         self.run_dir, self.data, self.quiet = Path(run_dir), data, quiet
         self.device = resolve_device(r.run.device)
+        if self.device.type == "cpu":
+            # Bitwise reproducibility (and so exact resume) on CPU: without this, torch.compile lowers the
+            # embedding backward (a scatter-add) to parallel atomic adds, whose order varies run to run.
+            torch.use_deterministic_algorithms(True)
         if r.train.threads:
             torch.set_num_threads(r.train.threads)
         self.amp = torch.bfloat16 if r.train.dtype == "bf16" else None
