@@ -115,3 +115,33 @@ def test_readme_main_command_in_a_fresh_copy(tmp_path):
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "test-command" in ci and _readme_block("test-command").endswith("python -m pytest -q")
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(small_data, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120x40 terminal
+    p = subprocess.Popen([sys.executable, "-m", "tstcli", "train", str(recipe), "--run-dir", str(tmp_path / "tty")],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    p.wait(timeout=120)
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert p.returncode == 0, text
+    assert "train: 100%" in text and "phase=2" in text and "loss=" in text and "val=" in text and "tok/s=" in text
+    plain = run_cli("train", recipe, "--run-dir", tmp_path / "plain")  # stderr is a pipe: plain lines, no bar
+    assert "%|" not in plain.stderr and "\r" not in plain.stderr
+    assert re.search(r"^step 12 phase 2 loss [\d.]+ val [\d.]+ lr .* tok/s \d+ pos/s \d+$", plain.stderr, re.M)

@@ -11,6 +11,7 @@ class Progress:
         self.tty = sys.stderr.isatty() and not quiet
         self.log_every, self.quiet = log_every, quiet
         self.val = None
+        self._post: dict = {}
         self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr,
                         dynamic_ncols=True) if self.tty else None
 
@@ -24,10 +25,9 @@ class Progress:
 
     def step(self, row: dict) -> None:
         if self.bar is not None:
-            post = {"phase": row["phase"], "loss": f"{row['loss']:.4f}", "tok/s": f"{row['tokens_per_s']:.0f}"}
-            if self.val is not None:
-                post["val"] = f"{self.val:.4f}"
-            self.bar.set_postfix(post, refresh=False)
+            self._post.update({"phase": row["phase"], "loss": f"{row['loss']:.4f}",
+                               "tok/s": f"{row['tokens_per_s']:.0f}"})
+            self.bar.set_postfix(self._post, refresh=False)
             self.bar.update(1)
         elif not self.quiet and (row["step"] % self.log_every == 0 or row.get("last")):
             val = f" val {self.val:.4f}" if self.val is not None else ""
@@ -37,7 +37,10 @@ class Progress:
 
     def validation(self, step: int, val_loss: float) -> None:
         self.val = val_loss
-        if self.bar is None:
+        if self.bar is not None:
+            self._post["val"] = f"{val_loss:.4f}"
+            self.bar.set_postfix(self._post)
+        else:
             self.message(f"step {step} val_loss {val_loss:.4f}")
 
     def close(self) -> None:
