@@ -8,7 +8,7 @@ _tst() {
     case "${COMP_WORDS[1]}" in
         prepare) opts="--set --force --verify --json --help" ;;
         train) opts="--run-dir --set --dry-run --json --help" ;;
-        resume) opts="--json --help" ;;
+        resume) opts="--allow-changed-data --json --help" ;;
     esac
     case "$prev" in
         --data-dir|--out|--run-dir) COMPREPLY=( $(compgen -d -- "$cur") ); return ;;

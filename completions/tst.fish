@@ -17,5 +17,6 @@ complete -c tst -n '__fish_seen_subcommand_from train' -l json -d 'print one JSO
 complete -c tst -n '__fish_seen_subcommand_from train' -l help -d 'show help and exit'
 complete -c tst -n __fish_use_subcommand -a resume -d 'Continue a run exactly where its latest complete checkpoint left it (needs only the run directory).'
 complete -c tst -n '__fish_seen_subcommand_from resume' -F
+complete -c tst -n '__fish_seen_subcommand_from resume' -l allow-changed-data -d 'continue even though the prepared data changed since the run began'
 complete -c tst -n '__fish_seen_subcommand_from resume' -l json -d 'print one JSON object on stdout instead of text'
 complete -c tst -n '__fish_seen_subcommand_from resume' -l help -d 'show help and exit'

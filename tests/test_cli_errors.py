@@ -26,7 +26,7 @@ def assert_one_line_error(r, code, *needles):
     (['train.steps="ten"'], ["train.steps", "integer"]),
     (["tst.ratio=1.0"], ["tst.ratio", "[0, 1)"]),
     (["tst.ratio=-0.1"], ["tst.ratio"]),
-    (["tst.bag_size=0"], ["tst.bag_size", ">= 1"]),
+    (["tst.bag_size=0"], ["tst.bag_size", "[1, "]),
     (["tst.mode=sideways"], ["tst.mode", "full, input, output"]),
     (["train.seq_len=1024"], ["train.seq_len", "model.max_seq_len"]),  # context does not fit the model
     (["model.n_heads=3"], ["model.n_heads"]),

@@ -149,3 +149,17 @@ def test_bpe_sample_is_bounded_deterministic_ordered_and_spread():
     assert positions == sorted(positions)  # corpus order
     assert min(positions) < 200 and max(positions) > 1800  # from across the corpus, not a prefix
     assert sample_documents(iter(docs), 10 ** 9) == docs
+
+
+def test_changing_the_recipe_repacks_without_retokenizing(small_data, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data))
+    manifest = (small_data / "manifest.json").read_bytes()
+    shard_mtimes = {p.name: p.stat().st_mtime_ns for p in small_data.glob("*.bin")}
+    r = run_cli("prepare", recipe, "--set", "tst.bag_size=5", "--set", "train.seq_len=20", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["up_to_date"] is True  # no re-tokenization
+    assert out["coverage"]["widths"] == {"1": 5 * 21, "2": 21}
+    assert (small_data / "manifest.json").read_bytes() == manifest
+    assert {p.name: p.stat().st_mtime_ns for p in small_data.glob("*.bin")} == shard_mtimes
+    assert len(list((small_data / "packs").iterdir())) >= 2  # the new pack sits beside the old one

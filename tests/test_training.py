@@ -81,9 +81,10 @@ def test_non_finite_loss_stops_before_the_update(small_data, tmp_path):
 
 
 def test_divergence_exits_5_through_the_cli_and_keeps_the_checkpoint(small_data, tmp_path):
-    # An absurd learning rate blows the weights up after the first updates: the run must stop with exit 5.
+    # An absurd learning rate and init blow the weights up after the first update: the run must stop with exit 5.
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{
-        "train.lr": 1e30, "train.warmup_steps": 0, "train.grad_clip": 0.0, "checkpoint.every": 1}))
+        "train.lr": 1000.0, "model.init_std": 10.0, "train.warmup_steps": 0, "train.grad_clip": 0.0,
+        "checkpoint.every": 1}))
     r = run_cli("train", recipe, "--run-dir", tmp_path / "run")
     assert r.returncode == 5, r.stderr
     err = r.stderr.strip().splitlines()[-1]
@@ -122,3 +123,23 @@ def test_short_corpus_repeats_in_new_epochs_and_says_so(tmp_path):
         assert max(x["epoch"] for x in rows if x["kind"] == "train" and x["phase"] == phase) >= 1
     prep = run_cli("prepare", recipe)
     assert "corpus too small for the recipe" in prep.stdout and "epochs of its rows (repeats)" in prep.stdout
+
+
+def test_skip_nonfinite_steps_skips_up_to_the_bound_then_stops(small_data, tmp_path):
+    t = _trainer(small_data, tmp_path, **{"train.skip_nonfinite_steps": 2})
+    real = t.loss_fn(1)
+    bad_steps = {2, 3, 5}
+    calls = {"n": 0}
+
+    def flaky(rows):
+        calls["n"] += 1
+        loss = real(rows)
+        return loss * float("nan") if calls["n"] in bad_steps else loss
+
+    t._losses[1] = flaky
+    with pytest.raises(DivergedError, match="step 5 \\(phase 1\\)"):
+        t.run()
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["kind"], x["step"]) for x in rows if x["kind"] in ("skip", "train")] == [
+        ("train", 1), ("skip", 2), ("skip", 3), ("train", 4)]
+    assert t.skipped == 2

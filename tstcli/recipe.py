@@ -91,6 +91,8 @@ class TrainConfig:
     beta2: float = key(0.95, "AdamW beta2")
     eps: float = key(1e-8, "AdamW epsilon")
     grad_clip: float = key(1.0, "clip the global gradient norm to this; 0 disables clipping")
+    skip_nonfinite_steps: int = key(0, "skip up to this many steps whose loss or gradient norm is not finite "
+                                    "(logged as kind=skip); 0 stops the run at the first (exit 5)")
     dtype: str = key("bf16", "compute dtype: bf16 autocast over fp32 weights, or fp32", ("bf16", "fp32"))
     compile: bool = key(True, "torch.compile the training and evaluation steps")
     log_every: int = key(10, "steps between progress lines when not on a terminal")
@@ -229,53 +231,67 @@ def _require(cond: bool, where: str, key_name: str, expected: str, got: Any) -> 
 
 
 def validate(r: Recipe, where: str) -> None:
-    t, m, s = r.train, r.model, r.tst
-    _require(0 <= s.ratio < 1, where, "tst.ratio", "in [0, 1)", s.ratio)
-    _require(s.bag_size >= 1, where, "tst.bag_size", ">= 1", s.bag_size)
-    _require(s.alpha >= 0, where, "tst.alpha", ">= 0", s.alpha)
-    _require(t.steps >= 1, where, "train.steps", ">= 1", t.steps)
-    _require(t.batch_size >= 1, where, "train.batch_size", ">= 1", t.batch_size)
-    _require(t.micro_batch_size >= 0, where, "train.micro_batch_size", ">= 0", t.micro_batch_size)
+    t, m, s, d = r.train, r.model, r.tst, r.data
+    big = 1 << 40  # far above any real setting, far below what overflows a tensor size or a step counter
+
+    def within(key_name: str, value, lo, hi, lo_open: bool = False, hi_open: bool = False) -> None:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        _require(ok, where, key_name, f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}", value)
+
+    within("tst.ratio", s.ratio, 0, 1, hi_open=True)
+    within("tst.bag_size", s.bag_size, 1, 4096)
+    within("tst.alpha", s.alpha, 0, 100)
+    within("train.steps", t.steps, 1, 10 ** 9)
+    within("train.batch_size", t.batch_size, 1, 1 << 24)
+    within("train.micro_batch_size", t.micro_batch_size, 0, 1 << 24)
     _require(t.batch_size % t.micro_batch == 0, where, "train.micro_batch_size",
              f"a divisor of train.batch_size ({t.batch_size})", t.micro_batch_size)
-    _require(t.seq_len >= 1, where, "train.seq_len", ">= 1", t.seq_len)
+    within("model.max_seq_len", m.max_seq_len, 1, 1 << 22)
+    within("train.seq_len", t.seq_len, 1, 1 << 22)
     _require(t.seq_len <= m.max_seq_len, where, "train.seq_len",
              f"<= model.max_seq_len ({m.max_seq_len}), the longest context the model supports", t.seq_len)
     if s.mode == "output":
         _require(s.bag_size <= t.seq_len + 2, where, "tst.bag_size", "<= train.seq_len + 2 in output mode", s.bag_size)
-    _require(t.lr > 0, where, "train.lr", "> 0", t.lr)
-    _require(0 <= t.min_lr_ratio <= 1, where, "train.min_lr_ratio", "in [0, 1]", t.min_lr_ratio)
-    _require(t.warmup_steps >= 0, where, "train.warmup_steps", ">= 0", t.warmup_steps)
-    _require(0 <= t.decay_fraction <= 1, where, "train.decay_fraction", "in [0, 1]", t.decay_fraction)
-    _require(t.weight_decay >= 0, where, "train.weight_decay", ">= 0", t.weight_decay)
-    _require(0 <= t.beta1 < 1, where, "train.beta1", "in [0, 1)", t.beta1)
-    _require(0 <= t.beta2 < 1, where, "train.beta2", "in [0, 1)", t.beta2)
-    _require(t.eps > 0, where, "train.eps", "> 0", t.eps)
-    _require(t.grad_clip >= 0, where, "train.grad_clip", ">= 0", t.grad_clip)
-    _require(t.log_every >= 1, where, "train.log_every", ">= 1", t.log_every)
-    _require(t.threads >= 0, where, "train.threads", ">= 0", t.threads)
-    _require(m.dim >= 1, where, "model.dim", ">= 1", m.dim)
-    _require(m.n_layers >= 1, where, "model.n_layers", ">= 1", m.n_layers)
-    _require(m.n_heads >= 1 and m.dim % m.n_heads == 0, where, "model.n_heads",
+    within("train.lr", t.lr, 0, 1e3, lo_open=True)
+    within("train.min_lr_ratio", t.min_lr_ratio, 0, 1)
+    within("train.warmup_steps", t.warmup_steps, 0, 10 ** 9)
+    within("train.decay_fraction", t.decay_fraction, 0, 1)
+    within("train.weight_decay", t.weight_decay, 0, 1e3)
+    within("train.beta1", t.beta1, 0, 1, hi_open=True)
+    within("train.beta2", t.beta2, 0, 1, hi_open=True)
+    within("train.eps", t.eps, 0, 1, lo_open=True)
+    within("train.grad_clip", t.grad_clip, 0, 1e9)
+    within("train.skip_nonfinite_steps", t.skip_nonfinite_steps, 0, 10 ** 9)
+    within("train.log_every", t.log_every, 1, 10 ** 9)
+    within("train.threads", t.threads, 0, 4096)
+    within("model.dim", m.dim, 1, 1 << 17)
+    within("model.n_layers", m.n_layers, 1, 4096)
+    _require(1 <= m.n_heads <= m.dim and m.dim % m.n_heads == 0, where, "model.n_heads",
              f"a divisor of model.dim ({m.dim})", m.n_heads)
     _require((m.dim // m.n_heads) % 2 == 0, where, "model.n_heads", "such that dim/n_heads is even (RoPE)", m.n_heads)
-    _require(m.n_kv_heads >= 0 and m.n_heads % m.kv_heads == 0, where, "model.n_kv_heads",
+    _require(0 <= m.n_kv_heads <= m.n_heads and m.n_heads % m.kv_heads == 0, where, "model.n_kv_heads",
              f"a divisor of model.n_heads ({m.n_heads})", m.n_kv_heads)
-    _require(m.ffn_dim >= 0, where, "model.ffn_dim", ">= 0", m.ffn_dim)
-    _require(m.rope_theta > 0, where, "model.rope_theta", "> 0", m.rope_theta)
-    _require(m.norm_eps > 0, where, "model.norm_eps", "> 0", m.norm_eps)
-    _require(m.init_std > 0, where, "model.init_std", "> 0", m.init_std)
-    d = r.data
-    _require(len(d.sources) >= 1, where, "data.sources", "a non-empty list", d.sources)
-    _require(256 <= d.vocab_size <= 1 << 22, where, "data.vocab_size", "in [256, 4194304]", d.vocab_size)
-    _require(d.tokenizer_train_chars >= 0, where, "data.tokenizer_train_chars", ">= 0", d.tokenizer_train_chars)
-    _require(0 < d.val_fraction < 1, where, "data.val_fraction", "in (0, 1)", d.val_fraction)
-    _require(d.shard_tokens >= 1024, where, "data.shard_tokens", ">= 1024", d.shard_tokens)
-    _require(r.eval.every >= 1, where, "eval.every", ">= 1", r.eval.every)
-    _require(r.eval.batches >= 1, where, "eval.batches", ">= 1", r.eval.batches)
-    _require(r.checkpoint.every >= 1, where, "checkpoint.every", ">= 1", r.checkpoint.every)
-    _require(r.checkpoint.keep >= 0, where, "checkpoint.keep", ">= 0", r.checkpoint.keep)
-    _require(r.run.name != "" and "/" not in r.run.name, where, "run.name", "a non-empty name without '/'", r.run.name)
+    within("model.ffn_dim", m.ffn_dim, 0, 1 << 20)
+    within("model.rope_theta", m.rope_theta, 0, 1e12, lo_open=True)
+    within("model.norm_eps", m.norm_eps, 0, 1, lo_open=True)
+    within("model.init_std", m.init_std, 0, 10, lo_open=True)
+    _require(1 <= len(d.sources) <= 100_000, where, "data.sources", "a non-empty list", d.sources)
+    _require(d.tokenizer.strip() != "", where, "data.tokenizer", "'bpe', a tokenizer.json path or a hub repo id",
+             d.tokenizer)
+    _require(d.eot_token != "", where, "data.eot_token", "a non-empty token", d.eot_token)
+    _require(d.text_field != "", where, "data.text_field", "a non-empty field name", d.text_field)
+    _require(all(x.strip() for x in d.sources), where, "data.sources", "a list of non-empty paths", d.sources)
+    within("data.vocab_size", d.vocab_size, 256, 1 << 22)
+    within("data.tokenizer_train_chars", d.tokenizer_train_chars, 0, big)
+    within("data.val_fraction", d.val_fraction, 0, 1, lo_open=True, hi_open=True)
+    within("data.shard_tokens", d.shard_tokens, 1024, 1 << 36)
+    within("eval.every", r.eval.every, 1, 10 ** 9)
+    within("eval.batches", r.eval.batches, 1, 1 << 20)
+    within("checkpoint.every", r.checkpoint.every, 1, 10 ** 9)
+    within("checkpoint.keep", r.checkpoint.keep, 0, 1 << 20)
+    _require(r.run.name != "" and "/" not in r.run.name and len(r.run.name) <= 200, where, "run.name",
+             "a non-empty name without '/', at most 200 characters", r.run.name)
+    within("run.seed", r.run.seed, 0, (1 << 63) - 1)
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

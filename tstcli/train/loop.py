@@ -103,6 +103,7 @@ class Trainer:
         self.flops_per_position = self.model.flops_per_position(L)
         self._losses = {}
         self._stop_signal = None
+        self.skipped = 0  # non-finite steps skipped so far (train.skip_nonfinite_steps)
 
     # ---- the compute of one step ----
     def loss_fn(self, phase: int):
@@ -140,15 +141,19 @@ class Trainer:
         clip = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            last = checkpoint.latest(self.run_dir / rundir.CHECKPOINTS)
-            raise DivergedError(f"training diverged at step {step} (phase {phase}): loss {loss}, grad norm "
-                                f"{grad_norm}; nothing applied; last good checkpoint: {last or 'none'}")
+            self.optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
+            if self.skipped >= r.train.skip_nonfinite_steps:
+                last = checkpoint.latest(self.run_dir / rundir.CHECKPOINTS)
+                raise DivergedError(f"training diverged at step {step} (phase {phase}): loss {loss}, grad norm "
+                                    f"{grad_norm}; nothing applied; last good checkpoint: {last or 'none'}")
+            self.skipped += 1
+            return {"phase": phase, "loss": loss, "grad_norm": grad_norm, "epoch": epoch, "skipped": True}
         lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"phase": phase, "loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch}
+        return {"phase": phase, "loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch, "skipped": False}
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -192,6 +197,7 @@ class Trainer:
         if resume is not None:
             state.update(checkpoint.load(resume, self.model, self.optimizer))
             torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+            self.skipped = state.pop("skipped", 0)
         # Rows logged after the checkpoint (or, with none, by a run killed before its first) are replayed exactly.
         rundir.truncate_metrics(self.run_dir, state["step"] if resume is not None else -1)
         metrics = open(self.run_dir / rundir.METRICS, "a")
@@ -213,7 +219,7 @@ class Trainer:
             metrics.flush()
             os.fsync(metrics.fileno())
             state["elapsed_s"] = time.perf_counter() - t_start
-            return self._save({**state, "step": step, "phase": r.phase_at(step),
+            return self._save({**state, "step": step, "phase": r.phase_at(step), "skipped": self.skipped,
                                "torch_rng": torch.get_rng_state().tolist()})
 
         last_epoch = {1: None, 2: None}
@@ -237,15 +243,22 @@ class Trainer:
                 state["tokens_phase"][str(phase)] += tokens
                 state["positions"] += positions
                 state["flops"] += self.flops_per_position * positions
-                row = {"kind": "train", "step": step, "phase": phase, "loss": out["loss"]}
-                if phase == 1:
-                    row["mce_loss"] = out["loss"]  # phase-1 loss: mean of s CEs, floor about log s
-                row.update(lr=out["lr"], grad_norm=out["grad_norm"], tokens=state["tokens"],
-                           positions=state["positions"], flops=state["flops"],
-                           elapsed_s=time.perf_counter() - t_start, step_time_s=dt,
-                           tokens_per_s=tokens / dt, positions_per_s=positions / dt, epoch=out["epoch"])
-                write(row)
-                progress.step({**row, "last": step == r.train.steps})
+                if out["skipped"]:  # a non-finite step within train.skip_nonfinite_steps: logged, not applied
+                    write({"kind": "skip", "step": step, "phase": phase, "loss": repr(out["loss"]),
+                           "grad_norm": repr(out["grad_norm"]), "skipped_total": self.skipped})
+                    progress.message(f"step {step} (phase {phase}): non-finite loss {out['loss']} / grad norm "
+                                     f"{out['grad_norm']}: update skipped ({self.skipped} of at most "
+                                     f"{r.train.skip_nonfinite_steps})")
+                else:
+                    row = {"kind": "train", "step": step, "phase": phase, "loss": out["loss"]}
+                    if phase == 1:
+                        row["mce_loss"] = out["loss"]  # phase-1 loss: mean of s CEs, floor about log s
+                    row.update(lr=out["lr"], grad_norm=out["grad_norm"], tokens=state["tokens"],
+                               positions=state["positions"], flops=state["flops"],
+                               elapsed_s=time.perf_counter() - t_start, step_time_s=dt,
+                               tokens_per_s=tokens / dt, positions_per_s=positions / dt, epoch=out["epoch"])
+                    write(row)
+                    progress.step({**row, "last": step == r.train.steps})
                 state["step"] = step
                 if step % r.eval.every == 0 or step == self.n1 or step == r.train.steps:
                     validate(step, phase)

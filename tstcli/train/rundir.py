@@ -61,3 +61,53 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     tmp = path.with_name(METRICS + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+# Recipe keys a user may change between a stop and a resume: they do not change what is computed.
+NEUTRAL_KEYS = {"train.log_every", "eval.every", "eval.batches", "checkpoint.every", "checkpoint.keep"}
+
+
+def recipe_differences(old: dict, new: dict) -> list[str]:
+    """`section.key (old -> new)` for every result-changing key that differs between two recipe dicts."""
+    out = []
+    for section, values in new.items():
+        for k, v in values.items():
+            before = old.get(section, {}).get(k)
+            if before != v and f"{section}.{k}" not in NEUTRAL_KEYS:
+                out.append(f"{section}.{k} ({before!r} -> {v!r})")
+    return out
+
+
+def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_changed_data: bool, log) -> None:
+    """Refuse a resume whose recipe, tokenizer or data differ from the run's in a way that changes results.
+
+    recipe: the run directory's recipe (as loaded); ckpt: the checkpoint to resume from (None: from the start).
+    A changed data manifest is allowed with `allow_changed_data` (then every shard's sha256 is checked).
+    """
+    from tstcli import recipe as recipes
+    from tstcli.data import shards
+    from tstcli.errors import DataError
+
+    if ckpt is not None:
+        saved = recipes.load(ckpt / RECIPE)
+        diff = recipe_differences(recipes.to_dict(saved), recipes.to_dict(recipe))
+        if diff:
+            raise CheckpointError(f"{run_dir / RECIPE}: differs from the recipe of {ckpt.name} in {', '.join(diff)}; "
+                                  f"that changes results: restore it (the original is {ckpt / RECIPE})")
+    data_dir = Path(info["data_dir"])
+    manifest_path = data_dir / shards.MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path}: the run's prepared data is gone (run.json names {data_dir})")
+    ours, theirs = run_dir / "tokenizer.json", data_dir / "tokenizer.json"
+    if not theirs.is_file() or shards.file_sha256(ours) != shards.file_sha256(theirs):
+        raise DataError(f"{theirs}: the tokenizer differs from the run's ({ours}); the run cannot continue on it")
+    if shards.manifest_sha256(data_dir) != info["manifest_sha256"]:
+        if not allow_changed_data:
+            raise DataError(f"{manifest_path}: the prepared data changed since this run started (manifest sha256 "
+                            f"differs from {run_dir / RUN_INFO}); resuming would read different rows "
+                            "(--allow-changed-data continues on the new data)")
+        shards.verify(data_dir, shards.read_manifest(data_dir), full=True)
+        log(f"resume: continuing on changed data in {data_dir} (--allow-changed-data); every shard's sha256 checked")
+        info = {**info, "manifest_sha256": shards.manifest_sha256(data_dir),
+                "data_changes": info.get("data_changes", 0) + 1}
+        write_json_atomic(run_dir / RUN_INFO, info)

@@ -1,0 +1,150 @@
+"""Runs survive kills and refuse to continue on changed inputs (issue #6)."""
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli, small_recipe, write_recipe
+from test_cli_errors import assert_one_line_error
+from test_resume import train_losses
+from tstcli.errors import CheckpointError
+from tstcli.train import checkpoint
+
+
+@pytest.fixture(scope="module")
+def finished(small_data, tmp_path_factory):
+    """A finished SMALL run whose checkpoints (every 2 steps, all kept) later tests copy and tamper with."""
+    tmp = tmp_path_factory.mktemp("reliability")
+    recipe = write_recipe(tmp / "r.toml", small_recipe(small_data))
+    r = run_cli("train", recipe, "--run-dir", tmp / "run")
+    assert r.returncode == 0, r.stderr
+    return tmp / "run"
+
+
+def _copy_run(src, dst, keep_until):
+    shutil.copytree(src, dst)
+    for ckpt in (dst / "checkpoints").iterdir():
+        if int(ckpt.name.split("-")[1]) > keep_until:
+            shutil.rmtree(ckpt)
+    return dst
+
+
+def test_edited_recipe_is_refused_unless_the_change_is_neutral(finished, tmp_path):
+    run = _copy_run(finished, tmp_path / "run", 6)
+    text = (run / "recipe.toml").read_text()
+    (run / "recipe.toml").write_text(text.replace("lr = 0.003", "lr = 0.001"))
+    assert_one_line_error(run_cli("resume", run), 4, "train.lr", "0.003", "0.001", "step-00000006")
+    # eval/checkpoint/logging cadence may change: results stay the same
+    (run / "recipe.toml").write_text(re.sub(r"(\[eval\]\nevery = )\d+", r"\g<1>5", text))
+    r = run_cli("resume", run)
+    assert r.returncode == 0, r.stderr
+    assert train_losses(run) == train_losses(finished)
+
+
+def test_changed_data_is_refused_unless_allowed(finished, small_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    run = _copy_run(finished, tmp_path / "run", 6)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data_dir": str(data)}))
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["sources"][0]["origin"] = "edited by hand"  # any change to the manifest changes its hash
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(run_cli("resume", run), 3, "manifest.json", "changed", "--allow-changed-data")
+    r = run_cli("resume", run, "--allow-changed-data")
+    assert r.returncode == 0, r.stderr
+    assert "continuing on changed data" in r.stderr
+    assert json.loads((run / "run.json").read_text())["data_changes"] == 1
+
+
+def test_changed_tokenizer_is_refused(finished, tmp_path):
+    run = _copy_run(finished, tmp_path / "run", 6)
+    (run / "tokenizer.json").write_text((run / "tokenizer.json").read_text().replace('"<|endoftext|>"', '"<|eot|>"'))
+    assert_one_line_error(run_cli("resume", run), 3, "tokenizer differs")
+
+
+def test_pickled_checkpoint_is_refused(finished, tmp_path):
+    """Nothing is unpickled: a checkpoint file holding a pickle (code execution on load) is rejected."""
+    run = _copy_run(finished, tmp_path / "run", 6)
+    target = run / "checkpoints" / "step-00000006" / "model.safetensors"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path}/pwned",))
+
+    torch.save({"weights": Evil()}, target)  # a pickle, not safetensors
+    assert_one_line_error(run_cli("resume", run), 4, "step-00000006", "cannot load checkpoint")
+    assert not (tmp_path / "pwned").exists()
+    opt = run / "checkpoints" / "step-00000006" / "optimizer.safetensors"
+    shutil.copy(finished / "checkpoints" / "step-00000006" / "model.safetensors", target)
+    opt.write_bytes(pickle.dumps({"state": Evil()}))
+    assert_one_line_error(run_cli("resume", run), 4, "step-00000006", "cannot load checkpoint")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_short_disk_refuses_to_save_and_leaves_no_partial_checkpoint(small_data, tmp_path, monkeypatch):
+    from tstcli.train.loop import Trainer, open_data
+    r = small_recipe(small_data)
+    data, _ = open_data(r, small_data)
+    t = Trainer(r, tmp_path, data, quiet=True)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 1000))
+    with pytest.raises(CheckpointError, match="MiB free"):
+        t.run()
+    assert checkpoint.complete(tmp_path / "checkpoints") == []
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_keep_last_k_never_deletes_the_only_complete_checkpoint(finished, tmp_path):
+    root = _copy_run(finished, tmp_path / "run", 12) / "checkpoints"
+    for name in ("step-00000014", "step-00000016"):  # newer but incomplete (no state.json)
+        (root / name).mkdir()
+        (root / name / "model.safetensors").write_bytes(b"partial")
+    checkpoint.prune(root, keep=1)
+    assert [p.name for p in checkpoint.complete(root)] == ["step-00000012"]
+    assert checkpoint.latest(root).name == "step-00000012"
+
+
+def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_data, tmp_path):
+    """10 seeded trials: SIGKILL at a random moment or right when a checkpoint save is in progress; every resume
+    succeeds and the final per-step losses equal an uninterrupted run's, bitwise."""
+    r = small_recipe(small_data, **{"train.steps": 60, "tst.ratio": 0.4, "checkpoint.every": 1,
+                                    "checkpoint.keep": 2, "eval.every": 10})
+    recipe = write_recipe(tmp_path / "r.toml", r)
+    ref = run_cli("train", recipe, "--run-dir", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    rng = random.Random(1234)
+    during_save = 0
+    for trial in range(10):
+        args = ["train", str(recipe), "--run-dir", str(run)] if trial == 0 else ["resume", str(run)]
+        p = subprocess.Popen([sys.executable, "-m", "tstcli", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        ckpts = run / "checkpoints"
+        if trial % 2:  # kill in the middle of a save: wait for a temporary checkpoint directory to appear
+            deadline = time.time() + 60
+            while time.time() < deadline and p.poll() is None:
+                if ckpts.is_dir() and any(n.startswith(".tmp-") for n in os.listdir(ckpts)):
+                    break
+            hit = ckpts.is_dir() and any(n.startswith(".tmp-") for n in os.listdir(ckpts))
+        else:  # at a random moment after start-up
+            time.sleep(2.0 + rng.random() * 1.5)
+            hit = False
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        during_save += hit and p.returncode == -signal.SIGKILL
+        assert p.returncode in (-signal.SIGKILL, 0)
+        if checkpoint.latest(ckpts) is not None:  # the latest complete checkpoint always loads
+            json.loads((checkpoint.latest(ckpts) / "state.json").read_text())
+    assert during_save >= 1, "no kill landed during a checkpoint save"
+    final = run_cli("resume", run)
+    assert final.returncode == 0, final.stderr
+    assert train_losses(run) == train_losses(tmp_path / "ref")
