@@ -75,12 +75,31 @@ def test_corrupt_shard_exits_3(small_data, tmp_path):
         fh.write(b"\0\0")  # a size mismatch: caught on every start
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(data))
     assert_one_line_error(run_cli("train", recipe, "--run-dir", tmp_path / "run"), 3, shard.name, "corrupt")
-    # same size, flipped bytes: caught by the full check
+    # truncated: caught on every start
     with open(shard, "r+b") as fh:
-        fh.truncate(shard.stat().st_size - 2)
-        fh.seek(10)
-        fh.write(b"\xff\xff")
+        fh.truncate(shard.stat().st_size - 4)
+    assert_one_line_error(run_cli("train", recipe, "--run-dir", tmp_path / "run"), 3, shard.name, "corrupt")
+    # same size, bytes flipped near the start: caught by the cheap edge check on every start
+    original = (small_data / shard.name).read_bytes()
+    flipped = bytearray(original)
+    flipped[10:12] = b"\xff\xff"
+    shard.write_bytes(bytes(flipped))
+    assert_one_line_error(run_cli("train", recipe, "--run-dir", tmp_path / "run"), 3, shard.name, "corrupt")
+    # same size, bytes flipped in the middle: only the full sha256 check (prepare --verify) sees it
+    flipped = bytearray(original)
+    mid = len(flipped) // 2
+    flipped[mid:mid + 2] = bytes(255 - b for b in flipped[mid:mid + 2])
+    shard.write_bytes(bytes(flipped))
     assert_one_line_error(run_cli("prepare", recipe, "--verify"), 3, shard.name, "sha256")
+
+
+def test_missing_manifest_on_resume_exits_3(small_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(data, **{"train.steps": 2}))
+    assert run_cli("train", recipe, "--run-dir", tmp_path / "run").returncode == 0
+    (data / "manifest.json").unlink()
+    assert_one_line_error(run_cli("resume", tmp_path / "run"), 3, "manifest.json", "gone")
 
 
 def test_resume_errors_exit_4(tmp_path):

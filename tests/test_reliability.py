@@ -148,3 +148,41 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_
     final = run_cli("resume", run)
     assert final.returncode == 0, final.stderr
     assert train_losses(run) == train_losses(tmp_path / "ref")
+
+
+def _start_and_wait(recipe, run, rows):
+    p = subprocess.Popen([sys.executable, "-m", "tstcli", "train", str(recipe), "--run-dir", str(run)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        m = run / "metrics.jsonl"
+        if m.exists() and m.read_text().count('"train"') >= rows and checkpoint.latest(run / "checkpoints"):
+            break
+        time.sleep(0.01)
+    return p
+
+
+def test_ctrl_c_saves_and_exits_130_and_a_second_ctrl_c_stops_at_once(small_data, tmp_path):
+    r = small_recipe(small_data, **{"train.steps": 400, "checkpoint.every": 50, "eval.every": 100})
+    recipe = write_recipe(tmp_path / "r.toml", r)
+    ref = run_cli("train", recipe, "--run-dir", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    # one Ctrl-C: finish the step, save, exit 130
+    p = _start_and_wait(recipe, tmp_path / "one", 60)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    step = int(re.search(r"stopped by signal 2 at step (\d+)", err).group(1))
+    assert checkpoint.latest(tmp_path / "one" / "checkpoints").name == f"step-{step:08d}"
+    assert run_cli("resume", tmp_path / "one").returncode == 0
+    assert train_losses(tmp_path / "one") == train_losses(tmp_path / "ref")
+    # two Ctrl-Cs in a row: out at once (no new checkpoint required), the previous checkpoint intact
+    p = _start_and_wait(recipe, tmp_path / "two", 60)
+    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=120)
+    assert p.returncode in (130, -signal.SIGINT)
+    latest = checkpoint.latest(tmp_path / "two" / "checkpoints")
+    assert latest is not None and (latest / "state.json").is_file()
+    assert run_cli("resume", tmp_path / "two").returncode == 0
+    assert train_losses(tmp_path / "two") == train_losses(tmp_path / "ref")
