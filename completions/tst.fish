@@ -20,3 +20,11 @@ complete -c tst -n '__fish_seen_subcommand_from resume' -F
 complete -c tst -n '__fish_seen_subcommand_from resume' -l allow-changed-data -d 'continue even though the prepared data changed since the run began'
 complete -c tst -n '__fish_seen_subcommand_from resume' -l json -d 'print one JSON object on stdout instead of text'
 complete -c tst -n '__fish_seen_subcommand_from resume' -l help -d 'show help and exit'
+complete -c tst -n __fish_use_subcommand -a export -d 'Export a checkpoint as a Hugging Face Llama model (config, safetensors, tokenizer) and self-test it.'
+complete -c tst -n '__fish_seen_subcommand_from export' -F
+complete -c tst -n '__fish_seen_subcommand_from export' -l out -r -a '(__fish_complete_directories)' -d 'directory to write the export to'
+complete -c tst -n '__fish_seen_subcommand_from export' -l step -r -d 'checkpoint step to export (default - the latest)'
+complete -c tst -n '__fish_seen_subcommand_from export' -l dtype -r -d 'weight dtype of the export - fp32 or bf16'
+complete -c tst -n '__fish_seen_subcommand_from export' -l force -d 'replace a non-empty --out'
+complete -c tst -n '__fish_seen_subcommand_from export' -l json -d 'print one JSON object on stdout instead of text'
+complete -c tst -n '__fish_seen_subcommand_from export' -l help -d 'show help and exit'

@@ -10,7 +10,7 @@ import traceback
 import typer
 
 from tstcli import __version__
-from tstcli.cli import prepare, resume, train
+from tstcli.cli import export, prepare, resume, train
 from tstcli.errors import EXIT_INTERNAL, EXIT_USAGE, Stopped, TstError
 
 app = typer.Typer(name="tst", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -33,6 +33,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.command("prepare")(prepare.prepare)
 app.command("train")(train.train)
 app.command("resume")(resume.resume)
+app.command("export")(export.export)
 
 
 def _internal_error() -> int:

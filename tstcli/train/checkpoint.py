@@ -120,3 +120,25 @@ def load(path: Path, model, optimizer) -> dict:
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
     return state
+
+
+def find(root: Path, step: int | None) -> Path:
+    """The complete checkpoint of `step`, or the latest one when `step` is None."""
+    found = complete(root)
+    if not found:
+        raise CheckpointError(f"{root}: no complete checkpoint")
+    if step is None:
+        return found[-1]
+    for p in found:
+        if int(STEP_DIR.match(p.name).group(1)) == step:
+            return p
+    steps = ", ".join(str(int(STEP_DIR.match(p.name).group(1))) for p in found)
+    raise CheckpointError(f"{root}: no complete checkpoint of step {step} (have: {steps})")
+
+
+def load_weights(path: Path, model) -> None:
+    """Model weights only (export, evaluation)."""
+    try:
+        load_model(model, str(path / "model.safetensors"), strict=True)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: cannot load model weights ({type(e).__name__}: {e})".splitlines()[0]) from None

@@ -1,0 +1,97 @@
+"""`tst export`: a standard Hugging Face Llama checkpoint whose logits equal the native model's."""
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import run_cli, small_recipe, write_recipe
+from test_cli_errors import assert_one_line_error
+from tstcli import recipe as recipes
+from tstcli.export import hf_llama
+from tstcli.model import Llama
+from tstcli.train import checkpoint
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def run(request, small_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    r = small_recipe(small_data, **{"model.tie_embeddings": request.param, "train.steps": 4})
+    res = run_cli("train", write_recipe(tmp / "r.toml", r), "--run-dir", tmp / "run")
+    assert res.returncode == 0, res.stderr
+    return tmp / "run"
+
+
+def _native(run_dir):
+    r = recipes.load(run_dir / "recipe.toml")
+    vocab = json.loads((run_dir / "manifest.json").read_text())["vocab_size"]
+    model = Llama(r.model, vocab)
+    checkpoint.load_weights(checkpoint.find(run_dir / "checkpoints", None), model)
+    return model.eval()
+
+
+def test_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out = tmp_path / "hf"
+    r = run_cli("export", run, "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["self_test_max_abs_diff"] is not None and res["self_test_max_abs_diff"] <= 1e-4
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json"} <= set(res["files"])
+    config = json.loads((out / "config.json").read_text())
+    native = _native(run)
+    assert config["num_key_value_heads"] == 2 and config["num_attention_heads"] == 4
+    assert config["tie_word_embeddings"] == native.cfg.tie_embeddings
+    # an independent check, not the self-test's own numbers
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    ids = torch.randint(0, native.vocab_size, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (hf(input_ids=ids).logits - native.logits(native(input_ids=ids))).abs().max().item()
+    assert diff <= 1e-4
+    tok = AutoTokenizer.from_pretrained(str(out))
+    from tokenizers import Tokenizer
+    text = "Call me Ishmael. Some years ago—never mind how long precisely"
+    assert tok(text)["input_ids"] == Tokenizer.from_file(str(run / "tokenizer.json")).encode(text).ids
+    assert tok.eos_token == "<|endoftext|>"
+
+
+def test_bf16_export_and_refusal_to_overwrite(run, tmp_path):
+    out = tmp_path / "hf16"
+    assert run_cli("export", run, "--out", out, "--dtype", "bf16").returncode == 0
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+    assert_one_line_error(run_cli("export", run, "--out", out), 2, "not empty", "--force")
+    assert run_cli("export", run, "--out", out, "--force", "--step", "4").returncode == 0
+    assert_one_line_error(run_cli("export", run, "--out", tmp_path / "x", "--step", "3"), 4, "step 3")
+    assert_one_line_error(run_cli("export", run, "--out", tmp_path / "x", "--dtype", "fp16"), 2, "--dtype")
+    assert not (tmp_path / "x").exists()
+
+
+def test_sharded_export_writes_an_index_that_transformers_loads(run, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+    monkeypatch.setattr(hf_llama, "MAX_SHARD", "20KB")
+    r = recipes.load(run / "recipe.toml")
+    manifest = json.loads((run / "manifest.json").read_text())
+    res = hf_llama.export(r, run, _native(run), manifest, tmp_path / "sharded", "fp32", False, "test")
+    assert "model.safetensors.index.json" in res["files"] and res["self_test_max_abs_diff"] <= 1e-4
+    assert len([f for f in res["files"] if f.startswith("model-")]) > 2
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "sharded"))
+
+
+def test_a_logits_mismatch_fails_the_export_and_writes_nothing(run, tmp_path, monkeypatch):
+    real = hf_llama.hf_state_dict
+
+    def broken(model, dtype):  # e.g. a wrong RoPE layout: q/k projections permuted
+        sd = real(model, dtype)
+        q = "model.layers.0.self_attn.q_proj.weight"
+        sd[q] = sd[q].view(4, 2, -1, sd[q].shape[-1]).transpose(1, 2).reshape(sd[q].shape).contiguous()
+        return sd
+
+    monkeypatch.setattr(hf_llama, "hf_state_dict", broken)
+    r = recipes.load(run / "recipe.toml")
+    manifest = json.loads((run / "manifest.json").read_text())
+    from tstcli.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="self-test failed"):
+        hf_llama.export(r, run, _native(run), manifest, tmp_path / "bad", "fp32", False, "test")
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))

@@ -1,0 +1,1 @@
+"""Export run checkpoints to standard Hugging Face checkpoints."""
