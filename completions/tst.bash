@@ -2,13 +2,14 @@
 _tst() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" opts=""
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=( $(compgen -W "prepare train resume export --help --version" -- "$cur") )
+        COMPREPLY=( $(compgen -W "prepare train resume eval export --help --version" -- "$cur") )
         return
     fi
     case "${COMP_WORDS[1]}" in
         prepare) opts="--set --force --verify --json --help" ;;
         train) opts="--run-dir --set --dry-run --json --help" ;;
         resume) opts="--allow-changed-data --json --help" ;;
+        eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --samples --json --help" ;;
         export) opts="--out --step --dtype --force --json --help" ;;
     esac
     case "$prev" in

@@ -20,6 +20,17 @@ complete -c tst -n '__fish_seen_subcommand_from resume' -F
 complete -c tst -n '__fish_seen_subcommand_from resume' -l allow-changed-data -d 'continue even though the prepared data changed since the run began'
 complete -c tst -n '__fish_seen_subcommand_from resume' -l json -d 'print one JSON object on stdout instead of text'
 complete -c tst -n '__fish_seen_subcommand_from resume' -l help -d 'show help and exit'
+complete -c tst -n __fish_use_subcommand -a eval -d 'Evaluate a run or an export - held-out next-token loss and multiple-choice benchmarks.'
+complete -c tst -n '__fish_seen_subcommand_from eval' -F
+complete -c tst -n '__fish_seen_subcommand_from eval' -l bench -r -d 'comma-separated - hellaswag, arc_easy, arc_challenge, arc, mmlu, boolq, openbookqa, piqa, winogrande, paper (all eight)'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l limit -r -d 'first N items of each task (each MMLU subject)'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l num-fewshot -r -d 'few-shot examples per prompt (default 0, as the paper)'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l data-dir -r -a '(__fish_complete_directories)' -d 'benchmark files (shared data set layout)'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l batch-size -r -d 'sequences per forward pass'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l step -r -d 'checkpoint step of a run directory (default - latest)'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l samples -r -d 'write per-item results (JSON lines) here'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l json -d 'print one JSON object on stdout instead of text'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l help -d 'show help and exit'
 complete -c tst -n __fish_use_subcommand -a export -d 'Export a checkpoint as a Hugging Face Llama model (config, safetensors, tokenizer) and self-test it.'
 complete -c tst -n '__fish_seen_subcommand_from export' -F
 complete -c tst -n '__fish_seen_subcommand_from export' -l out -r -a '(__fish_complete_directories)' -d 'directory to write the export to'

@@ -10,6 +10,7 @@ import traceback
 import typer
 
 from tstcli import __version__
+from tstcli.cli import eval as eval_cmd
 from tstcli.cli import export, prepare, resume, train
 from tstcli.errors import EXIT_INTERNAL, EXIT_USAGE, Stopped, TstError
 
@@ -33,6 +34,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 app.command("prepare")(prepare.prepare)
 app.command("train")(train.train)
 app.command("resume")(resume.resume)
+app.command("eval")(eval_cmd.eval_)
 app.command("export")(export.export)
 
 

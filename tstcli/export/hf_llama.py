@@ -27,12 +27,15 @@ MAX_SHARD = "5GB"
 SELF_TEST_TOLERANCE = 1e-4
 
 
+RENAME = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+          "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+          "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+          "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj", "feed_forward.w2": "mlp.down_proj"}
+
+
 def hf_state_dict(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Native parameter names -> transformers' LlamaForCausalLM names (tied head left out)."""
-    rename = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-              "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-              "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-              "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj", "feed_forward.w2": "mlp.down_proj"}
+    rename = RENAME
     out = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight}
     if not model.cfg.tie_embeddings:
         out["lm_head.weight"] = model.output.weight
@@ -45,6 +48,31 @@ def hf_state_dict(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
             else:  # pragma: no cover - a new parameter without a mapping must fail loudly
                 raise RuntimeError(f"no Hugging Face name for layers.{i}.{name}")
     return {k: v.detach().to(dtype).contiguous().cpu() for k, v in out.items()}
+
+
+def native_state_dict(hf: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """transformers' LlamaForCausalLM names -> native names (the inverse of `hf_state_dict`)."""
+    out = {}
+    for name, t in hf.items():
+        if name == "model.embed_tokens.weight":
+            out["tok_embeddings.weight"] = t
+        elif name == "model.norm.weight":
+            out["norm.weight"] = t
+        elif name == "lm_head.weight":
+            out["output.weight"] = t
+        elif name.startswith("model.layers."):
+            i, rest = name[len("model.layers."):].split(".", 1)
+            for ours, theirs in RENAME.items():
+                if rest.startswith(theirs + "."):
+                    out[f"layers.{i}.{ours}{rest[len(theirs):]}"] = t
+                    break
+            else:
+                raise CheckpointError(f"unsupported tensor {name!r} in a Llama export")
+        elif not name.endswith("rotary_emb.inv_freq"):
+            raise CheckpointError(f"unsupported tensor {name!r} in a Llama export")
+    if tied:
+        out["output.weight"] = out["tok_embeddings.weight"]
+    return out
 
 
 def hf_config(r: Recipe, vocab_size: int, eot_id: int, dtype: torch.dtype) -> dict:

@@ -1,0 +1,121 @@
+"""Load the model to evaluate from a run directory (native checkpoint) or an export directory (Hugging Face
+Llama checkpoint written by `tst export`, or any compatible one)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from tstcli import recipe as recipes
+from tstcli.errors import CheckpointError, DataError
+from tstcli.model import Llama
+from tstcli.recipe import ModelConfig
+
+
+@dataclass
+class EvalModel:
+    model: Llama
+    tokenizer: Tokenizer
+    eot_id: int
+    max_len: int
+    source: str
+    run_dir: Path | None  # set for run directories (held-out loss needs the run's validation split)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def _tokenizer(path: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise DataError(f"{path}: cannot load tokenizer ({e})".splitlines()[0]) from None
+
+
+def from_run(run_dir: Path, step: int | None) -> EvalModel:
+    from tstcli.train import checkpoint, rundir
+
+    rundir.read_info(run_dir)
+    r = recipes.load(run_dir / rundir.RECIPE)
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"{run_dir / 'manifest.json'}: missing or corrupt") from None
+    ckpt = checkpoint.find(run_dir / rundir.CHECKPOINTS, step)
+    model = Llama(r.model, manifest["vocab_size"])
+    checkpoint.load_weights(ckpt, model)
+    return EvalModel(model.eval(), _tokenizer(run_dir / "tokenizer.json"), manifest["tokenizer"]["eot_id"],
+                     r.model.max_seq_len, str(ckpt), run_dir)
+
+
+def from_export(export_dir: Path) -> EvalModel:
+    from tstcli.export.hf_llama import native_state_dict
+
+    cfg_path = export_dir / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{export_dir}: no config.json (neither a run directory nor an export directory)")
+    try:
+        c = json.loads(cfg_path.read_text())
+        if c.get("model_type") != "llama":
+            raise CheckpointError(f"{cfg_path}: model_type {c.get('model_type')!r}; only llama exports are supported")
+        theta = c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        cfg = ModelConfig(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
+                          n_kv_heads=c.get("num_key_value_heads") or 0, ffn_dim=c["intermediate_size"],
+                          max_seq_len=c["max_position_embeddings"], rope_theta=float(theta),
+                          norm_eps=c["rms_norm_eps"], tie_embeddings=bool(c.get("tie_word_embeddings", False)))
+        vocab = c["vocab_size"]
+        eos = c.get("eos_token_id")
+        eot = eos[0] if isinstance(eos, list) else eos
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{cfg_path}: not a Llama config ({type(e).__name__}: {e})") from None
+    index = export_dir / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+             else ["model.safetensors"])
+    hf = {}
+    try:
+        for f in files:
+            hf.update(load_file(str(export_dir / f)))
+    except Exception as e:
+        raise CheckpointError(f"{export_dir}: cannot load weights ({type(e).__name__}: {e})".splitlines()[0]) from None
+    model = Llama(cfg, vocab)
+    try:
+        model.load_state_dict({k: v.float() for k, v in native_state_dict(hf, cfg.tie_embeddings).items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{export_dir}: weights do not match config.json ({e})".splitlines()[0]) from None
+    return EvalModel(model.eval(), _tokenizer(export_dir / "tokenizer.json"), eot, cfg.max_seq_len,
+                     str(export_dir), None)
+
+
+def load(path: Path, step: int | None) -> EvalModel:
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such directory")
+    if (path / "run.json").is_file():
+        return from_run(path, step)
+    return from_export(path)
+
+
+@torch.no_grad()
+def heldout_loss(em: EvalModel, batch_size: int, max_rows: int = 256) -> dict:
+    """Ordinary next-token loss on the run's validation split (rows of seq_len+1 tokens)."""
+    from tstcli.data import shards
+    from tstcli.data.loader import val_rows
+    from tstcli.train import rundir
+    from tstcli.train.loop import phase_loss
+    from tstcli.tst import PhaseSpec
+
+    info = rundir.read_info(em.run_dir)
+    r = recipes.load(em.run_dir / rundir.RECIPE)
+    data_dir = Path(info["data_dir"])
+    manifest = shards.read_manifest(data_dir)
+    shards.verify(data_dir, manifest, full=False)
+    L = r.train.seq_len
+    rows = torch.from_numpy(val_rows(shards.TokenStore(data_dir, manifest, "val"), L + 1, max_rows))
+    total = 0.0
+    for i in range(0, len(rows), batch_size):
+        part = rows[i:i + batch_size]
+        total += phase_loss(em.model, part, PhaseSpec.next_token(L), None, None).item() * len(part)
+    return {"val_loss": total / len(rows), "rows": len(rows), "tokens": len(rows) * L}

@@ -1,0 +1,143 @@
+"""Run multiple-choice benchmarks the way lm-evaluation-harness does: build prompts (with few-shot examples drawn
+the harness's way), score every choice, compute acc / acc_norm with the harness's standard errors, aggregate MMLU
+by subject, category and overall (a micro-average over questions)."""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+from tstcli.data.shards import file_sha256
+from tstcli.errors import DataError
+from tstcli.eval.scoring import encode_pair, loglikelihoods
+from tstcli.eval.tasks import MMLU_SUBJECTS, TASKS, Doc, Task
+
+FEWSHOT_SEED = 1234  # the harness's default fewshot_seed
+
+
+def mean_stderr(xs: list[float]) -> float:
+    n = len(xs)
+    if n < 2:
+        return float("nan")
+    mu = sum(xs) / n
+    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1)) / math.sqrt(n)
+
+
+def pooled_stderr(stderrs: list[float], sizes: list[int]) -> float:
+    """The harness's group stderr (lm_eval.api.metrics.pooled_sample_stderr)."""
+    if sum(sizes) - len(sizes) <= 0:
+        return float("nan")
+    var = sum((n - 1) * se ** 2 * n for se, n in zip(stderrs, sizes)) / (sum(sizes) - len(sizes))
+    return math.sqrt(var / sum(sizes))
+
+
+def _docs(task: Task, data_dir: Path, rel: str, subject: str) -> tuple[list[Doc], Path]:
+    path = data_dir / rel.format(subject=subject)
+    raw = task.loader(path, subject)
+    try:
+        return [task.to_doc(d) for d in raw], path
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        raise DataError(f"{path}: unexpected item format for {task.name} ({type(e).__name__}: {e})") from None
+
+
+def _shot_text(task: Task, d: Doc) -> str:
+    ctx = d.context[d.gold] if isinstance(d.context, list) else d.context
+    return ctx + task.target_delimiter + d.fewshot_target
+
+
+def _fewshot_prefixes(task: Task, docs: list[Doc], shots_pool: list[Doc] | None, k: int, desc: str) -> list[str]:
+    if k == 0:
+        return [desc] * len(docs)
+    if shots_pool is None:
+        raise DataError(f"{task.name}: --num-fewshot {k} needs a few-shot split, which is not available locally "
+                        "(the harness draws it from the training split); run it 0-shot")
+    if task.fewshot_sampler == "first_n":
+        shots = [shots_pool[:k]] * len(docs)
+    else:  # the harness's ContextSampler: one Random(1234) per task, k draws per document, in document order
+        rnd = random.Random(FEWSHOT_SEED)
+        shots = [rnd.sample(shots_pool, k) for _ in docs]
+    return [desc + "".join(_shot_text(task, s) + task.fewshot_delimiter for s in ss) for ss in shots]
+
+
+def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: Path, limit: int | None,
+             num_fewshot: int, batch_size: int) -> tuple[dict, list[dict], dict]:
+    """Returns (metrics, per-item samples, {data file: sha256})."""
+    subjects = task.subjects or ("",)
+    items, files = [], {}
+    for subject in subjects:
+        docs, path = _docs(task, data_dir, task.eval_file, subject)
+        files[str(path)] = file_sha256(path)
+        docs = docs[:limit] if limit else docs
+        pool = None
+        if num_fewshot and task.fewshot_file:
+            pool, fpath = _docs(task, data_dir, task.fewshot_file, subject)
+            files[str(fpath)] = file_sha256(fpath)
+        for doc, prefix in zip(docs, _fewshot_prefixes(task, docs, pool, num_fewshot, task.description(subject))):
+            items.append((subject, doc, prefix))
+    requests, owners = [], []
+    for n, (_, doc, prefix) in enumerate(items):
+        if isinstance(doc.context, list):  # one context per choice, the same continuation
+            pairs = [(prefix + c, task.target_delimiter + doc.choices[0]) for c in doc.context]
+        else:
+            pairs = [(prefix + doc.context, task.target_delimiter + ch) for ch in doc.choices]
+        for ctx, cont in pairs:
+            requests.append(encode_pair(encode, ctx, cont, prefix_id))
+            owners.append(n)
+    lls = loglikelihoods(model, requests, max_len, batch_size, desc=task.name)
+    per_item: list[list[float]] = [[] for _ in items]
+    for n, ll in zip(owners, lls):
+        per_item[n].append(ll)
+    samples = []
+    for n, ((subject, doc, _), ll) in enumerate(zip(items, per_item)):
+        pred = max(range(len(ll)), key=lambda i: ll[i])
+        row = {"task": task.name, "doc": n, "gold": doc.gold, "loglikelihoods": ll, "pred": pred,
+               "acc": float(pred == doc.gold)}
+        if "acc_norm" in task.metrics:
+            normed = [x / len(c) for x, c in zip(ll, doc.choices)]
+            row["pred_norm"] = max(range(len(normed)), key=lambda i: normed[i])
+            row["acc_norm"] = float(row["pred_norm"] == doc.gold)
+        if subject:
+            row["subject"] = subject
+        samples.append(row)
+    return _aggregate(task, samples), samples, files
+
+
+def _summary(rows: list[dict], metrics: tuple[str, ...]) -> dict:
+    out = {"n": len(rows)}
+    for m in metrics:
+        xs = [r[m] for r in rows]
+        out[m] = sum(xs) / len(xs) if xs else float("nan")
+        out[f"{m}_stderr"] = mean_stderr(xs)
+    return out
+
+
+def _aggregate(task: Task, samples: list[dict]) -> dict:
+    result = _summary(samples, task.metrics)
+    if task.name != "mmlu":
+        return result
+    subjects = {}
+    for s in sorted({r["subject"] for r in samples}):
+        subjects[s] = _summary([r for r in samples if r["subject"] == s], task.metrics)
+    categories = {}
+    for cat in sorted(set(MMLU_SUBJECTS.values())):
+        members = [subjects[s] for s in subjects if MMLU_SUBJECTS[s] == cat]
+        if members:
+            n = sum(m["n"] for m in members)
+            categories[cat] = {"n": n, "acc": sum(m["acc"] * m["n"] for m in members) / n,
+                               "acc_stderr": pooled_stderr([m["acc_stderr"] for m in members],
+                                                           [m["n"] for m in members])}
+    result["acc_stderr"] = pooled_stderr([m["acc_stderr"] for m in subjects.values()],
+                                         [m["n"] for m in subjects.values()])
+    result["categories"], result["subjects"] = categories, subjects
+    return result
+
+
+def evaluate(model, encode, prefix_id: int, max_len: int, names: list[str], data_dir: Path, limit: int | None,
+             num_fewshot: int, batch_size: int) -> tuple[dict, list[dict], dict]:
+    results, samples, files = {}, [], {}
+    for name in names:
+        res, s, f = run_task(TASKS[name], model, encode, prefix_id, max_len, data_dir, limit, num_fewshot,
+                             batch_size)
+        results[name], files = res, {**files, **f}
+        samples += s
+    return results, samples, files

@@ -1,0 +1,56 @@
+"""Log-likelihood scoring exactly as lm-evaluation-harness's HFLM does it.
+
+- `encode_pair`: trailing spaces of the context move to the continuation; the pair is encoded whole and the
+  continuation is what follows the context's own encoding (the harness's context/continuation token split).
+- Inputs are `(context + continuation)[-(max_len + 1):][:-1]`; the continuation's log-probability is the sum of
+  log-softmax scores of its tokens.
+- Fast paths that keep results exact: requests are sorted by length (longest first) and batched with right
+  padding (causal attention never looks right); requests whose model inputs are identical — all choices of an
+  MMLU question, whose continuations are one token each — share one forward pass.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def encode_pair(encode, context: str, continuation: str, prefix_id: int) -> tuple[list[int], list[int]]:
+    if context == "":
+        return [prefix_id], encode(continuation)
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(context + continuation)
+    ctx = encode(context)
+    return ctx, whole[len(ctx):]
+
+
+@torch.no_grad()
+def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: int, batch_size: int,
+                   desc: str = "score") -> list[float]:
+    groups: dict[tuple[int, ...], list[tuple[list[int], int]]] = {}
+    for i, (ctx, cont) in enumerate(requests):
+        whole = (ctx + cont)[-(max_len + 1):]
+        groups.setdefault(tuple(whole[:-1]), []).append((cont, i))
+    order = sorted(groups, key=lambda inp: -len(inp))
+    out = [0.0] * len(requests)
+    bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not sys.stderr.isatty(), file=sys.stderr)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = max(len(inp) for inp in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, inp in enumerate(batch):
+            ids[j, :len(inp)] = torch.tensor(inp, dtype=torch.long)
+        logp = F.log_softmax(model.logits(model(input_ids=ids)).float(), dim=-1)
+        for j, inp in enumerate(batch):
+            for cont, i in groups[inp]:
+                n = min(len(cont), len(inp))  # a continuation longer than the window: its last tokens only
+                rows = logp[j, len(inp) - n:len(inp)]
+                out[i] = rows.gather(-1, torch.tensor(cont[-n:], dtype=torch.long)[:, None]).sum().item()
+                bar.update(1)
+    bar.close()
+    return out

@@ -1,0 +1,176 @@
+"""The benchmark registry: each task is a small declarative entry following lm-evaluation-harness 0.4's task YAML
+(dataset files, prompt, choices, target, metrics). Local files use the layout of the project's shared data set
+(`arc/ARC-Easy-Test.jsonl`, `mmlu/test/<subject>_test.csv`, ...) under `--data-dir`.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tstcli.errors import DataError
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One evaluation item, already in the harness's terms."""
+    context: str | list[str]  # one context, or one per choice (winogrande's multiple-input form)
+    choices: list[str]  # continuations (without the target delimiter)
+    gold: int
+    fewshot_target: str = ""  # text after the context when this doc is a few-shot example
+    subject: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    eval_file: str  # relative to the data dir; may contain {subject}
+    loader: Callable[[Path, str], list[dict]]
+    to_doc: Callable[[dict], Doc]
+    metrics: tuple[str, ...] = ("acc", "acc_norm")
+    fewshot_file: str | None = None  # None: no local few-shot split
+    fewshot_sampler: str = "random"  # random (the harness's seeded sampler) or first_n (MMLU)
+    description: Callable[[str], str] = lambda subject: ""
+    subjects: tuple[str, ...] = ()
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+    extra: dict = field(default_factory=dict)
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise DataError(f"{path}: benchmark file not found (pass --data-dir pointing at a copy of the data set "
+                        "layout described in the README)")
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8",
+                                                                                        newline="")
+
+
+def jsonl(path: Path, _subject: str = "") -> list[dict]:
+    with _open(path) as fh:
+        try:
+            return [json.loads(line) for line in fh if line.strip()]
+        except ValueError as e:
+            raise DataError(f"{path}: not valid JSON lines ({e})") from None
+
+
+def mmlu_csv(path: Path, subject: str) -> list[dict]:
+    with _open(path) as fh:
+        rows = list(csv.reader(fh))
+    try:
+        return [{"question": r[0], "choices": r[1:5], "answer": "ABCD".index(r[5]), "subject": subject}
+                for r in rows if r]
+    except (IndexError, ValueError):
+        raise DataError(f"{path}: expected CSV rows question,A,B,C,D,answer-letter") from None
+
+
+# ---- per-task document conversions (the harness's doc_to_text / doc_to_choice / doc_to_target) ----
+
+def hellaswag_preprocess(text: str) -> str:
+    text = text.strip()
+    text = text.replace(" [title]", ". ")  # brackets are artifacts of the WikiHow part of HellaSwag
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag(d: dict) -> Doc:
+    ctx = d["ctx_a"] + " " + d["ctx_b"].capitalize()
+    choices = [hellaswag_preprocess(e) for e in d["endings"]]
+    gold = int(d["label"])
+    return Doc(hellaswag_preprocess(d["activity_label"] + ": " + ctx), choices, gold, choices[gold])
+
+
+def arc(d: dict) -> Doc:
+    q = d["question"]
+    labels = [c["label"] for c in q["choices"]]
+    texts = [c["text"] for c in q["choices"]]
+    gold = labels.index(d["answerKey"])
+    return Doc(f"Question: {q['stem']}\nAnswer:", texts, gold, texts[gold])
+
+
+def mmlu(d: dict) -> Doc:
+    c = d["choices"]
+    text = f"{d['question'].strip()}\nA. {c[0]}\nB. {c[1]}\nC. {c[2]}\nD. {c[3]}\nAnswer:"
+    return Doc(text, ["A", "B", "C", "D"], d["answer"], "ABCD"[d["answer"]], d["subject"])
+
+
+def boolq(d: dict) -> Doc:
+    gold = int(d["answer"]) if "answer" in d else int(d["label"])  # HF boolq: `answer`; super_glue: `label`
+    return Doc(f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:", ["no", "yes"], gold, ["no", "yes"][gold])
+
+
+def openbookqa(d: dict) -> Doc:
+    texts, labels = d["choices"]["text"], d["choices"]["label"]
+    gold = labels.index(d["answerKey"].lstrip())
+    return Doc(d["question_stem"], texts, gold, texts[gold])
+
+
+def piqa(d: dict) -> Doc:
+    choices = [d["sol1"], d["sol2"]]
+    return Doc(f"Question: {d['goal']}\nAnswer:", choices, int(d["label"]), choices[int(d["label"])])
+
+
+def winogrande(d: dict) -> Doc:
+    idx = d["sentence"].index("_")
+    contexts = [d["sentence"][:idx] + opt for opt in (d["option1"], d["option2"])]
+    target = d["sentence"][idx + 1:].strip()
+    gold = {"1": 0, "2": 1}[d["answer"]]
+    return Doc(contexts, [target], gold, target)
+
+
+MMLU_SUBJECTS = {  # subject -> category, as lm-evaluation-harness groups them
+    "abstract_algebra": "stem", "anatomy": "stem", "astronomy": "stem", "business_ethics": "other",
+    "clinical_knowledge": "other", "college_biology": "stem", "college_chemistry": "stem",
+    "college_computer_science": "stem", "college_mathematics": "stem", "college_medicine": "other",
+    "college_physics": "stem", "computer_security": "stem", "conceptual_physics": "stem",
+    "econometrics": "social_sciences", "electrical_engineering": "stem", "elementary_mathematics": "stem",
+    "formal_logic": "humanities", "global_facts": "other", "high_school_biology": "stem",
+    "high_school_chemistry": "stem", "high_school_computer_science": "stem",
+    "high_school_european_history": "humanities", "high_school_geography": "social_sciences",
+    "high_school_government_and_politics": "social_sciences", "high_school_macroeconomics": "social_sciences",
+    "high_school_mathematics": "stem", "high_school_microeconomics": "social_sciences",
+    "high_school_physics": "stem", "high_school_psychology": "social_sciences", "high_school_statistics": "stem",
+    "high_school_us_history": "humanities", "high_school_world_history": "humanities", "human_aging": "other",
+    "human_sexuality": "social_sciences", "international_law": "humanities", "jurisprudence": "humanities",
+    "logical_fallacies": "humanities", "machine_learning": "stem", "management": "other", "marketing": "other",
+    "medical_genetics": "other", "miscellaneous": "other", "moral_disputes": "humanities",
+    "moral_scenarios": "humanities", "nutrition": "other", "philosophy": "humanities", "prehistory": "humanities",
+    "professional_accounting": "other", "professional_law": "humanities", "professional_medicine": "other",
+    "professional_psychology": "social_sciences", "public_relations": "social_sciences",
+    "security_studies": "social_sciences", "sociology": "social_sciences", "us_foreign_policy": "social_sciences",
+    "virology": "other", "world_religions": "humanities",
+}
+
+TASKS = {t.name: t for t in [
+    Task("hellaswag", "hellaswag/hellaswag_val.jsonl.gz", jsonl, hellaswag),
+    Task("arc_easy", "arc/ARC-Easy-Test.jsonl", jsonl, arc, fewshot_file="arc/ARC-Easy-Train.jsonl"),
+    Task("arc_challenge", "arc/ARC-Challenge-Test.jsonl", jsonl, arc, fewshot_file="arc/ARC-Challenge-Train.jsonl"),
+    Task("mmlu", "mmlu/test/{subject}_test.csv", mmlu_csv, mmlu, metrics=("acc",),
+         fewshot_file="mmlu/dev/{subject}_dev.csv", fewshot_sampler="first_n", subjects=tuple(MMLU_SUBJECTS),
+         description=lambda s: f"The following are multiple choice questions (with answers) about "
+                               f"{s.replace('_', ' ')}.\n\n"),
+    Task("boolq", "boolq/boolq_validation.jsonl.gz", jsonl, boolq, metrics=("acc",)),
+    Task("openbookqa", "openbookqa/openbookqa_main_test.jsonl", jsonl, openbookqa,
+         fewshot_file=None),
+    Task("piqa", "piqa/piqa_validation.jsonl", jsonl, piqa),
+    Task("winogrande", "winogrande/winogrande_xl_validation.jsonl", jsonl, winogrande, metrics=("acc",)),
+]}
+ALIASES = {"arc": ["arc_easy", "arc_challenge"],
+           "paper": ["hellaswag", "arc_easy", "arc_challenge", "mmlu", "boolq", "openbookqa", "piqa", "winogrande"]}
+
+
+def parse_bench(spec: str) -> list[str]:
+    from tstcli.errors import RecipeError
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        expanded = ALIASES.get(part, [part])
+        for n in expanded:
+            if n not in TASKS:
+                raise RecipeError(f"--bench {part!r}: unknown benchmark (known: "
+                                  f"{', '.join(list(TASKS) + list(ALIASES))})")
+            if n not in names:
+                names.append(n)
+    return names
