@@ -97,3 +97,12 @@ def test_eval_bad_input(run_dir, tmp_path):
                           "ARC-Easy-Test.jsonl")
     assert_one_line_error(run_cli("eval", run_dir, "--bench", "piqa", "--data-dir", tmp_path / "data"), 3,
                           "piqa_validation.jsonl", "not found")
+
+
+def test_mmlu_subject_selection():
+    from tstcli.eval.tasks import resolve
+    names = parse_bench("mmlu:anatomy,arc_easy,mmlu:virology")
+    tasks = resolve(names)
+    assert [t.name for t in tasks] == ["mmlu", "arc_easy"] and tasks[0].subjects == ("anatomy", "virology")
+    with pytest.raises(Exception, match="unknown MMLU subject"):
+        parse_bench("mmlu:cooking")

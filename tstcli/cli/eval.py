@@ -17,7 +17,8 @@ DEFAULT_DATA_DIR = Path(os.environ.get("TST_EVAL_DATA", Path.home() / ".cache" /
 def eval_(
     path: Path = typer.Argument(..., help="run directory or export directory"),
     bench: str = typer.Option("", "--bench", help="comma-separated: hellaswag, arc_easy, arc_challenge, arc, mmlu, "
-                              "boolq, openbookqa, piqa, winogrande, paper (all eight); empty: held-out loss only"),
+                              "mmlu:SUBJECT, boolq, openbookqa, piqa, winogrande, paper (all eight); empty: "
+                              "held-out loss only"),
     limit: Optional[int] = typer.Option(None, "--limit", help="first N items of each task (each MMLU subject)"),
     num_fewshot: int = typer.Option(0, "--num-fewshot", help="few-shot examples per prompt (default 0, as the paper)"),
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="benchmark files (shared data set layout); "

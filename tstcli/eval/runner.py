@@ -10,7 +10,7 @@ from pathlib import Path
 from tstcli.data.shards import file_sha256
 from tstcli.errors import DataError
 from tstcli.eval.scoring import encode_pair, loglikelihoods
-from tstcli.eval.tasks import MMLU_SUBJECTS, TASKS, Doc, Task
+from tstcli.eval.tasks import MMLU_SUBJECTS, Doc, Task, resolve
 
 FEWSHOT_SEED = 1234  # the harness's default fewshot_seed
 
@@ -135,9 +135,8 @@ def _aggregate(task: Task, samples: list[dict]) -> dict:
 def evaluate(model, encode, prefix_id: int, max_len: int, names: list[str], data_dir: Path, limit: int | None,
              num_fewshot: int, batch_size: int) -> tuple[dict, list[dict], dict]:
     results, samples, files = {}, [], {}
-    for name in names:
-        res, s, f = run_task(TASKS[name], model, encode, prefix_id, max_len, data_dir, limit, num_fewshot,
-                             batch_size)
-        results[name], files = res, {**files, **f}
+    for task in resolve(names):
+        res, s, f = run_task(task, model, encode, prefix_id, max_len, data_dir, limit, num_fewshot, batch_size)
+        results[task.name], files = res, {**files, **f}
         samples += s
     return results, samples, files

@@ -163,9 +163,15 @@ ALIASES = {"arc": ["arc_easy", "arc_challenge"],
 
 
 def parse_bench(spec: str) -> list[str]:
+    """Task names from `--bench`; `mmlu:SUBJECT` selects MMLU subjects (`mmlu` alone is all 57)."""
     from tstcli.errors import RecipeError
     names: list[str] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if part.startswith("mmlu:"):
+            if part[5:] not in MMLU_SUBJECTS:
+                raise RecipeError(f"--bench {part!r}: unknown MMLU subject (e.g. mmlu:anatomy)")
+            names.append(part)
+            continue
         expanded = ALIASES.get(part, [part])
         for n in expanded:
             if n not in TASKS:
@@ -174,3 +180,17 @@ def parse_bench(spec: str) -> list[str]:
             if n not in names:
                 names.append(n)
     return names
+
+
+def resolve(names: list[str]) -> list[Task]:
+    """Tasks to run, with `mmlu:SUBJECT` selections folded into one MMLU task over those subjects."""
+    import dataclasses
+    subjects = [n.split(":", 1)[1] for n in names if n.startswith("mmlu:")]
+    tasks = []
+    for n in names:
+        if n.startswith("mmlu:"):
+            if n == next(x for x in names if x.startswith("mmlu:")) and "mmlu" not in names:
+                tasks.append(dataclasses.replace(TASKS["mmlu"], subjects=tuple(subjects)))
+        else:
+            tasks.append(TASKS[n])
+    return tasks

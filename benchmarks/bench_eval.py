@@ -1,0 +1,77 @@
+"""`tst eval` vs lm-evaluation-harness's HFLM: same model, same items, same CPU, timed side by side.
+
+    python benchmarks/bench_eval.py --run RUN_DIR --export EXPORT_DIR --limit 200
+    python benchmarks/bench_eval.py --run RUN_DIR --export EXPORT_DIR            # every item (slow)
+
+The harness reads the same local files through the task YAMLs of tests/test_eval_parity.py. Prints wall time of
+each tool per task, the speed-up, and whether every item's predicted choice agrees. Target (issue #4): tst eval
+>= 1.5x faster than the harness.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from test_eval_parity import MMLU_SUBJECTS, SHARED, _harness_tasks  # noqa: E402
+
+PAIRS = {"tst_hellaswag": ("hellaswag", None), "tst_arc_easy": ("arc_easy", None),
+         "tst_arc_challenge": ("arc_challenge", None), **{f"tst_mmlu_{s}": ("mmlu", s) for s in MMLU_SUBJECTS}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--export", type=Path, required=True)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _harness_tasks(tmp)
+        for harness_task, (task, subject) in PAIRS.items():
+            if subject not in (None, MMLU_SUBJECTS[0]):
+                continue  # MMLU: time one subject per tool (tst eval scores all 57 otherwise)
+            t0 = time.perf_counter()
+            h = simple_evaluate(model="hf", model_args=f"pretrained={args.export},dtype=float32",
+                                tasks=[harness_task], task_manager=TaskManager(include_path=str(tmp)),
+                                limit=args.limit, batch_size=args.batch_size, device="cpu", log_samples=True)
+            t_harness = time.perf_counter() - t0
+            samples = tmp / "s.jsonl"
+            bench = f"mmlu:{subject}" if subject else task
+            cmd = [sys.executable, "-m", "tstcli", "eval", str(args.export), "--bench", bench, "--data-dir",
+                   str(SHARED), "--batch-size", str(args.batch_size), "--samples", str(samples)]
+            if args.limit:
+                cmd += ["--limit", str(args.limit)]
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            t_tst = time.perf_counter() - t0
+            assert r.returncode == 0, r.stderr[-2000:]
+            ours = [json.loads(l) for l in samples.read_text().splitlines()]
+            ours = [x for x in ours if x.get("subject") == subject]
+            theirs = sorted(h["samples"][harness_task], key=lambda s: s["doc_id"])
+            agree = all(a["acc"] == b["acc"] for a, b in zip(ours, theirs)) and len(ours) == len(theirs)
+            rows.append((task + (f":{subject}" if subject else ""), len(theirs), t_harness, t_tst, agree))
+            print(json.dumps({"task": rows[-1][0], "items": len(theirs), "harness_s": round(t_harness, 1),
+                              "tst_s": round(t_tst, 1), "speedup": round(t_harness / t_tst, 2),
+                              "predictions_identical": agree}), flush=True)
+    print("\n| task | items | lm-eval HFLM | tst eval | speed-up | same predictions |\n|---|---|---|---|---|---|")
+    for name, n, th, tt, ok in rows:
+        print(f"| {name} | {n} | {th:.1f} s | {tt:.1f} s | {th / tt:.2f}x | {'yes' if ok else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
