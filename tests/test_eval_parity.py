@@ -118,3 +118,35 @@ def test_tst_eval_matches_lm_eval_harness_item_by_item(exported, tmp_path):
     # the compared ARC items include both label formats: letters and ARC-Easy's numeric "1".."4" (item 14)
     labels = {json.loads(l)["answerKey"] for l in list(open(SHARED / "arc" / "ARC-Easy-Test.jsonl"))[:LIMIT]}
     assert labels & set("ABCD") and labels & set("1234")
+
+
+def test_arc_few_shot_draws_the_harness_shots(exported, tmp_path):
+    """--num-fewshot 3 on ARC-Easy: the harness's seeded sampler over the training split, reproduced exactly."""
+    import os
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    _harness_tasks(tmp_path)
+    rows = [json.loads(l) for l in open(SHARED / "arc" / "ARC-Easy-Train.jsonl")]
+    _write_jsonl(tmp_path / "arc_train.jsonl", [
+        {"id": r["id"], "question": r["question"]["stem"], "answerKey": r["answerKey"],
+         "choices": {"text": [c["text"] for c in r["question"]["choices"]],
+                     "label": [c["label"] for c in r["question"]["choices"]]}} for r in rows])
+    y = (tmp_path / "tst_arc_easy.yaml").read_text()
+    y = y.replace("    test: ", f"    train: {tmp_path / 'arc_train.jsonl'}\n    test: ")
+    (tmp_path / "tst_arc_easy.yaml").write_text(y.replace("test_split: test", "test_split: test\ntraining_split: train"))
+    h = simple_evaluate(model="hf", model_args=f"pretrained={exported / 'hf'},dtype=float32", tasks=["tst_arc_easy"],
+                        task_manager=TaskManager(include_path=str(tmp_path)), limit=12, num_fewshot=3,
+                        batch_size=8, device="cpu", log_samples=True)
+    theirs = sorted(h["samples"]["tst_arc_easy"], key=lambda s: s["doc_id"])
+    samples = tmp_path / "s.jsonl"
+    r = run_cli("eval", exported / "hf", "--bench", "arc_easy", "--limit", 12, "--num-fewshot", 3,
+                "--data-dir", SHARED, "--samples", samples)
+    assert r.returncode == 0, r.stderr
+    ours = [json.loads(l) for l in samples.read_text().splitlines()]
+    assert len(ours) == len(theirs) == 12
+    for a, b in zip(ours, theirs):
+        assert max(abs(x - y[0]) for x, y in zip(a["loglikelihoods"], b["filtered_resps"])) < 1e-4
+        assert (a["acc"], a["acc_norm"]) == (b["acc"], b["acc_norm"])
