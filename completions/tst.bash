@@ -9,7 +9,7 @@ _tst() {
         prepare) opts="--set --force --verify --json --help" ;;
         train) opts="--run-dir --set --dry-run --json --help" ;;
         resume) opts="--allow-changed-data --json --help" ;;
-        eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --samples --json --help" ;;
+        eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --corpus --samples --json --help" ;;
         export) opts="--out --step --dtype --force --json --help" ;;
     esac
     case "$prev" in

@@ -106,3 +106,14 @@ def test_mmlu_subject_selection():
     assert [t.name for t in tasks] == ["mmlu", "arc_easy"] and tasks[0].subjects == ("anatomy", "virology")
     with pytest.raises(Exception, match="unknown MMLU subject"):
         parse_bench("mmlu:cooking")
+
+
+def test_heldout_loss_of_an_export_on_a_given_corpus(run_dir, tmp_path):
+    from conftest import MOBY
+    assert run_cli("export", run_dir, "--out", tmp_path / "hf").returncode == 0
+    a = run_cli("eval", tmp_path / "hf", "--corpus", MOBY, "--json")
+    b = run_cli("eval", run_dir, "--corpus", MOBY, "--json")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    la, lb = json.loads(a.stdout)["heldout"], json.loads(b.stdout)["heldout"]
+    assert la["rows"] == 256 and abs(la["val_loss"] - lb["val_loss"]) < 1e-5  # export == native checkpoint
+    assert_one_line_error(run_cli("eval", tmp_path / "hf", "--corpus", tmp_path / "none.txt"), 3, "none.txt")

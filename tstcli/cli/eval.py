@@ -25,6 +25,8 @@ def eval_(
                                   "default $TST_EVAL_DATA or ~/.cache/tst/eval"),
     batch_size: int = typer.Option(32, "--batch-size", help="sequences per forward pass"),
     step: Optional[int] = typer.Option(None, "--step", help="checkpoint step of a run directory (default: latest)"),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="held-out loss on this corpus (file or directory of "
+                                          ".txt/.jsonl[.gz]); default for a run: its validation split"),
     samples: Optional[Path] = typer.Option(None, "--samples", help="write per-item results (JSON lines) here"),
     json_: bool = JsonOption,
 ):
@@ -45,7 +47,11 @@ def eval_(
     log(f"eval: {em.source}")
     out: dict = {"model": em.source, "num_fewshot": num_fewshot, "limit": limit, "results": {}}
     lines = [f"model: {em.source}"]
-    if em.run_dir is not None:
+    if corpus is not None:
+        held = model_source.corpus_loss(em, corpus, batch_size)
+        out["heldout"] = held
+        lines.append(f"held-out loss: {held['val_loss']:.4f} ({held['tokens']:,} tokens of {corpus})")
+    elif em.run_dir is not None:
         held = model_source.heldout_loss(em, batch_size)
         out["heldout"] = held
         lines.append(f"held-out loss: {held['val_loss']:.4f} ({held['tokens']:,} tokens of the run's validation split)")

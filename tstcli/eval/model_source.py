@@ -119,3 +119,32 @@ def heldout_loss(em: EvalModel, batch_size: int, max_rows: int = 256) -> dict:
         part = rows[i:i + batch_size]
         total += phase_loss(em.model, part, PhaseSpec.next_token(L), None, None).item() * len(part)
     return {"val_loss": total / len(rows), "rows": len(rows), "tokens": len(rows) * L}
+
+
+@torch.no_grad()
+def corpus_loss(em: EvalModel, corpus: Path, batch_size: int, max_rows: int = 256) -> dict:
+    """Ordinary next-token loss on a given corpus (any `tst prepare` source), documents joined by the end-of-text
+    token and cut into rows of the model's context + 1 (how held-out loss is measured for an export)."""
+    from tstcli.data import sources
+    from tstcli.train.loop import phase_loss
+    from tstcli.tst import PhaseSpec
+
+    L = min(em.max_len, 1024)
+    width, need = L + 1, max_rows * (L + 1)
+    stream: list[int] = []
+    for f in sources.resolve([str(corpus)]):
+        for doc in sources.iter_documents(f, "text", "blank_line"):
+            stream += em.encode(doc) + [em.eot_id]
+            if len(stream) >= need:
+                break
+        if len(stream) >= need:
+            break
+    n = min(len(stream) // width, max_rows)
+    if n == 0:
+        raise DataError(f"--corpus {corpus}: fewer than {width} tokens, not one row of the model's context")
+    rows = torch.tensor(stream[: n * width], dtype=torch.long).view(n, width)
+    total = 0.0
+    for i in range(0, n, batch_size):
+        part = rows[i:i + batch_size]
+        total += phase_loss(em.model, part, PhaseSpec.next_token(L), None, None).item() * len(part)
+    return {"val_loss": total / n, "rows": n, "tokens": n * L, "corpus": str(corpus)}
