@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--export", type=Path, required=True)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--tasks", default="hellaswag,arc_easy,arc_challenge,mmlu", help="subset to time")
     args = ap.parse_args()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,7 +44,7 @@ def main() -> None:
         tmp = Path(tmp)
         _harness_tasks(tmp)
         for harness_task, (task, subject) in PAIRS.items():
-            if subject not in (None, MMLU_SUBJECTS[0]):
+            if subject not in (None, MMLU_SUBJECTS[0]) or task not in args.tasks.split(","):
                 continue  # MMLU: time one subject per tool (tst eval scores all 57 otherwise)
             t0 = time.perf_counter()
             h = simple_evaluate(model="hf", model_args=f"pretrained={args.export},dtype=float32",
