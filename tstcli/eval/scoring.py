@@ -6,7 +6,8 @@
   log-softmax scores of its tokens.
 - Fast paths that keep results exact: requests are sorted by length (longest first) and batched with right
   padding (causal attention never looks right); requests whose model inputs are identical — all choices of an
-  MMLU question, whose continuations are one token each — share one forward pass.
+  MMLU question, whose continuations are one token each — share one forward pass; only the positions that predict
+  continuation tokens go through the output head and the log-softmax.
 """
 from __future__ import annotations
 
@@ -45,12 +46,22 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: 
         ids = torch.zeros((len(batch), width), dtype=torch.long)
         for j, inp in enumerate(batch):
             ids[j, :len(inp)] = torch.tensor(inp, dtype=torch.long)
-        logp = F.log_softmax(model.logits(model(input_ids=ids)).float(), dim=-1)
+        hidden = model(input_ids=ids)
+        # Only the positions that predict continuation tokens go through the output head and the log-softmax
+        # (most of a request is context): the same numbers for a fraction of the head's work.
+        picks, targets, owners = [], [], []
         for j, inp in enumerate(batch):
             for cont, i in groups[inp]:
                 n = min(len(cont), len(inp))  # a continuation longer than the window: its last tokens only
-                rows = logp[j, len(inp) - n:len(inp)]
-                out[i] = rows.gather(-1, torch.tensor(cont[-n:], dtype=torch.long)[:, None]).sum().item()
-                bar.update(1)
+                picks.append(hidden[j, len(inp) - n:len(inp)])
+                targets.append(torch.tensor(cont[-n:], dtype=torch.long))
+                owners.append(i)
+        logp = F.log_softmax(model.logits(torch.cat(picks)).float(), dim=-1)
+        scores = logp.gather(-1, torch.cat(targets)[:, None]).squeeze(-1)
+        start_row = 0
+        for t, i in zip(targets, owners):
+            out[i] = scores[start_row:start_row + len(t)].sum().item()
+            start_row += len(t)
+            bar.update(1)
     bar.close()
     return out
