@@ -129,15 +129,18 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_
         p = subprocess.Popen([sys.executable, "-m", "tstcli", *args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         ckpts = run / "checkpoints"
-        if trial % 2:  # kill in the middle of a save: wait for a temporary checkpoint directory to appear
+        hit = False
+        if trial % 2:  # kill in the middle of a save: as soon as a temporary checkpoint directory appears
             deadline = time.time() + 60
             while time.time() < deadline and p.poll() is None:
-                if ckpts.is_dir() and any(n.startswith(".tmp-") for n in os.listdir(ckpts)):
+                try:
+                    hit = any(n.startswith(".tmp-") for n in os.listdir(ckpts))
+                except FileNotFoundError:
+                    pass
+                if hit:
                     break
-            hit = ckpts.is_dir() and any(n.startswith(".tmp-") for n in os.listdir(ckpts))
         else:  # at a random moment after start-up
             time.sleep(2.0 + rng.random() * 1.5)
-            hit = False
         p.send_signal(signal.SIGKILL)
         p.wait()
         during_save += hit and p.returncode == -signal.SIGKILL
