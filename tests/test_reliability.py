@@ -116,7 +116,7 @@ def test_keep_last_k_never_deletes_the_only_complete_checkpoint(finished, tmp_pa
 def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_data, tmp_path):
     """10 seeded trials: SIGKILL at a random moment or right when a checkpoint save is in progress; every resume
     succeeds and the final per-step losses equal an uninterrupted run's, bitwise."""
-    r = small_recipe(small_data, **{"train.steps": 60, "tst.ratio": 0.4, "checkpoint.every": 1,
+    r = small_recipe(small_data, **{"train.steps": 200, "tst.ratio": 0.4, "checkpoint.every": 1,
                                     "checkpoint.keep": 2, "eval.every": 10})
     recipe = write_recipe(tmp_path / "r.toml", r)
     ref = run_cli("train", recipe, "--run-dir", tmp_path / "ref")
