@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import small_recipe
-from tstcli.train.loop import Trainer, make_optimizer, phase_loss
+from tstcli.train.loop import Trainer, make_optimizer
+from tstcli.train.objective import phase_loss
 from tstcli.tst import PhaseSpec
 
 

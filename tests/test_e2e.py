@@ -144,4 +144,5 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(small_data, tmp_pa
     assert "train: 100%" in text and "phase=2" in text and "loss=" in text and "val=" in text and "tok/s=" in text
     plain = run_cli("train", recipe, "--run-dir", tmp_path / "plain")  # stderr is a pipe: plain lines, no bar
     assert "%|" not in plain.stderr and "\r" not in plain.stderr
-    assert re.search(r"^step 12 phase 2 loss [\d.]+ val [\d.]+ lr .* tok/s \d+ pos/s \d+$", plain.stderr, re.M)
+    assert re.search(r"^step 12 phase 2 loss [\d.]+ val [\d.]+ lr .* tok/s \d+ pos/s \d+ mfu [\d.]+% data [\d.]+%$",
+                     plain.stderr, re.M)

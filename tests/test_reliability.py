@@ -75,7 +75,7 @@ def test_changed_tokenizer_is_refused(finished, tmp_path):
 def test_pickled_checkpoint_is_refused(finished, tmp_path):
     """Nothing is unpickled: a checkpoint file holding a pickle (code execution on load) is rejected."""
     run = _copy_run(finished, tmp_path / "run", 6)
-    target = run / "checkpoints" / "step-00000006" / "model.safetensors"
+    target = run / "checkpoints" / "step-00000006" / "shard-00001-model-00001-of-00001.safetensors"
 
     class Evil:
         def __reduce__(self):
@@ -84,9 +84,8 @@ def test_pickled_checkpoint_is_refused(finished, tmp_path):
     torch.save({"weights": Evil()}, target)  # a pickle, not safetensors
     assert_one_line_error(run_cli("resume", run), 4, "step-00000006", "cannot load checkpoint")
     assert not (tmp_path / "pwned").exists()
-    opt = run / "checkpoints" / "step-00000006" / "optimizer.safetensors"
-    shutil.copy(finished / "checkpoints" / "step-00000006" / "model.safetensors", target)
-    opt.write_bytes(pickle.dumps({"state": Evil()}))
+    shutil.copy(finished / "checkpoints" / "step-00000006" / target.name, target)
+    (target.parent / "shard-00002-model-00001-of-00001.safetensors").write_bytes(pickle.dumps({"state": Evil()}))
     assert_one_line_error(run_cli("resume", run), 4, "step-00000006", "cannot load checkpoint")
     assert not (tmp_path / "pwned").exists()
 
@@ -107,7 +106,7 @@ def test_keep_last_k_never_deletes_the_only_complete_checkpoint(finished, tmp_pa
     root = _copy_run(finished, tmp_path / "run", 12) / "checkpoints"
     for name in ("step-00000014", "step-00000016"):  # newer but incomplete (no state.json)
         (root / name).mkdir()
-        (root / name / "model.safetensors").write_bytes(b"partial")
+        (root / name / "shard-00001-model-00001-of-00001.safetensors").write_bytes(b"partial")
     checkpoint.prune(root, keep=1)
     assert [p.name for p in checkpoint.complete(root)] == ["step-00000012"]
     assert checkpoint.latest(root).name == "step-00000012"

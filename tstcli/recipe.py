@@ -79,7 +79,8 @@ class ModelConfig:
 class TrainConfig:
     steps: int = key(300, "optimizer steps in all (phase 1 + phase 2)")
     batch_size: int = key(16, "rows per optimizer step (global batch); each row is seq_len latent positions")
-    micro_batch_size: int = key(0, "rows per forward/backward; 0 means batch_size (no gradient accumulation)")
+    micro_batch_size: int = key(0, "rows per forward/backward on one device; 0 means all of the device's share of "
+                                "batch_size (no gradient accumulation)")
     seq_len: int = key(128, "latent positions per row (L)")
     lr: float = key(3e-3, "peak learning rate")
     min_lr_ratio: float = key(0.0, "learning rate at the end of the decay, as a fraction of lr")
@@ -101,6 +102,10 @@ class TrainConfig:
     @property
     def micro_batch(self) -> int:
         return self.micro_batch_size or self.batch_size
+
+    def micro_batch_for(self, world_size: int) -> int:
+        """Rows per forward/backward on each of `world_size` devices."""
+        return self.micro_batch_size or self.batch_size // world_size
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,19 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    strategy: str = key("ddp", "under torchrun: ddp replicates the model on every rank; fsdp shards parameters, "
+                        "gradients and optimizer state per block (FSDP2); a single process ignores it",
+                        ("ddp", "fsdp"))
+    activation_checkpointing: str = key("none", "recompute block activations in the backward pass: none, "
+                                        "selective (every other block) or full (every block)",
+                                        ("none", "selective", "full"))
+    backend: str = key("auto", "process-group backend: auto (nccl on GPUs, gloo on CPUs), nccl or gloo",
+                       ("auto", "nccl", "gloo"))
+    timeout_s: int = key(600, "seconds a collective may wait for the other ranks before the job fails")
+
+
+@dataclass(frozen=True)
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -139,6 +157,7 @@ class Recipe:
     tst: TstConfig = field(default_factory=TstConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     # ---- derived quantities: the one place the phase split is defined ----
     @property
@@ -292,6 +311,7 @@ def validate(r: Recipe, where: str) -> None:
     _require(r.run.name != "" and "/" not in r.run.name and len(r.run.name) <= 200, where, "run.name",
              "a non-empty name without '/', at most 200 characters", r.run.name)
     within("run.seed", r.run.seed, 0, (1 << 63) - 1)
+    within("distributed.timeout_s", r.distributed.timeout_s, 1, 10 ** 7)
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -1,6 +1,7 @@
 """`tst train RECIPE`: prepare data if needed, then train through both phases."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -37,12 +38,25 @@ def train(
         plan = build_plan(r, vocab, manifest)
         emit(plan, json_, plan_lines(r, plan))
         return
-    rundir.ensure_new(run_dir)
-    data_dir, _ = ensure_prepared(r)
-    data, built = open_data(r, data_dir)
-    if built:
-        log(f"prepare: packed rows for this recipe in {data.pack.directory}")
-    rundir.create(run_dir, recipes.to_toml(r), data_dir, data.manifest_sha, data.pack.info["key"])
-    log(f"train: run directory {run_dir}")
-    result = Trainer(r, run_dir, data).run()
-    emit(result, json_, summary_lines(result))
+    from tstcli.train import distributed
+
+    # Under torchrun every rank runs this; rank 0 alone prepares data and writes the run directory.
+    world, device = distributed.start(r, os.environ)
+    try:
+        rundir.ensure_new(run_dir)
+        distributed.barrier()  # every rank has checked before rank 0 creates anything
+        if world.main:
+            data_dir, _ = ensure_prepared(r)
+            data, built = open_data(r, data_dir)
+            if built:
+                log(f"prepare: packed rows for this recipe in {data.pack.directory}")
+            rundir.create(run_dir, recipes.to_toml(r), data_dir, data.manifest_sha, data.pack.info["key"])
+            log(f"train: run directory {run_dir}" + (f" ({world.size} processes)" if world.distributed else ""))
+        distributed.barrier()
+        if not world.main:
+            data, _ = open_data(r, Path(r.data_dir))
+        result = Trainer(r, run_dir, data, world=world, device=device).run()
+    finally:
+        distributed.shutdown()
+    if world.main:
+        emit(result, json_, summary_lines(result))

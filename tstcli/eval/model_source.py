@@ -104,8 +104,7 @@ def heldout_loss(em: EvalModel, batch_size: int, max_rows: int = 256) -> dict:
     from tstcli.data import shards
     from tstcli.data.loader import val_rows
     from tstcli.train import rundir
-    from tstcli.train.loop import phase_loss
-    from tstcli.tst import PhaseSpec
+    from tstcli.train.objective import next_token_loss
 
     info = rundir.read_info(em.run_dir)
     r = recipes.load(em.run_dir / rundir.RECIPE)
@@ -114,11 +113,7 @@ def heldout_loss(em: EvalModel, batch_size: int, max_rows: int = 256) -> dict:
     shards.verify(data_dir, manifest, full=False)
     L = r.train.seq_len
     rows = torch.from_numpy(val_rows(shards.TokenStore(data_dir, manifest, "val"), L + 1, max_rows))
-    total = 0.0
-    for i in range(0, len(rows), batch_size):
-        part = rows[i:i + batch_size]
-        total += phase_loss(em.model, part, PhaseSpec.next_token(L), None, None).item() * len(part)
-    return {"val_loss": total / len(rows), "rows": len(rows), "tokens": len(rows) * L}
+    return {"val_loss": next_token_loss(em.model, rows, batch_size), "rows": len(rows), "tokens": len(rows) * L}
 
 
 @torch.no_grad()
@@ -126,8 +121,7 @@ def corpus_loss(em: EvalModel, corpus: Path, batch_size: int, max_rows: int = 25
     """Ordinary next-token loss on a given corpus (any `tst prepare` source), documents joined by the end-of-text
     token and cut into rows of the model's context + 1 (how held-out loss is measured for an export)."""
     from tstcli.data import sources
-    from tstcli.train.loop import phase_loss
-    from tstcli.tst import PhaseSpec
+    from tstcli.train.objective import next_token_loss
 
     L = min(em.max_len, 1024)
     width, need = L + 1, max_rows * (L + 1)
@@ -143,8 +137,4 @@ def corpus_loss(em: EvalModel, corpus: Path, batch_size: int, max_rows: int = 25
     if n == 0:
         raise DataError(f"--corpus {corpus}: fewer than {width} tokens, not one row of the model's context")
     rows = torch.tensor(stream[: n * width], dtype=torch.long).view(n, width)
-    total = 0.0
-    for i in range(0, n, batch_size):
-        part = rows[i:i + batch_size]
-        total += phase_loss(em.model, part, PhaseSpec.next_token(L), None, None).item() * len(part)
-    return {"val_loss": total / n, "rows": n, "tokens": n * L, "corpus": str(corpus)}
+    return {"val_loss": next_token_loss(em.model, rows, batch_size), "rows": n, "tokens": n * L, "corpus": str(corpus)}

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tstcli.recipe import ModelConfig
 
@@ -102,6 +103,7 @@ class Llama(nn.Module):
         cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.checkpointed: frozenset[int] = frozenset()  # blocks whose activations are recomputed in backward
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, init_std) for matrices, scaled by 1/sqrt(2·layers) on residual outputs; ones for norms."""
@@ -113,11 +115,10 @@ class Llama(nn.Module):
                 s = std / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else std
                 nn.init.normal_(p, 0.0, s, generator=generator)
 
-    def reinit_embedding(self, generator: torch.Generator | None = None) -> None:
-        nn.init.normal_(self.tok_embeddings.weight, 0.0, self.cfg.init_std, generator=generator)
-
-    def reinit_head(self, generator: torch.Generator | None = None) -> None:
-        nn.init.normal_(self.output.weight, 0.0, self.cfg.init_std, generator=generator)
+    def set_activation_checkpointing(self, policy: str) -> None:
+        """Recompute block activations in backward: none, selective (every other block) or full (every block)."""
+        step = {"none": 0, "selective": 2, "full": 1}[policy]
+        self.checkpointed = frozenset(range(0, self.cfg.n_layers, step) if step else ())
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.tok_embeddings
@@ -127,8 +128,11 @@ class Llama(nn.Module):
         h = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         T = h.shape[1]
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        for layer in self.layers:
-            h = layer(h, cos, sin)
+        for i, layer in enumerate(self.layers):
+            if i in self.checkpointed and torch.is_grad_enabled():
+                h = checkpoint(layer, h, cos, sin, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin)
         return self.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

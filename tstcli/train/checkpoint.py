@@ -1,23 +1,39 @@
-"""Checkpoints: `checkpoints/step-NNNNNNNN/` holding model and optimizer tensors (safetensors), the training
-state (JSON) and the recipe. Written under a temporary name, fsynced, then renamed into place: a directory named
-`step-*` is complete by construction, and `state.json` (written last) is checked too. Nothing is unpickled.
+"""Checkpoints: `checkpoints/step-NNNNNNNN/`, written with torch.distributed.checkpoint (DCP).
+
+Every rank writes its own shard of the model and optimizer state as a safetensors file (DCP's Hugging Face storage
+layout: the sharding of each tensor is recorded in the file's header), so a checkpoint saved by N ranks under
+FSDP2 loads in M ranks, or in one process, with DCP resharding it. Nothing is pickled: DCP's default layout keeps
+its metadata as a pickle, this one does not. The training state (JSON) and the recipe are written by rank 0.
+
+All of it goes to a temporary directory first; rank 0 writes `state.json` last (it lists the shard files), fsyncs
+and renames the directory into place. A directory named `step-*` whose `state.json` names files that are all
+there is complete; anything else is ignored (and removed by the next prune).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, load_model, save_file, save_model
+import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
 
 from tstcli.errors import CheckpointError
+from tstcli.train import distributed
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
+STATE, RECIPE = "state.json", "recipe.toml"
+FORMAT = "dcp-safetensors-1"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -33,64 +49,115 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{name}"] = v.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(idx), {})[name] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP warns when used without a process group (one process), a supported use here; and it logs failures with
+    tracebacks on the root logger, where our single error line says it instead."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed.*")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        root.setLevel(level)
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for k, v in tensors.items():
-        idx, name = k.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    for idx, st in meta["scalars"].items():
-        state.setdefault(int(idx), {}).update(st)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def checkpoint_bytes(model: torch.nn.Module) -> int:
     n = sum(p.numel() * p.element_size() for p in model.parameters())
-    return 3 * n + (1 << 20)  # weights + two Adam moments + metadata
+    return 3 * n + (1 << 20)  # weights + two Adam moments + metadata (all ranks together)
 
 
-def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    need = checkpoint_bytes(model, optimizer)
-    free = shutil.disk_usage(root).free
-    if free < need:
+def _tied(model_sd: dict) -> dict[str, str]:
+    """{alias: name} for entries that share storage with an earlier one (tied embedding and head): safetensors
+    stores a tensor once, so aliases are left out on save and pointed at their original on load."""
+    seen, aliases = {}, {}
+    for name, t in model_sd.items():
+        local = t.to_local() if hasattr(t, "to_local") else t
+        if local.numel() == 0:
+            continue
+        key = (local.data_ptr(), tuple(t.shape))
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return aliases
+
+
+def _untied(model_sd: dict) -> tuple[dict, dict[str, str]]:
+    aliases = _tied(model_sd)
+    return {k: v for k, v in model_sd.items() if k not in aliases}, aliases
+
+
+def _tmp_dir(root: Path, step: int) -> Path:
+    return root / f".tmp-step-{step:08d}"
+
+
+def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
+         world: distributed.World = distributed.World()) -> Path:
+    """Collective under torchrun: every rank calls it at the same step."""
+    final, tmp = root / f"step-{step:08d}", _tmp_dir(root, step)
+    short = 0
+    if world.main:
+        root.mkdir(parents=True, exist_ok=True)
+        need, free = checkpoint_bytes(model), shutil.disk_usage(root).free
+        short = int(free < need)
+        if not short:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+    # Every rank must take the same decision, or the others would wait in the save below forever.
+    if distributed.sum_across([short])[0]:
+        free, need = shutil.disk_usage(root).free, checkpoint_bytes(model)
         raise CheckpointError(f"{root}: {free / 2**20:.0f} MiB free, a checkpoint needs about "
                               f"{need / 2**20:.0f} MiB; free space and run `tst resume`")
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    tensors, meta = optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"meta": json.dumps(meta)})
-    (tmp / "recipe.toml").write_text(recipe_toml)
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
-    if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync_dir(root)
+    distributed.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, _ = _untied(model_sd)
+    with _quiet_dcp():
+        dcp.save({"model": model_sd, "optim": {"state": optim_sd["state"]}},
+                 storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
+    distributed.barrier()
+    if world.main:
+        files = sorted(p.name for p in tmp.glob("*.safetensors"))
+        (tmp / RECIPE).write_text(recipe_toml)
+        (tmp / STATE).write_text(json.dumps({**state, "format": FORMAT, "world_size": world.size, "files": files},
+                                            indent=1, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+        if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync_dir(root)
+    distributed.barrier()
     return final
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads((path / STATE).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path / STATE}: cannot read the checkpoint's state ({e})".splitlines()[0]) from None
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, this tst reads {FORMAT!r}")
+    return state
+
+
+def _is_complete(p: Path) -> bool:
+    try:
+        state = json.loads((p / STATE).read_text())
+        return (p / RECIPE).is_file() and bool(state["files"]) and all((p / f).is_file() for f in state["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def complete(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     if not root.is_dir():
         return []
-    out = [p for p in root.iterdir() if STEP_DIR.match(p.name) and all((p / f).is_file() for f in FILES)]
+    out = [p for p in root.iterdir() if STEP_DIR.match(p.name) and _is_complete(p)]
     return sorted(out, key=lambda p: p.name)
 
 
@@ -109,16 +176,32 @@ def prune(root: Path, keep: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, AssertionError, SafetensorError, CheckpointException)
+
+
+def _reason(e: BaseException) -> str:
+    """One line: the first rank's underlying error for DCP's CheckpointException (which carries tracebacks)."""
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
 def load(path: Path, model, optimizer) -> dict:
-    """Restore model and optimizer in place; return the training state."""
+    """Restore model and optimizer in place (resharding to this world); return the training state."""
+    state = _read_state(path)
     try:
-        state = json.loads((path / "state.json").read_text())
-        load_model(model, str(path / "model.safetensors"), strict=True)
-        with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
-            meta = json.loads(f.metadata()["meta"])
-        load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})".splitlines()[0]) from None
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, aliases = _untied(model_sd)
+        sd = {"model": model_sd, "optim": {"state": optim_sd["state"]}}
+        with _quiet_dcp():
+            dcp.load(sd, storage_reader=HuggingFaceStorageReader(str(path)))
+        sd["model"].update({alias: sd["model"][name] for alias, name in aliases.items()})
+        set_state_dict(model, optimizer, model_state_dict=sd["model"],
+                       optim_state_dict={"state": sd["optim"]["state"], "param_groups": optim_sd["param_groups"]})
+    except _LOAD_ERRORS as e:
+        raise CheckpointError(f"{path}: cannot load checkpoint ({_reason(e)})") from None
+    for k in ("format", "files"):
+        state.pop(k, None)
     return state
 
 
@@ -137,8 +220,13 @@ def find(root: Path, step: int | None) -> Path:
 
 
 def load_weights(path: Path, model) -> None:
-    """Model weights only (export, evaluation)."""
+    """Model weights only, into a plain (unsharded) model: export and evaluation."""
+    _read_state(path)
     try:
-        load_model(model, str(path / "model.safetensors"), strict=True)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-        raise CheckpointError(f"{path}: cannot load model weights ({type(e).__name__}: {e})".splitlines()[0]) from None
+        sd, aliases = _untied(get_model_state_dict(model))
+        with _quiet_dcp():
+            dcp.load({"model": sd}, storage_reader=HuggingFaceStorageReader(str(path)))
+        sd.update({alias: sd[name] for alias, name in aliases.items()})
+        set_model_state_dict(model, sd, options=StateDictOptions(strict=True))
+    except _LOAD_ERRORS as e:
+        raise CheckpointError(f"{path}: cannot load model weights ({_reason(e)})") from None

@@ -22,10 +22,11 @@ from tstcli.data.loader import PhaseLoader, val_rows
 from tstcli.errors import DivergedError, RecipeError, Stopped
 from tstcli.model import Llama
 from tstcli.recipe import Recipe, TrainConfig, to_toml
-from tstcli.train import checkpoint, rundir
+from tstcli.train import checkpoint, distributed, hardware, rundir
+from tstcli.train.objective import Objective, mean_loss
 from tstcli.train.progress import Progress
 from tstcli.train.schedule import lr_factor
-from tstcli.tst import PhaseSpec, make_bags, multi_hot_ce, superposed_embeddings, target_weights
+from tstcli.tst import PhaseSpec, target_weights
 
 
 @dataclass
@@ -48,14 +49,6 @@ def open_data(r: Recipe, data_dir: Path, full_verify: bool = False) -> tuple[Tra
                      shards.TokenStore(data_dir, manifest, "val")), built
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("run.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on matrices only (not on norm gains)."""
     params = list(model.parameters())
@@ -64,56 +57,65 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
 
 
-def phase_loss(model: Llama, rows: torch.Tensor, spec: PhaseSpec, weights, amp_dtype) -> torch.Tensor:
-    """Loss of one batch of rows in one phase: bags -> superposed embeddings -> model -> multi-hot CE."""
-    with torch.autocast(rows.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        inputs, targets = make_bags(rows, spec)
-        hidden = model(inputs_embeds=superposed_embeddings(model.get_input_embeddings().weight, inputs))
-        return multi_hot_ce(model.logits(hidden), targets, weights)
-
-
 class Trainer:
-    def __init__(self, recipe: Recipe, run_dir: Path, data: TrainData, quiet: bool = False):
+    """One rank's training loop. Under torchrun every rank runs it in lock-step; rank 0 alone writes metrics,
+    progress and the checkpoint's metadata. A single process is the world of one."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, data: TrainData, quiet: bool = False,
+                 world: distributed.World | None = None, device: torch.device | None = None):
         r = self.r = recipe
-        self.run_dir, self.data, self.quiet = Path(run_dir), data, quiet
-        self.device = resolve_device(r.run.device)
+        self.world = world or distributed.World()
+        if device is None:
+            self.world, device = distributed.start(r, {})
+        self.run_dir, self.data, self.device = Path(run_dir), data, device
+        self.quiet = quiet or not self.world.main
         if self.device.type == "cpu":
             # Bitwise reproducibility (and so exact resume) on CPU: without this, torch.compile lowers the
             # embedding backward (a scatter-add) to parallel atomic adds, whose order varies run to run.
             torch.use_deterministic_algorithms(True)
         if r.train.threads:
             torch.set_num_threads(r.train.threads)
+        distributed.check_batch_split(r.train, self.world.size)
+        self.micro = r.train.micro_batch_for(self.world.size)
         self.amp = torch.bfloat16 if r.train.dtype == "bf16" else None
         self.model = Llama(r.model, data.manifest["vocab_size"])
-        self.model.init_weights(torch.Generator().manual_seed(r.run.seed))
+        self.model.init_weights(torch.Generator().manual_seed(r.run.seed))  # the same on every rank
         self.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, r.train)
+        self.model.set_activation_checkpointing(r.distributed.activation_checkpointing)
         L, s = r.train.seq_len, r.tst.bag_size
         self.n1 = r.phase1_steps
-        self.specs = {1: PhaseSpec(r.tst.mode, s, L), 2: PhaseSpec.next_token(L)}
-        self.weights = {1: target_weights(self.specs[1].target_width, r.tst.weighting, r.tst.alpha), 2: None}
-        widths = data.pack.widths
-        self.widths = widths
-        self.loaders = {p: PhaseLoader(data.train, data.pack.rows[p], widths[p], r.run.seed, p, r.train.batch_size)
+        specs = {1: PhaseSpec(r.tst.mode, s, L), 2: PhaseSpec.next_token(L)}
+        weights = {1: target_weights(specs[1].target_width, r.tst.weighting, r.tst.alpha), 2: None}
+        self.objective = Objective(self.model, specs, weights, self.amp)
+        self.fsdp = self.world.distributed and r.distributed.strategy == "fsdp"
+        # FSDP2 compiles block by block (inside `parallelize`); otherwise the whole step is one compiled graph.
+        self.engine = distributed.parallelize(self.objective, self.model.layers, r.distributed, self.world,
+                                              self.amp, compile_blocks=r.train.compile)
+        self.optimizer = make_optimizer(self.model, r.train)
+        self.widths = data.pack.widths
+        self.loaders = {p: PhaseLoader(data.train, data.pack.rows[p], self.widths[p], r.run.seed, p, r.train.batch_size)
                         for p in (1, 2)}
         self.val_rows = torch.from_numpy(val_rows(data.val, L + 1, r.eval.batches * r.train.batch_size))
         if len(self.val_rows) == 0:
             raise RecipeError(f"train.seq_len: the validation split ({data.val.total} tokens) holds no row of "
                               f"{L + 1} tokens; lower train.seq_len or raise data.val_fraction")
         self.flops_per_position = self.model.flops_per_position(L)
+        self.device_name, self.peak_flops = hardware.peak_flops(self.device, self.amp is not None)
         self._losses = {}
         self._stop_signal = None
+        self.stop_agreed = False  # some rank was asked to stop: every rank saves and stops after this step
         self.skipped = 0  # non-finite steps skipped so far (train.skip_nonfinite_steps)
 
     # ---- the compute of one step ----
     def loss_fn(self, phase: int):
         if phase not in self._losses:
-            spec, w, model, amp = self.specs[phase], self.weights[phase], self.model, self.amp
+            engine = self.engine
 
             def f(rows):
-                return phase_loss(model, rows, spec, w, amp)
+                return engine(rows, phase)
 
-            self._losses[phase] = torch.compile(f, dynamic=False) if self.r.train.compile else f
+            whole = self.r.train.compile and not self.fsdp
+            self._losses[phase] = torch.compile(f, dynamic=False) if whole else f
         return self._losses[phase]
 
     def lr_at(self, step: int) -> float:
@@ -127,19 +129,25 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         r, phase = self.r, self.r.phase_at(step)
         k = step - 1 if phase == 1 else step - 1 - self.n1
-        rows_np, epoch = self.loaders[phase].batch(k)
-        rows = torch.from_numpy(rows_np).to(self.device)
-        mb = r.train.micro_batch
-        n_micro = r.train.batch_size // mb
+        t0 = time.perf_counter()
+        rows_np, epoch = self.loaders[phase].batch(k, self.world.rank, self.world.size)
+        rows = torch.from_numpy(rows_np).to(self.device, non_blocking=True)
+        data_s = time.perf_counter() - t0
+        mb = self.micro
+        n_micro = len(rows) // mb
         loss_fn = self.loss_fn(phase)
         total = torch.zeros((), device=self.device)
         for i in range(n_micro):
-            loss = loss_fn(rows[i * mb:(i + 1) * mb])
-            (loss / n_micro).backward()
+            with distributed.gradient_sync(self.engine, i == n_micro - 1):
+                loss = loss_fn(rows[i * mb:(i + 1) * mb])
+                (loss / n_micro).backward()
             total += loss.detach()
-        loss = (total / n_micro).item()
+        # One collective: the mean loss over ranks, and whether any rank was asked to stop (all stop together).
+        loss_sum, stops = distributed.sum_across([(total / n_micro).item(), float(self._stop_signal is not None)])
+        loss, self.stop_agreed = loss_sum / self.world.size, stops > 0
         clip = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)).item()
+        out = {"phase": phase, "loss": loss, "grad_norm": grad_norm, "epoch": epoch, "data_s": data_s}
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
             if self.skipped >= r.train.skip_nonfinite_steps:
@@ -147,31 +155,28 @@ class Trainer:
                 raise DivergedError(f"training diverged at step {step} (phase {phase}): loss {loss}, grad norm "
                                     f"{grad_norm}; nothing applied; last good checkpoint: {last or 'none'}")
             self.skipped += 1
-            return {"phase": phase, "loss": loss, "grad_norm": grad_norm, "epoch": epoch, "skipped": True}
+            return {**out, "skipped": True}
         lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"phase": phase, "loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch, "skipped": False}
+        return {**out, "lr": lr, "skipped": False}
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Ordinary next-token loss on the fixed held-out rows (eager: a few batches, not worth a compile)."""
-        rows, mb = self.val_rows.to(self.device), self.r.train.micro_batch
-        total = 0.0
-        for i in range(0, len(rows), mb):
-            part = rows[i:i + mb]
-            total += phase_loss(self.model, part, self.specs[2], None, self.amp).item() * len(part)
-        return total / len(rows)
+        """Ordinary next-token loss on the fixed held-out rows (eager: a few batches, not worth a compile).
+        Under FSDP2 every rank scores the same rows (the sharded forward needs all of them)."""
+        return mean_loss(lambda part: self.objective(part, 2), self.val_rows.to(self.device), self.micro)
 
     def _switch(self, progress: Progress) -> None:
         t = self.r.tst
         g = torch.Generator().manual_seed(self.r.run.seed + 1)
-        if t.reinit_embedding:
-            self.model.reinit_embedding(g)
-        if t.reinit_head:
-            self.model.reinit_head(g)
+        for wanted, param in ((t.reinit_embedding, self.model.tok_embeddings.weight),
+                              (t.reinit_head, self.model.output.weight)):
+            if wanted:  # drawn in full on the CPU, so the values do not depend on the device or the sharding
+                distributed.assign_full(param, torch.empty(param.shape).normal_(0.0, self.r.model.init_std,
+                                                                                generator=g))
         if t.reset_optimizer:
             self.optimizer = make_optimizer(self.model, self.r.train)
         progress.message(f"switch: phase 1 -> phase 2 at step {self.n1 + 1} (next-token training from here)")
@@ -179,8 +184,9 @@ class Trainer:
     # ---- bookkeeping ----
     def _save(self, state: dict) -> Path:
         path = checkpoint.save(self.run_dir / rundir.CHECKPOINTS, state["step"], self.model, self.optimizer,
-                               state, to_toml(self.r))
-        checkpoint.prune(self.run_dir / rundir.CHECKPOINTS, self.r.checkpoint.keep)
+                               state, to_toml(self.r), self.world)
+        if self.world.main:
+            checkpoint.prune(self.run_dir / rundir.CHECKPOINTS, self.r.checkpoint.keep)
         return path
 
     def _on_signal(self, signum, frame):
@@ -194,14 +200,20 @@ class Trainer:
         ckpt_root = self.run_dir / rundir.CHECKPOINTS
         state = {"step": 0, "elapsed_s": 0.0, "tokens": 0, "positions": 0, "flops": 0,
                  "tokens_phase": {"1": 0, "2": 0}, "val_loss": None}
+        progress = Progress(r.train.steps, 0, r.train.log_every, self.quiet)
         if resume is not None:
             state.update(checkpoint.load(resume, self.model, self.optimizer))
             torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
             self.skipped = state.pop("skipped", 0)
-        # Rows logged after the checkpoint (or, with none, by a run killed before its first) are replayed exactly.
-        rundir.truncate_metrics(self.run_dir, state["step"] if resume is not None else -1)
-        metrics = open(self.run_dir / rundir.METRICS, "a")
-        progress = Progress(r.train.steps, state["step"], r.train.log_every, self.quiet)
+            saved_world = state.pop("world_size", 1)
+            if saved_world != self.world.size:
+                progress.message(f"resume: checkpoint written by {saved_world} process(es), continuing on "
+                                 f"{self.world.size}: state resharded; the global batch and its rows are unchanged")
+            progress.set_position(state["step"])
+        if self.world.main:
+            # Rows logged after the checkpoint (or, with none, by a run killed before its first) are replayed.
+            rundir.truncate_metrics(self.run_dir, state["step"] if resume is not None else -1)
+        metrics = open(self.run_dir / rundir.METRICS, "a") if self.world.main else open(os.devnull, "w")
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         t_start = time.perf_counter() - state["elapsed_s"]
 
@@ -217,7 +229,8 @@ class Trainer:
 
         def save(step: int) -> Path:
             metrics.flush()
-            os.fsync(metrics.fileno())
+            if self.world.main:
+                os.fsync(metrics.fileno())
             state["elapsed_s"] = time.perf_counter() - t_start
             return self._save({**state, "step": step, "phase": r.phase_at(step), "skipped": self.skipped,
                                "torch_rng": torch.get_rng_state().tolist()})
@@ -253,21 +266,26 @@ class Trainer:
                     row = {"kind": "train", "step": step, "phase": phase, "loss": out["loss"]}
                     if phase == 1:
                         row["mce_loss"] = out["loss"]  # phase-1 loss: mean of s CEs, floor about log s
+                    # Throughput of the whole job; MFU per device against its peak (None when unknown).
+                    mfu = (self.flops_per_position * positions / dt / (self.peak_flops * self.world.size)
+                           if self.peak_flops else None)
                     row.update(lr=out["lr"], grad_norm=out["grad_norm"], tokens=state["tokens"],
                                positions=state["positions"], flops=state["flops"],
                                elapsed_s=time.perf_counter() - t_start, step_time_s=dt,
-                               tokens_per_s=tokens / dt, positions_per_s=positions / dt, epoch=out["epoch"])
+                               tokens_per_s=tokens / dt, positions_per_s=positions / dt, mfu=mfu,
+                               data_share=out["data_s"] / dt, epoch=out["epoch"])
                     write(row)
                     progress.step({**row, "last": step == r.train.steps})
                 state["step"] = step
                 if step % r.eval.every == 0 or step == self.n1 or step == r.train.steps:
                     validate(step, phase)
-                if step % r.checkpoint.every == 0 or step == r.train.steps or self._stop_signal:
+                if step % r.checkpoint.every == 0 or step == r.train.steps or self.stop_agreed:
                     save(step)
-                if self._stop_signal:
-                    progress.message(f"stopped by signal {self._stop_signal} at step {step}; checkpoint saved; "
+                if self.stop_agreed:  # every rank saw the same decision (see train_step)
+                    signum = self._stop_signal or signal.SIGTERM  # a rank that was not signalled itself
+                    progress.message(f"stopped by signal {signum} at step {step}; checkpoint saved; "
                                      f"continue with `tst resume {self.run_dir}`")
-                    raise Stopped(self._stop_signal, step)
+                    raise Stopped(signum, step)
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)

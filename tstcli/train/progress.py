@@ -15,6 +15,11 @@ class Progress:
         self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr,
                         dynamic_ncols=True) if self.tty else None
 
+    def set_position(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
     def message(self, text: str) -> None:
         if self.quiet:
             return
@@ -31,9 +36,11 @@ class Progress:
             self.bar.update(1)
         elif not self.quiet and (row["step"] % self.log_every == 0 or row.get("last")):
             val = f" val {self.val:.4f}" if self.val is not None else ""
+            mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "unknown"
             print(f"step {row['step']} phase {row['phase']} loss {row['loss']:.4f}{val} lr {row['lr']:.3g} "
                   f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:.0f} "
-                  f"pos/s {row['positions_per_s']:.0f}", file=sys.stderr, flush=True)
+                  f"pos/s {row['positions_per_s']:.0f} mfu {mfu} data {100 * row['data_share']:.1f}%",
+                  file=sys.stderr, flush=True)
 
     def validation(self, step: int, val_loss: float) -> None:
         self.val = val_loss

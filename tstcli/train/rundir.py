@@ -64,7 +64,11 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
 
 
 # Recipe keys a user may change between a stop and a resume: they do not change what is computed.
-NEUTRAL_KEYS = {"train.log_every", "eval.every", "eval.batches", "checkpoint.every", "checkpoint.keep"}
+# The [distributed] keys are here too: how the work is split changes neither the rows nor the math (a checkpoint
+# reshards to any strategy and world size), only floating-point summation order.
+NEUTRAL_KEYS = {"train.log_every", "eval.every", "eval.batches", "checkpoint.every", "checkpoint.keep",
+                "distributed.strategy", "distributed.activation_checkpointing", "distributed.backend",
+                "distributed.timeout_s"}
 
 
 def recipe_differences(old: dict, new: dict) -> list[str]:

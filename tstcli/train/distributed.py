@@ -1,0 +1,150 @@
+"""Data parallelism through PyTorch's own engine: DDP or FSDP2 (`fully_shard`), launched by torchrun.
+
+A single process (no torchrun) is world size 1 and uses none of this: the objective runs as it is. Under torchrun
+every rank builds the same model from the same seed, then `parallelize` wraps it: DDP replicates parameters and
+all-reduces gradients; FSDP2 shards parameters, gradients and optimizer state per transformer block. Both reduce
+gradients in fp32. Nothing here knows about TST phases.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tstcli.errors import RecipeError
+from tstcli.recipe import DistributedConfig, Recipe, TrainConfig
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job (torchrun's RANK, WORLD_SIZE, LOCAL_RANK; read by the CLI)."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env(env) -> World:
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def device_for(world: World, device_type: str) -> torch.device:
+    if device_type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return torch.device(device_type)
+
+
+def init(world: World, device: torch.device, cfg: DistributedConfig) -> None:
+    """Join the process group (env:// rendezvous set up by torchrun)."""
+    if not world.distributed or dist.is_initialized():
+        return
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout_s),
+                            device_id=device if device.type == "cuda" else None)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def sum_across(values: list[float]) -> list[float]:
+    """Sum a few scalars over all ranks in one collective (the identity in a single process)."""
+    if not dist.is_initialized():
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def parallelize(objective: nn.Module, blocks: nn.ModuleList, cfg: DistributedConfig, world: World,
+                amp_dtype: torch.dtype | None, compile_blocks: bool) -> nn.Module:
+    """Wrap the objective for this world. Returns the module a training step calls.
+
+    FSDP2 shards each transformer block, then the root (embedding, final norm, head); with bf16 it gathers
+    parameters in bf16 and reduce-scatters gradients in fp32. With `compile_blocks` each block is compiled on its
+    own before sharding (the pattern torchtitan uses); DDP and the single process compile the whole step instead.
+    """
+    if not world.distributed:
+        return objective
+    if cfg.strategy == "ddp":
+        # broadcast_buffers off: the only buffers are the RoPE tables, identical on every rank.
+        return nn.parallel.DistributedDataParallel(objective, broadcast_buffers=False)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
+    for block in blocks:
+        if compile_blocks:
+            block.compile(dynamic=False)
+        fully_shard(block, mp_policy=mp)
+    fully_shard(objective, mp_policy=mp)
+    return objective
+
+
+def gradient_sync(engine: nn.Module, enabled: bool):
+    """Context for one micro-batch: with `enabled` False, gradients accumulate locally (no communication)."""
+    import contextlib
+
+    if isinstance(engine, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if enabled else engine.no_sync()
+    if hasattr(engine, "set_requires_gradient_sync"):  # an FSDP2 module
+        engine.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def full_value(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value (e.g. the gradient norm under FSDP2); a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+@torch.no_grad()
+def assign_full(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Set a parameter from its full value, whether it is a plain tensor or an FSDP2 shard (DTensor)."""
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        full = distribute_tensor(full.to(param.device, param.dtype), param.device_mesh, param.placements)
+    param.copy_(full)
+
+
+def check_batch_split(t: TrainConfig, world_size: int) -> None:
+    mb = t.micro_batch_for(world_size)
+    if mb < 1 or t.batch_size % (world_size * mb):
+        raise RecipeError(f"train.batch_size: {t.batch_size} rows do not split evenly into {world_size} ranks x "
+                          f"micro-batches of {mb} (train.micro_batch_size); use a multiple of "
+                          f"{world_size * max(mb, 1)}")
+
+
+def start(r: Recipe, env) -> tuple[World, torch.device]:
+    """This process's world (from torchrun's environment `env`) and device; joins the process group if N > 1.
+    Checks first that the recipe's global batch splits over the world, before anything is written."""
+    world = world_from_env(env)
+    check_batch_split(r.train, world.size)
+    device_name, cfg = r.run.device, r.distributed
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("run.device: 'cuda' requested but no CUDA device is available")
+    if device_name == "cuda" and world.local_rank >= torch.cuda.device_count():
+        raise RecipeError(f"run.device: local rank {world.local_rank} but only {torch.cuda.device_count()} GPUs "
+                          "on this node (torchrun --nproc-per-node must not exceed them)")
+    device = device_for(world, device_name)
+    init(world, device, cfg)
+    return world, device

@@ -1,0 +1,46 @@
+"""Peak matmul throughput per device, the denominator of MFU (model FLOPs utilisation).
+
+GPUs: dense (no sparsity) tensor-core peaks from the vendors' data sheets, bf16 and plain fp32 (PyTorch does not
+use TF32 for fp32 matmuls by default). A device not in the table reports MFU as unknown rather than a guess. CPUs
+have no data-sheet figure that means anything here, so the peak is measured at start-up: the best rate of a large
+matmul in the compute dtype on the threads torch uses.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+# (substring of torch.cuda.get_device_name(), bf16 FLOP/s, fp32 FLOP/s or None); the first match wins.
+GPU_PEAKS = (
+    ("H100 PCIe", 756e12, 51e12),
+    ("H100", 989e12, 67e12),
+    ("H200", 989e12, 67e12),
+    ("H20", 148e12, 44e12),
+    ("A100", 312e12, 19.5e12),
+    ("B200", 2250e12, None),
+)
+
+
+def measure_cpu_peak(dtype: torch.dtype, seconds: float = 0.3, n: int = 1024) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def peak_flops(device: torch.device, bf16: bool) -> tuple[str, float | None]:
+    """(device name, peak FLOP/s or None when unknown)."""
+    if device.type == "cpu":
+        return "cpu (peak measured at start-up)", measure_cpu_peak(torch.bfloat16 if bf16 else torch.float32)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, p_bf16, p_fp32 in GPU_PEAKS:
+            if key in name:
+                return name, p_bf16 if bf16 else p_fp32
+        return name, None
+    return device.type, None
