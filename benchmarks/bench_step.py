@@ -48,13 +48,14 @@ def measure(model: str, compile_: bool, rounds: int, block: int, data_dir: Path,
         for _ in range(2):
             t.train_step(next(steps[phase]))
     warm = time.perf_counter() - t0
-    times = {1: [], 2: []}
+    times, data_s = {1: [], 2: []}, {1: [], 2: []}
     for _ in range(rounds):
         for phase in (1, 2):
             for _ in range(block):
                 a = time.perf_counter()
-                t.train_step(next(steps[phase]))
+                out = t.train_step(next(steps[phase]))
                 times[phase].append(time.perf_counter() - a)
+                data_s[phase].append(out["data_s"])
     med = {p: statistics.median(times[p]) for p in (1, 2)}
     B, L = r.train.batch_size, r.train.seq_len
     raw = {p: B * t.widths[p] / med[p] for p in (1, 2)}
@@ -66,6 +67,10 @@ def measure(model: str, compile_: bool, rounds: int, block: int, data_dir: Path,
         "phase1_raw_tokens_per_s": round(raw[1]), "phase2_raw_tokens_per_s": round(raw[2]),
         "raw_tokens_ratio_over_s": round(raw[1] / raw[2] / s, 3),
         "positions_per_s": {p: round(B * L / med[p]) for p in (1, 2)},
+        "data_share": {p: round(statistics.median(data_s[p]) / med[p], 4) for p in (1, 2)},
+        "device": t.device_name, "peak_flops": t.peak_flops,
+        "mfu": {p: (round(t.flops_per_position * B * L / med[p] / t.peak_flops, 4) if t.peak_flops else None)
+                for p in (1, 2)},
         "samples": {p: len(times[p]) for p in (1, 2)},
     }
 

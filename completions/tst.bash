@@ -2,15 +2,16 @@
 _tst() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" opts=""
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=( $(compgen -W "prepare train resume eval export --help --version" -- "$cur") )
+        COMPREPLY=( $(compgen -W "prepare train resume eval export compare --help --version" -- "$cur") )
         return
     fi
     case "${COMP_WORDS[1]}" in
         prepare) opts="--set --force --verify --json --help" ;;
-        train) opts="--run-dir --set --dry-run --json --help" ;;
+        train) opts="--run-dir --set --dry-run --nproc --json --help" ;;
         resume) opts="--allow-changed-data --json --help" ;;
         eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --corpus --samples --json --help" ;;
         export) opts="--out --step --dtype --force --json --help" ;;
+        compare) opts="--x --out --reference --json --help" ;;
     esac
     case "$prev" in
         --data-dir|--out|--run-dir) COMPREPLY=( $(compgen -d -- "$cur") ); return ;;

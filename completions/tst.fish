@@ -13,6 +13,7 @@ complete -c tst -n '__fish_seen_subcommand_from train' -F
 complete -c tst -n '__fish_seen_subcommand_from train' -l run-dir -r -a '(__fish_complete_directories)' -d 'run directory (default runs/<run.name>)'
 complete -c tst -n '__fish_seen_subcommand_from train' -l set -r -d 'override a recipe key - key.path=value (TOML value syntax)'
 complete -c tst -n '__fish_seen_subcommand_from train' -l dry-run -d 'print the plan and train nothing'
+complete -c tst -n '__fish_seen_subcommand_from train' -l nproc -r -d 'with --dry-run - world sizes to plan for (repeatable)'
 complete -c tst -n '__fish_seen_subcommand_from train' -l json -d 'print one JSON object on stdout instead of text'
 complete -c tst -n '__fish_seen_subcommand_from train' -l help -d 'show help and exit'
 complete -c tst -n __fish_use_subcommand -a resume -d 'Continue a run exactly where its latest complete checkpoint left it (needs only the run directory).'
@@ -40,3 +41,10 @@ complete -c tst -n '__fish_seen_subcommand_from export' -l dtype -r -d 'weight d
 complete -c tst -n '__fish_seen_subcommand_from export' -l force -d 'replace a non-empty --out'
 complete -c tst -n '__fish_seen_subcommand_from export' -l json -d 'print one JSON object on stdout instead of text'
 complete -c tst -n '__fish_seen_subcommand_from export' -l help -d 'show help and exit'
+complete -c tst -n __fish_use_subcommand -a compare -d 'Plot and tabulate held-out loss of runs against FLOPs, tokens, steps or time; equal-loss speed-up.'
+complete -c tst -n '__fish_seen_subcommand_from compare' -F
+complete -c tst -n '__fish_seen_subcommand_from compare' -l x -r -d 'x axis - flops, tokens (raw tokens read), steps or time'
+complete -c tst -n '__fish_seen_subcommand_from compare' -l out -r -a '(__fish_complete_directories)' -d 'write the plot here (PNG'
+complete -c tst -n '__fish_seen_subcommand_from compare' -l reference -r -d 'the run whose final loss is the target'
+complete -c tst -n '__fish_seen_subcommand_from compare' -l json -d 'print one JSON object on stdout instead of text'
+complete -c tst -n '__fish_seen_subcommand_from compare' -l help -d 'show help and exit'

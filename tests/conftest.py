@@ -41,6 +41,14 @@ def write_recipe(path: Path, r: recipes.Recipe) -> Path:
     return path
 
 
+def train_small(data_dir, tmp: Path, run_name: str = "run", **overrides) -> tuple[Path, Path]:
+    """Train the SMALL recipe (with overrides) in one process through the real CLI; (recipe path, run dir)."""
+    recipe = write_recipe(tmp / "r.toml", small_recipe(data_dir, **overrides))
+    r = run_cli("train", recipe, "--run-dir", tmp / run_name)
+    assert r.returncode == 0, r.stderr
+    return recipe, tmp / run_name
+
+
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory):
     """Moby-Dick prepared once (BPE 512) for the whole session."""

@@ -1,5 +1,4 @@
 """Bad input through the real CLI: one line on stderr naming the file/key, the documented exit code, no traceback."""
-import gzip
 import json
 import shutil
 
@@ -61,10 +60,11 @@ def test_bad_jsonl_line_exits_3(tmp_path):
     assert_one_line_error(r, 3, "c.jsonl:2", "'text'")
 
 
-def test_hub_source_offline_exits_3(tmp_path):
-    r = run_cli("prepare", TINY, "--set", 'data.sources=["hf://datasets/nobody/nothing/train.jsonl"]',
+@pytest.mark.parametrize("path", ["train.jsonl", "en/c4-train.0000[0-3]-of-01024.json.gz"])
+def test_hub_source_offline_exits_3(tmp_path, path):
+    r = run_cli("prepare", TINY, "--set", f'data.sources=["hf://datasets/nobody/nothing/{path}"]',
                 "--set", f'data.dir="{tmp_path}/d"', env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
-    assert_one_line_error(r, 3, "hf://datasets/nobody/nothing/train.jsonl", "offline")
+    assert_one_line_error(r, 3, f"hf://datasets/nobody/nothing/{path}", "offline")
 
 
 def test_corrupt_shard_exits_3(small_data, tmp_path):

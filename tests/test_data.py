@@ -1,7 +1,6 @@
 """prepare (sources, tokenizer, shards, manifest), packing and the row loader."""
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,9 +48,12 @@ def test_sharding_and_every_source_kind(tmp_path):
     (d / "c.jsonl").write_text(json.dumps({"body": "fourth doc"}) + "\n\n" + json.dumps({"body": "fifth"}) + "\n")
     with gzip.open(d / "sub" / "d.jsonl.gz", "wt") as fh:
         fh.write(json.dumps({"body": "sixth doc"}) + "\n")
+    with gzip.open(d / "sub" / "e.json.gz", "wt") as fh:  # C4's layout: JSON lines despite the name
+        fh.write(json.dumps({"body": "seventh doc"}) + "\n" + json.dumps({"body": "eighth"}) + "\n")
     files = sources.resolve([str(d)])
     docs = [x for f in files for x in sources.iter_documents(f, "body", "blank_line")]
-    assert docs == ["first doc line one\nline two", "second doc", "fourth doc", "fifth", "third doc", "sixth doc"]
+    assert docs == ["first doc line one\nline two", "second doc", "fourth doc", "fifth", "third doc", "sixth doc",
+                    "seventh doc", "eighth"]
     whole = [x for x in sources.iter_documents(sources.resolve([str(d / "a.txt")])[0], "text", "file")]
     assert whole == ["first doc line one\nline two\n\nsecond doc\n"]
     # real data, small shards: several shard files, rows never cross them

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import run_cli, small_recipe, write_recipe
+from conftest import run_cli, small_recipe, train_small, write_recipe
 
 TOL = 1e-4
 
@@ -53,11 +53,7 @@ def assert_close_runs(a, b, tol=TOL, grad_rtol=TOL):
 
 @pytest.fixture(scope="module")
 def one_process(small_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist")
-    recipe = write_recipe(tmp / "r.toml", small_recipe(small_data))
-    r = run_cli("train", recipe, "--run-dir", tmp / "one")
-    assert r.returncode == 0, r.stderr
-    return recipe, tmp / "one"
+    return train_small(small_data, tmp_path_factory.mktemp("dist"), "one")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -78,9 +74,7 @@ def test_fsdp_compiled_per_block_bf16_with_activation_checkpointing(one_process,
     """The GPU configuration, on the CPU: FSDP2 with bf16 parameters and fp32 gradient reduction, each block
     compiled, every other block recomputed. Compared with one eager bf16 process at bf16 tolerance."""
     _, _ = one_process
-    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.dtype": "bf16"}))
-    ref = run_cli("train", recipe, "--run-dir", tmp_path / "one")
-    assert ref.returncode == 0, ref.stderr
+    recipe, _ = train_small(small_data, tmp_path, "one", **{"train.dtype": "bf16"})
     r = torchrun(2, "train", recipe, "--run-dir", tmp_path / "two", "--set", 'distributed.strategy="fsdp"',
                  "--set", "train.compile=true", "--set", 'distributed.activation_checkpointing="selective"')
     assert r.returncode == 0, r.stderr[-3000:]

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import ROOT, run_cli, small_recipe, write_recipe
 from test_resume import train_losses
 

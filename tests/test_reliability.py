@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli, small_recipe, write_recipe
+from conftest import run_cli, small_recipe, train_small, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import train_losses
 from tstcli.errors import CheckpointError
@@ -23,11 +23,7 @@ from tstcli.train import checkpoint
 @pytest.fixture(scope="module")
 def finished(small_data, tmp_path_factory):
     """A finished SMALL run whose checkpoints (every 2 steps, all kept) later tests copy and tamper with."""
-    tmp = tmp_path_factory.mktemp("reliability")
-    recipe = write_recipe(tmp / "r.toml", small_recipe(small_data))
-    r = run_cli("train", recipe, "--run-dir", tmp / "run")
-    assert r.returncode == 0, r.stderr
-    return tmp / "run"
+    return train_small(small_data, tmp_path_factory.mktemp("reliability"))[1]
 
 
 def _copy_run(src, dst, keep_until):

@@ -102,10 +102,10 @@ def test_dry_run_prints_the_plan_and_trains_nothing(small_data, tmp_path):
     assert plan["phases"]["1"]["tokens"] == 6 * 4 * 99 and plan["phases"]["2"]["tokens"] == 6 * 4 * 33
     assert plan["coverage"]["covered_without_repetition"] is True
     assert plan["parameters"] > 0 and plan["flops_per_step"] == plan["flops_per_position"] * 4 * 32
-    assert plan["memory_estimate_gib"] > 0
+    assert plan["devices"]["1"]["memory_gib"]["total"] > 0 and plan["devices"]["1"]["accumulation_steps"] == 1
     assert not (tmp_path / "run").exists()
     text = run_cli("train", recipe, "--dry-run").stdout
-    assert "phase 1 (superposition, s=3" in text and "memory estimate" in text
+    assert "phase 1 (superposition, s=3" in text and "memory about" in text
 
 
 def test_short_corpus_repeats_in_new_epochs_and_says_so(tmp_path):

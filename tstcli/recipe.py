@@ -44,7 +44,8 @@ class DataConfig:
                              ("blank_line", "file"))
     dir: str = key("", "where prepared shards live; empty means data/<run.name>")
     tokenizer: str = key("bpe", "bpe (train a byte-level BPE on the corpus), a tokenizer.json path, or a hub repo id")
-    vocab_size: int = key(4096, "vocabulary size of a trained BPE tokenizer")
+    vocab_size: int = key(4096, "vocabulary size of a trained BPE tokenizer; with a loaded tokenizer, the size "
+                          "`train --dry-run` assumes when that tokenizer is not available locally")
     tokenizer_train_chars: int = key(10_000_000, "train the BPE on a uniform sample of the training documents "
                                      "holding at most this many characters; 0 uses them all")
     eot_token: str = key("<|endoftext|>", "end-of-text token separating documents (must exist in a loaded tokenizer)")

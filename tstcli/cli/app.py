@@ -11,7 +11,7 @@ import typer
 
 from tstcli import __version__
 from tstcli.cli import eval as eval_cmd
-from tstcli.cli import export, prepare, resume, train
+from tstcli.cli import compare, export, prepare, resume, train
 from tstcli.errors import EXIT_INTERNAL, EXIT_USAGE, Stopped, TstError
 
 app = typer.Typer(name="tst", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -36,6 +36,7 @@ app.command("train")(train.train)
 app.command("resume")(resume.resume)
 app.command("eval")(eval_cmd.eval_)
 app.command("export")(export.export)
+app.command("compare")(compare.compare_runs)
 
 
 def _internal_error() -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,11 +15,28 @@ from tstcli.data.tokenizer import load_tokenizer
 from tstcli.train import rundir
 
 
+def plan_vocab_size(r, manifest) -> tuple[int, str | None]:
+    """The vocabulary a dry run sizes the model for: the prepared data's, the BPE's target size, or the loaded
+    tokenizer's (from a path or the local hub cache; never a network wait), else data.vocab_size with a note."""
+    from tstcli.errors import DataError
+
+    if manifest:
+        return manifest["vocab_size"], None
+    if r.data.tokenizer == "bpe":
+        return r.data.vocab_size, None
+    try:
+        return load_tokenizer(r.data.tokenizer, local_only=True).get_vocab_size(with_added_tokens=True), None
+    except DataError as e:
+        return r.data.vocab_size, f"vocab: {r.data.vocab_size:,} from data.vocab_size ({e})"
+
+
 def train(
     recipe: Path = typer.Argument(..., help="recipe TOML file"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="run directory (default runs/<run.name>)"),
     set_: SetList = SetOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and train nothing"),
+    nproc: Optional[List[int]] = typer.Option(None, "--nproc", min=1, max=1 << 20,
+                                              help="with --dry-run: world sizes to plan for (repeatable)"),
     json_: bool = JsonOption,
 ):
     """Train a model: superposition phase, then next-token recovery; checkpoints and metrics in the run dir."""
@@ -32,11 +49,9 @@ def train(
     if dry_run:
         data_dir = Path(r.data_dir)
         manifest = shards.read_manifest(data_dir) if (data_dir / shards.MANIFEST).is_file() else None
-        vocab = manifest["vocab_size"] if manifest else (
-            r.data.vocab_size if r.data.tokenizer == "bpe" else
-            load_tokenizer(r.data.tokenizer).get_vocab_size(with_added_tokens=True))
-        plan = build_plan(r, vocab, manifest)
-        emit(plan, json_, plan_lines(r, plan))
+        vocab, note = plan_vocab_size(r, manifest)
+        plan = build_plan(r, vocab, manifest, nproc or [1])
+        emit(plan, json_, plan_lines(r, plan) + ([note] if note else []))
         return
     from tstcli.train import distributed
 

@@ -1,12 +1,15 @@
 """Corpus sources: resolve recipe entries to files and stream documents out of them.
 
-Supported: `.txt`, `.txt.gz` (documents separated by blank lines, or one per file), `.jsonl`, `.jsonl.gz` (one
-document per line, text in a configurable field), directories of those (sorted, recursive), Hugging Face hub files
-(`hf://datasets/OWNER/NAME/PATH[@REVISION]`, downloaded through huggingface-hub), and `builtin:sample`, the
+Supported: `.txt`, `.txt.gz` (documents separated by blank lines, or one per file), `.jsonl`, `.jsonl.gz` and
+`.json.gz` (JSON lines, the layout of C4's files: one document per line, text in a configurable field), directories
+of those (sorted, recursive), Hugging Face hub files (`hf://datasets/OWNER/NAME/PATH[@REVISION]`, where PATH may be
+a glob such as `en/c4-train.000[0-4]?-of-01024.json.gz`, downloaded through huggingface-hub), and
+`builtin:sample`, the
 public-domain corpus shipped inside the package. Everything streams: memory does not grow with the corpus.
 """
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import io
 import json
@@ -17,7 +20,8 @@ from typing import Iterator
 
 from tstcli.errors import DataError
 
-SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
+SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json.gz")
+JSON_LINES = (".jsonl", ".jsonl.gz", ".json.gz")
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "corpus"
 
 
@@ -53,17 +57,27 @@ def _hub(spec: str) -> list[SourceFile]:
     parts = rest.split("/")
     if len(parts) < 3:
         raise DataError(f"data.sources: {spec}: expected hf://datasets/OWNER/NAME/PATH")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    repo_id, pattern = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError)
 
     try:
-        local = hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision or None)
-    except LocalEntryNotFoundError:
+        if any(c in pattern for c in "*?["):
+            names = sorted(fnmatch.filter(HfApi().list_repo_files(repo_id, repo_type="dataset",
+                                                                  revision=revision or None), pattern))
+            if not names:
+                raise DataError(f"data.sources: {spec}: no file of the dataset matches {pattern!r}")
+            return [f for name in names for f in _hub(f"hf://datasets/{repo_id}/{name}" +
+                                                      (f"@{revision}" if revision else ""))]
+        local = hf_hub_download(repo_id, pattern, repo_type="dataset", revision=revision or None)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise DataError(f"data.sources: {spec}: not in the local hub cache and the hub cannot be reached "
                         "(offline?); download it on a networked machine or use a local copy") from None
     except (EntryNotFoundError, RepositoryNotFoundError) as e:
         raise DataError(f"data.sources: {spec}: not found on the hub ({type(e).__name__})") from None
+    except DataError:
+        raise
     except Exception as e:  # network failures come in many types
         raise DataError(f"data.sources: {spec}: hub download failed: {type(e).__name__}: {e}".splitlines()[0]) from None
     if not _is_corpus_file(Path(local)):
@@ -95,7 +109,7 @@ def iter_documents(f: SourceFile, text_field: str, txt_documents: str) -> Iterat
     """Yield the documents of one source file, in file order, skipping empty ones."""
     try:
         with _open_text(f.path) as fh:
-            if f.path.endswith((".jsonl", ".jsonl.gz")):
+            if f.path.endswith(JSON_LINES):
                 for lineno, line in enumerate(fh, 1):
                     if not line.strip():
                         continue

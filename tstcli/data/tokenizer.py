@@ -43,8 +43,9 @@ def train_bpe(documents: Iterable[str], vocab_size: int, eot_token: str, show_pr
     return tok
 
 
-def load_tokenizer(spec: str) -> Tokenizer:
-    """`spec` is a tokenizer.json file, a directory holding one, or a hub repo id (OWNER/NAME)."""
+def load_tokenizer(spec: str, local_only: bool = False) -> Tokenizer:
+    """`spec` is a tokenizer.json file, a directory holding one, or a hub repo id (OWNER/NAME); with `local_only`
+    a hub tokenizer comes from the local cache or not at all (no network wait)."""
     p = Path(spec).expanduser()
     if p.is_dir():
         p = p / "tokenizer.json"
@@ -58,7 +59,7 @@ def load_tokenizer(spec: str) -> Tokenizer:
         from huggingface_hub.errors import LocalEntryNotFoundError
 
         try:
-            return Tokenizer.from_file(hf_hub_download(spec, "tokenizer.json"))
+            return Tokenizer.from_file(hf_hub_download(spec, "tokenizer.json", local_files_only=local_only))
         except LocalEntryNotFoundError:
             raise DataError(f"data.tokenizer: {spec}: not in the local hub cache and the hub cannot be reached "
                             "(offline?)") from None

@@ -10,22 +10,52 @@ from tstcli.recipe import Recipe
 GiB = 2 ** 30
 
 
-def build_plan(r: Recipe, vocab_size: int, manifest: dict | None) -> dict:
+def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int, world_size: int) -> dict:
+    """Estimated peak bytes per device in training, by part (an estimate: allocator slack and temporaries aside).
+
+    State: fp32 weights + grads + two AdamW moments = 16 B/param, all of it on every device under DDP, 1/N of it
+    under FSDP2 plus the parameters of the block being computed and the next one (gathered in the compute dtype).
+    Activations of one micro-batch (Korthikanti et al.): ~34·mb·L·dim bytes per block in bf16 without
+    recomputation, 2·mb·L·dim (the block input) for a recomputed block; plus the logits (compute dtype, an fp32
+    copy and its gradient) and, in phase 1, the gathered bag embeddings (fp32, s per position).
+    """
+    L, d, mb = r.train.seq_len, r.model.dim, r.train.micro_batch_for(world_size)
+    act = 2 if r.train.dtype == "bf16" else 4
+    sharded = world_size > 1 and r.distributed.strategy == "fsdp"
+    state = 16 * params / world_size if sharded else 16 * params
+    gathered = 2 * block_params * act if sharded else 0
+    full_block = 17 * act * mb * L * d
+    every = {"none": 0, "selective": 2, "full": 1}[r.distributed.activation_checkpointing]
+    recomputed = len(range(0, r.model.n_layers, every)) if every else 0
+    blocks = (r.model.n_layers - recomputed) * full_block + recomputed * act * mb * L * d + (full_block if recomputed
+                                                                                              else 0)
+    logits = mb * L * vocab_size * (act + 8)
+    bags = mb * L * r.tst.bag_size * d * 4
+    parts = {"state": state, "gathered_params": gathered, "activations": blocks, "logits": logits, "bags": bags}
+    return {k: round(v / GiB, 3) for k, v in parts.items()} | {"total": round(sum(parts.values()) / GiB, 3)}
+
+
+def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[int] | None = None) -> dict:
     with torch.device("meta"):  # no memory, no time: works for any size
         model = Llama(r.model, vocab_size)
     params = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
-    L, B, mb = r.train.seq_len, r.train.batch_size, r.train.micro_batch
+    block_params = sum(p.numel() for p in model.layers[0].parameters())
+    L, B = r.train.seq_len, r.train.batch_size
     fpp = model.flops_per_position(L)
     widths = packing.row_widths(r)
     steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
-    # Memory: fp32 weights + grads + two AdamW moments = 16 B/param; activations per micro-batch ~34·mb·L·d bytes
-    # per layer in bf16 (Korthikanti et al., no recomputation) plus logits (bf16 + fp32 copy + fp32 grad) and the
-    # phase-1 gathered bag embeddings (fp32, s per position).
-    act_bytes = 2 if r.train.dtype == "bf16" else 4
-    layers = 17 * act_bytes * mb * L * r.model.dim * r.model.n_layers
-    logits = mb * L * vocab_size * (act_bytes + 8)
-    bags = mb * L * r.tst.bag_size * r.model.dim * 4
+    devices = {}
+    for n in nprocs or [1]:
+        mb = r.train.micro_batch_for(n)
+        fits = mb >= 1 and B % (n * mb) == 0
+        devices[str(n)] = {
+            "strategy": "single process" if n == 1 else r.distributed.strategy,
+            "micro_batch_rows": mb, "rows_per_device": B // n,
+            "accumulation_steps": B // (n * mb) if fits else None,
+            "batch_splits": fits,
+            "memory_gib": memory_per_device(r, params, block_params, vocab_size, n),
+        }
     plan = {
         "parameters": params,
         "parameters_non_embedding": params - embedding,
@@ -33,10 +63,11 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None) -> dict:
         "flops_per_position": fpp,
         "flops_per_step": fpp * B * L,
         "flops_total": fpp * B * L * r.train.steps,
-        "global_batch_rows": B, "micro_batch_rows": mb, "seq_len": L,
+        "global_batch_rows": B, "seq_len": L, "global_batch_positions": B * L,
         "phases": {str(p): {"steps": steps[p], "row_tokens": widths[p], "tokens": steps[p] * B * widths[p],
                             "positions": steps[p] * B * L} for p in (1, 2)},
-        "memory_estimate_gib": round((16 * params + layers + logits + bags) / GiB, 3),
+        "devices": devices,
+        "activation_checkpointing": r.distributed.activation_checkpointing,
         "coverage": None,
     }
     if manifest is not None:
@@ -47,12 +78,12 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None) -> dict:
 
 def plan_lines(r: Recipe, p: dict) -> list[str]:
     lines = [
-        f"model: {p['parameters']:,} parameters ({p['parameters_non_embedding']:,} non-embedding), "
+        f"model: {p['parameters']:,} parameters ({p['parameters_non_embedding']:,} without the input embedding), "
         f"vocab {p['vocab_size']:,}, {r.model.n_layers} layers x {r.model.dim} dim",
-        f"FLOPs: {p['flops_per_position']:,} per position (6N + 12·layers·dim·L), {p['flops_per_step']:.3e} per step, "
-        f"{p['flops_total']:.3e} in all",
-        f"batch: {p['global_batch_rows']} rows x {p['seq_len']} positions per step "
-        f"(micro-batch {p['micro_batch_rows']})",
+        f"FLOPs: {p['flops_per_position']:,} per position (6N + 12·layers·dim·L, N = matmul parameters), "
+        f"{p['flops_per_step']:.3e} per step, {p['flops_total']:.3e} in all",
+        f"global batch: {p['global_batch_rows']} rows x {p['seq_len']} positions = "
+        f"{p['global_batch_positions']:,} positions per step",
     ]
     for ph in ("1", "2"):
         x = p["phases"][ph]
@@ -63,6 +94,16 @@ def plan_lines(r: Recipe, p: dict) -> list[str]:
         lines.append("coverage: unknown until the data is prepared (`tst prepare RECIPE`)")
     else:
         lines += ["coverage: " + x for x in packing.coverage_lines(p["coverage"])]
-    lines.append(f"memory estimate: {p['memory_estimate_gib']:.2f} GiB per device (weights, grads, AdamW, "
-                 "activations of one micro-batch)")
+    for n, d in p["devices"].items():
+        if not d["batch_splits"]:
+            lines.append(f"{n} processes: train.batch_size {p['global_batch_rows']} does not split into {n} ranks x "
+                         f"micro-batches of {d['micro_batch_rows']}: this world size would be refused")
+            continue
+        m = d["memory_gib"]
+        lines.append(f"{n} process{'es' if n != '1' else ''} ({d['strategy']}, activation checkpointing "
+                     f"{p['activation_checkpointing']}): {d['rows_per_device']} rows per device in "
+                     f"{d['accumulation_steps']} micro-batches of {d['micro_batch_rows']}; memory about "
+                     f"{m['total']:.1f} GiB per device (state {m['state']:.1f}, activations {m['activations']:.1f}, "
+                     f"logits {m['logits']:.1f}, bags {m['bags']:.1f}, gathered parameters "
+                     f"{m['gathered_params']:.1f})")
     return lines

@@ -1,0 +1,53 @@
+"""`tst compare RUN_DIR RUN_DIR ...`: held-out loss against compute, and the equal-loss speed-up."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tstcli.cli.common import JsonOption, emit, log
+from tstcli.compare.curves import AXES, compare, load_curve
+from tstcli.errors import RecipeError
+
+
+def _fmt(x, axis: str) -> str:
+    if x is None:
+        return "never"
+    return f"{x:,.0f}" if axis == "steps" else f"{x:.1f}" if axis == "time" else f"{x:.3e}"
+
+
+def compare_runs(
+    run_dirs: List[Path] = typer.Argument(..., help="run directories; the first is the reference unless --reference"),
+    x: str = typer.Option("flops", "--x", help="x axis: flops, tokens (raw tokens read), steps or time"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the plot here (PNG; needs tst[plot])"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="the run whose final loss is the target"),
+    json_: bool = JsonOption,
+):
+    """Plot and tabulate held-out loss of runs against FLOPs, tokens, steps or time; equal-loss speed-up."""
+    if x not in AXES:
+        raise RecipeError(f"--x {x!r}: expected one of {', '.join(AXES)}")
+    curves = [load_curve(Path(d)) for d in run_dirs]
+    ref = 0
+    if reference is not None:
+        names = [Path(d).resolve() for d in run_dirs]
+        if Path(reference).resolve() not in names:
+            raise RecipeError(f"--reference {reference}: not one of the compared run directories")
+        ref = names.index(Path(reference).resolve())
+    result = compare(curves, x, ref)
+    label = AXES[x][1]
+    lines = [f"reference: {result['reference']} (final held-out loss {result['target_loss']:.4f}); x axis: {label}",
+             f"{'run':<24} {'setting':<22} {'final loss':>10} {label + ' at end':>16} "
+             f"{label + ' to ref':>16} {'speed-up':>9}"]
+    for r in result["runs"]:
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+        lines.append(f"{r['run'][:24]:<24} {r['label'][:22]:<22} {r['final_val_loss']:>10.4f} "
+                     f"{_fmt(r['final_x'], x):>16} {_fmt(r['reach_x'], x):>16} {speed:>9}")
+    if out is not None:
+        result["plot"] = str(out)
+    emit(result, json_, lines)  # the table first: it needs nothing, the plot needs matplotlib
+    if out is not None:
+        from tstcli.compare.plot import plot
+
+        plot(curves, result, out)
+        log(f"compare: plot written to {out}")

@@ -1,0 +1,102 @@
+"""Held-out loss curves of runs, read from their `metrics.jsonl`, and the equal-loss speed-up between them.
+
+A curve's points are the validation rows (always ordinary next-token loss, so TST and baseline runs compare),
+placed on an x axis: cumulative FLOPs, raw tokens read, optimizer steps or wall time at that step (taken from the
+train row of the same step; 0 at step 0). The point where a run first reaches a target loss is interpolated
+linearly between the two validation points that straddle it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tstcli.errors import CheckpointError
+
+# axis name -> (train-row field, label)
+AXES = {"flops": ("flops", "FLOPs"), "tokens": ("tokens", "raw tokens"), "steps": ("step", "steps"),
+        "time": ("elapsed_s", "wall time (s)")}
+
+
+@dataclass(frozen=True)
+class Curve:
+    name: str
+    steps: tuple[int, ...]  # validation steps, ascending
+    losses: tuple[float, ...]
+    at_step: dict  # step -> {axis: x}
+    switch_step: int | None  # last phase-1 step (None: no superposition phase)
+    label: str  # e.g. "s=4, ratio=0.3" or "baseline"
+
+    def xs(self, axis: str) -> list[float]:
+        return [self.x(axis, s) for s in self.steps]
+
+    def x(self, axis: str, step: int) -> float:
+        return 0.0 if step == 0 else float(self.at_step[step][axis])
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+
+def load_curve(run_dir: Path) -> Curve:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no metrics.jsonl (not a tst run directory)")
+    train, val = {}, {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill
+        if row.get("kind") == "train":
+            train[row["step"]] = row
+        elif row.get("kind") == "val":
+            val[row["step"]] = row["val_loss"]
+    steps = tuple(sorted(s for s in val if s == 0 or s in train))
+    if not steps:
+        raise CheckpointError(f"{path}: no held-out evaluations (kind = \"val\" rows) to compare")
+    at_step = {s: {axis: row[field] for axis, (field, _) in AXES.items()} for s, row in train.items()}
+    phase1 = [s for s, row in train.items() if row["phase"] == 1]
+    return Curve(run_dir.name, steps, tuple(val[s] for s in steps), at_step, max(phase1) if phase1 else None,
+                 _label(run_dir, bool(phase1)))
+
+
+def _label(run_dir: Path, has_phase1: bool) -> str:
+    from tstcli import recipe as recipes
+
+    try:
+        r = recipes.load(run_dir / "recipe.toml")
+    except Exception:  # a bare metrics file still compares; the label is then generic
+        return "superposition" if has_phase1 else "baseline"
+    if r.tst.bag_size == 1 or r.phase1_steps == 0:
+        return "baseline"
+    return f"s={r.tst.bag_size}, ratio={r.tst.ratio:g}" + ("" if r.tst.mode == "full" else f", {r.tst.mode}")
+
+
+def first_reach(curve: Curve, axis: str, target: float) -> float | None:
+    """The x at which `curve` first reaches `target` (linear between straddling points); None if it never does."""
+    xs, ys = curve.xs(axis), curve.losses
+    for i, y in enumerate(ys):
+        if y <= target:
+            if i == 0:
+                return xs[0]
+            x0, y0, x1 = xs[i - 1], ys[i - 1], xs[i]
+            return x0 + (y0 - target) / (y0 - y) * (x1 - x0)
+    return None
+
+
+def compare(curves: list[Curve], axis: str, reference: int = 0) -> dict:
+    """Final loss of each run and the x at which it first reaches the reference run's final loss."""
+    ref = curves[reference]
+    target = ref.final_loss
+    ref_reach = first_reach(ref, axis, target)
+    rows = []
+    for c in curves:
+        reach = first_reach(c, axis, target)
+        rows.append({
+            "run": c.name, "label": c.label, "final_val_loss": c.final_loss,
+            "final_x": c.x(axis, c.steps[-1]), "reach_x": reach,
+            "speedup": (ref_reach / reach if reach and ref_reach else None),
+            "switch_x": c.x(axis, c.switch_step) if c.switch_step else None,
+        })
+    return {"axis": axis, "reference": ref.name, "target_loss": target, "runs": rows}

@@ -1,0 +1,43 @@
+"""The picture of a comparison: held-out loss against the chosen x axis, one line per run, each run's phase switch
+marked, the reference loss drawn across. matplotlib is an optional extra (`pip install 'tst[plot]'`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tstcli.compare.curves import AXES, Curve
+from tstcli.errors import RecipeError
+
+
+def plot(curves: list[Curve], result: dict, out: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise RecipeError(f"--out {out}: drawing needs matplotlib: pip install 'tst[plot]' (the table above "
+                          "needs nothing)") from None
+    matplotlib.use("Agg")  # files only: no display on clusters and CI
+    import matplotlib.pyplot as plt
+
+    axis = result["axis"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for c, row in zip(curves, result["runs"]):
+        (line,) = ax.plot(c.xs(axis), c.losses, marker="o", markersize=2.5, linewidth=1.4,
+                          label=f"{c.name} ({c.label})")
+        if row["switch_x"] is not None:
+            ax.axvline(row["switch_x"], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axhline(result["target_loss"], color="grey", linestyle="--", linewidth=0.8,
+               label=f"final loss of {result['reference']}")
+    ax.set_xlabel(AXES[axis][1] + ("  (dotted: switch to next-token training)" if any(
+        r["switch_x"] is not None for r in result["runs"]) else ""))
+    ax.set_ylabel("held-out next-token loss")
+    low = min(min(c.losses) for c in curves)
+    ax.set_ylim(low - 0.05 * abs(low), min(max(c.losses[min(1, len(c.losses) - 1)] for c in curves) + 0.2,
+                                           max(max(c.losses) for c in curves)) + 0.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, out)
