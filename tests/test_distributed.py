@@ -182,3 +182,16 @@ def test_batch_that_does_not_split_over_the_ranks_is_one_line_exit_2(one_process
     assert r.returncode != 0
     assert "error: train.batch_size: 3 rows do not split evenly into 2 ranks" in r.stderr
     assert not (tmp_path / "x").exists(), "refused before anything is written"
+
+
+def test_fsdp_mixture_of_experts_matches_one_process(small_data, tmp_path):
+    """FSDP2 shards the experts' 3-D weights like any parameter. The load-balancing loss is computed per rank on
+    the rank's own tokens (as in torchtitan and Megatron), which is not the same function as over the whole batch,
+    so the comparison runs with its coefficient at 0; the rest is plain data parallelism."""
+    moe = {"model.moe_experts": 4, "model.moe_ffn_dim": 32, "model.qk_norm": True, "model.moe_aux_loss_coef": 0.0}
+    recipe, one = train_small(small_data, tmp_path, "one", **moe)
+    r = torchrun(2, "train", recipe, "--run-dir", tmp_path / "two", "--set", 'distributed.strategy="fsdp"')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_close_runs(one, tmp_path / "two")
+    a, b = rows(one), rows(tmp_path / "two")
+    assert all(abs(a[s]["expert_load_max"] - b[s]["expert_load_max"]) < 1e-6 for s in a)  # global fractions

@@ -48,3 +48,28 @@ def test_3b_dry_run_prints_the_parameter_count(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "model: 3,337,766,912 parameters (3,075,098,624 without the input embedding)" in out.stdout
     assert "8 processes (fsdp" in out.stdout and "64 processes (fsdp" in out.stdout
+
+
+def test_10b_a1b_dry_run_total_and_active_parameters(tmp_path):
+    path = ROOT / "recipes" / "10b-a1b.toml"
+    r = recipes.load(path)
+    assert (r.tst.bag_size, r.tst.ratio, r.train.lr, r.train.schedule) == (16, 0.25, 3e-4, "wsd")
+    assert r.train.batch_size * r.train.seq_len == 8 * 2 ** 20  # 8M-token global batches
+    assert r.model.qk_norm and r.model.moe_experts == 128 and r.model.moe_norm_topk
+    out = run_cli("train", path, "--dry-run", "--json", "--nproc", "64",
+                  env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert abs(plan["parameters"] - 10e9) <= 1e9, plan["parameters"]
+    assert abs(plan["parameters_active"] - 1e9) <= 1e8, plan["parameters_active"]
+    assert plan["flops_per_position"] < 7 * plan["parameters_active"] + 13 * 20 * 2048 * 4096  # active, not total
+    assert plan["devices"]["64"]["memory_gib"]["total"] < 70
+
+
+def test_moe_tiny_recipe_trains_5_steps(small_data, tmp_path):
+    from tstcli.train.loop import Trainer, open_data
+    r = recipes.load(ROOT / "recipes" / "moe-tiny.toml", ["train.steps=5", "train.compile=false",
+                                                          f'data.dir="{small_data}"', "data.vocab_size=512"])
+    data, _ = open_data(r, small_data)
+    result = Trainer(r, tmp_path, data, quiet=True).run()
+    assert result["steps"] == 5 and result["final_val_loss"] > 0

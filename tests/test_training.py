@@ -72,7 +72,12 @@ def test_restart_schedule_warms_up_again_at_the_switch(small_data, tmp_path):
 def test_non_finite_loss_stops_before_the_update(small_data, tmp_path):
     t = _trainer(small_data, tmp_path)
     real = t.loss_fn(1)
-    t._losses[1] = lambda rows: real(rows) * float("nan")  # inject a non-finite loss
+
+    def poisoned(rows):  # inject a non-finite loss
+        loss, stats = real(rows)
+        return loss * float("nan"), stats
+
+    t._losses[1] = poisoned
     before = [p.detach().clone() for p in t.model.parameters()]
     with pytest.raises(DivergedError, match="step 1 \\(phase 1\\)"):
         t.train_step(1)
@@ -133,8 +138,8 @@ def test_skip_nonfinite_steps_skips_up_to_the_bound_then_stops(small_data, tmp_p
 
     def flaky(rows):
         calls["n"] += 1
-        loss = real(rows)
-        return loss * float("nan") if calls["n"] in bad_steps else loss
+        loss, stats = real(rows)
+        return (loss * float("nan") if calls["n"] in bad_steps else loss), stats
 
     t._losses[1] = flaky
     with pytest.raises(DivergedError, match="step 5 \\(phase 1\\)"):

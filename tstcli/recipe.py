@@ -66,10 +66,27 @@ class ModelConfig:
     norm_eps: float = key(1e-5, "RMSNorm epsilon")
     tie_embeddings: bool = key(True, "share the input embedding and the output head")
     init_std: float = key(0.02, "standard deviation of the initial weights")
+    head_dim: int = key(0, "attention head size; 0 means dim / n_heads (Qwen3 uses 128 whatever the width)")
+    qk_norm: bool = key(False, "RMSNorm on each head's queries and keys before RoPE (Qwen3)")
+    moe_experts: int = key(0, "mixture of experts: routed SwiGLU experts per block (Qwen3-MoE style); 0 is dense")
+    moe_top_k: int = key(2, "experts each token is routed to (softmax router, top-k)")
+    moe_ffn_dim: int = key(0, "intermediate size of one expert; 0 means model.ffn_dim's rule")
+    moe_norm_topk: bool = key(True, "renormalise the top-k routing weights to sum to 1 (Qwen3's norm_topk_prob)")
+    moe_shared_ffn_dim: int = key(0, "intermediate size of a shared expert every token also goes through; 0: none")
+    moe_aux_loss_coef: float = key(0.001, "weight of the load-balancing loss E·Σ f_e·P_e (Switch/Qwen3 form)")
+    moe_z_loss_coef: float = key(0.0, "weight of the router z-loss mean(logsumexp(router logits)^2)")
 
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.dim // self.n_heads
+
+    @property
+    def expert_intermediate(self) -> int:
+        return self.moe_ffn_dim or self.intermediate
 
     @property
     def intermediate(self) -> int:
@@ -286,9 +303,18 @@ def validate(r: Recipe, where: str) -> None:
     within("train.threads", t.threads, 0, 4096)
     within("model.dim", m.dim, 1, 1 << 17)
     within("model.n_layers", m.n_layers, 1, 4096)
-    _require(1 <= m.n_heads <= m.dim and m.dim % m.n_heads == 0, where, "model.n_heads",
-             f"a divisor of model.dim ({m.dim})", m.n_heads)
-    _require((m.dim // m.n_heads) % 2 == 0, where, "model.n_heads", "such that dim/n_heads is even (RoPE)", m.n_heads)
+    within("model.head_dim", m.head_dim, 0, 1 << 14)
+    _require(1 <= m.n_heads <= m.dim * 64 and (m.head_dim or m.dim % m.n_heads == 0), where, "model.n_heads",
+             f"a divisor of model.dim ({m.dim}) unless model.head_dim is set", m.n_heads)
+    _require(m.head_size % 2 == 0 and m.head_size > 0, where, "model.n_heads",
+             "such that the head size (model.head_dim, or dim/n_heads) is even (RoPE)", m.n_heads)
+    within("model.moe_experts", m.moe_experts, 0, 1 << 14)
+    if m.moe_experts:
+        within("model.moe_top_k", m.moe_top_k, 1, m.moe_experts)
+    within("model.moe_ffn_dim", m.moe_ffn_dim, 0, 1 << 20)
+    within("model.moe_shared_ffn_dim", m.moe_shared_ffn_dim, 0, 1 << 20)
+    within("model.moe_aux_loss_coef", m.moe_aux_loss_coef, 0, 100)
+    within("model.moe_z_loss_coef", m.moe_z_loss_coef, 0, 100)
     _require(0 <= m.n_kv_heads <= m.n_heads and m.n_heads % m.kv_heads == 0, where, "model.n_kv_heads",
              f"a divisor of model.n_heads ({m.n_heads})", m.n_kv_heads)
     within("model.ffn_dim", m.ffn_dim, 0, 1 << 20)

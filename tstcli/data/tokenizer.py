@@ -47,9 +47,13 @@ def load_tokenizer(spec: str, local_only: bool = False) -> Tokenizer:
     """`spec` is a tokenizer.json file, a directory holding one, or a hub repo id (OWNER/NAME); with `local_only`
     a hub tokenizer comes from the local cache or not at all (no network wait)."""
     p = Path(spec).expanduser()
-    if p.is_dir():
-        p = p / "tokenizer.json"
-    if p.is_file():
+    try:
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        is_file = p.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise DataError(f"data.tokenizer: {spec[:80]!r}: not a usable path ({e.strerror})") from None
+    if is_file:
         try:
             return Tokenizer.from_file(str(p))
         except Exception as e:

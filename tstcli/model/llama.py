@@ -1,6 +1,8 @@
 """A Llama-style decoder: RMSNorm, RoPE (rotate-half, as transformers' Llama), SwiGLU, grouped-query attention,
-optional tied embeddings, no biases. It takes token ids or input embeddings and returns final hidden states;
-`logits()` applies the output head. Nothing here knows about token superposition.
+optional tied embeddings, no biases. With `qk_norm`, an explicit `head_dim` and `moe_experts` it is the Qwen3-MoE
+architecture (per-head RMSNorm on queries and keys, routed experts in place of the dense SwiGLU: see moe.py).
+It takes token ids or input embeddings and returns final hidden states (and, on request, the routers'
+statistics); `logits()` applies the output head. Nothing here knows about token superposition.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tstcli.model.moe import MoEFeedForward, RouterStats
 from tstcli.recipe import ModelConfig
 
 
@@ -44,7 +47,9 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv = cfg.n_heads, cfg.kv_heads
-        self.head_dim = cfg.dim // cfg.n_heads
+        self.head_dim = cfg.head_size
+        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.wq = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(cfg.dim, self.n_kv * self.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, self.n_kv * self.head_dim, bias=False)
@@ -52,8 +57,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv, self.head_dim)
+        if self.q_norm is not None:  # Qwen3: per head, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
@@ -66,12 +74,12 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.intermediate, bias=False)  # gate
-        self.w3 = nn.Linear(cfg.dim, cfg.intermediate, bias=False)  # up
-        self.w2 = nn.Linear(cfg.intermediate, cfg.dim, bias=False)  # down
+        self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
+        self.w3 = nn.Linear(dim, hidden, bias=False)  # up
+        self.w2 = nn.Linear(hidden, dim, bias=False)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -83,11 +91,18 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg)
+        self.moe = cfg.moe_experts > 0
+        self.feed_forward = (MoEFeedForward(cfg.dim, cfg.moe_experts, cfg.moe_top_k, cfg.expert_intermediate,
+                                            cfg.moe_norm_topk, cfg.moe_shared_ffn_dim) if self.moe
+                             else SwiGLU(cfg.dim, cfg.intermediate))
 
     def forward(self, x, cos, sin):
+        """(output, RouterStats of this block or None when dense)."""
         x = x + self.attention(self.attention_norm(x), cos, sin)
-        return x + self.feed_forward(self.ffn_norm(x))
+        if self.moe:
+            y, stats = self.feed_forward(self.ffn_norm(x))
+            return x + y, stats
+        return x + self.feed_forward(self.ffn_norm(x)), None
 
 
 class Llama(nn.Module):
@@ -100,7 +115,7 @@ class Llama(nn.Module):
         self.output = nn.Linear(cfg.dim, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_size, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.checkpointed: frozenset[int] = frozenset()  # blocks whose activations are recomputed in backward
@@ -112,7 +127,8 @@ class Llama(nn.Module):
             if p.ndim == 1:
                 nn.init.ones_(p)
             else:
-                s = std / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else std
+                residual_out = name.endswith(("wo.weight", "w2.weight", "feed_forward.w2"))
+                s = std / math.sqrt(2 * self.cfg.n_layers) if residual_out else std
                 nn.init.normal_(p, 0.0, s, generator=generator)
 
     def set_activation_checkpointing(self, policy: str) -> None:
@@ -123,26 +139,45 @@ class Llama(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.tok_embeddings
 
-    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None):
-        """Final hidden states (B, T, dim) from token ids (B, T) or input embeddings (B, T, dim)."""
+    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                router_stats: bool = False):
+        """Final hidden states (B, T, dim) from token ids (B, T) or input embeddings (B, T, dim); with
+        `router_stats`, also the routers' statistics averaged over the MoE blocks (None for a dense model)."""
         h = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         T = h.shape[1]
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        total = None
         for i, layer in enumerate(self.layers):
             if i in self.checkpointed and torch.is_grad_enabled():
-                h = checkpoint(layer, h, cos, sin, use_reentrant=False)
+                h, stats = checkpoint(layer, h, cos, sin, use_reentrant=False)
             else:
-                h = layer(h, cos, sin)
-        return self.norm(h)
+                h, stats = layer(h, cos, sin)
+            if stats is not None:
+                total = stats if total is None else total + stats
+        h = self.norm(h)
+        if not router_stats:
+            return h
+        n = len(self.layers)
+        return h, (None if total is None else RouterStats(total.aux_loss / n, total.z_loss / n, total.load / n))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(hidden)
 
     def matmul_params(self) -> int:
-        """Parameters that take part in matrix multiplies (all Linear weights, the output head included)."""
-        return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        """Parameters one position multiplies by (all Linear weights, the output head included; for MoE blocks the
+        router, the top-k experts and the shared expert: the *active* parameters)."""
+        moe = [m for m in self.modules() if isinstance(m, MoEFeedForward)]
+        inside_moe = {id(p) for m in moe for p in m.modules() if isinstance(p, nn.Linear)}
+        dense = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear) and id(m) not in inside_moe)
+        return dense + sum(m.active_matmul_params() for m in moe)
+
+    def active_params(self) -> int:
+        """Parameters a position touches: the active matmul parameters, norms and its own embedding row."""
+        norms = sum(p.numel() for p in self.parameters() if p.ndim == 1)
+        return self.matmul_params() + norms + (0 if self.cfg.tie_embeddings else self.cfg.dim)
 
     def flops_per_position(self, seq_len: int) -> int:
-        """Training FLOPs per latent position: 6·N (matmul params) + 12·layers·dim·seq_len (attention scores),
-        the PaLM/Chinchilla convention (attention counted non-causally)."""
-        return 6 * self.matmul_params() + 12 * self.cfg.n_layers * self.cfg.dim * seq_len
+        """Training FLOPs per latent position: 6·N (active matmul params) + 12·layers·(heads·head_dim)·seq_len
+        (attention scores), the PaLM/Chinchilla convention (attention counted non-causally)."""
+        attn_width = self.cfg.n_heads * self.cfg.head_size
+        return 6 * self.matmul_params() + 12 * self.cfg.n_layers * attn_width * seq_len

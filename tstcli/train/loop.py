@@ -23,7 +23,7 @@ from tstcli.errors import DivergedError, RecipeError, Stopped
 from tstcli.model import Llama
 from tstcli.recipe import Recipe, TrainConfig, to_toml
 from tstcli.train import checkpoint, distributed, hardware, rundir
-from tstcli.train.objective import Objective, mean_loss
+from tstcli.train.objective import Objective, cross_entropy_of, mean_loss
 from tstcli.train.progress import Progress
 from tstcli.train.schedule import lr_factor
 from tstcli.tst import PhaseSpec, target_weights
@@ -137,17 +137,34 @@ class Trainer:
         n_micro = len(rows) // mb
         loss_fn = self.loss_fn(phase)
         total = torch.zeros((), device=self.device)
+        extra: dict = {}  # mixture of experts: router statistics, summed over micro-batches
         for i in range(n_micro):
             with distributed.gradient_sync(self.engine, i == n_micro - 1):
-                loss = loss_fn(rows[i * mb:(i + 1) * mb])
+                loss, stats = loss_fn(rows[i * mb:(i + 1) * mb])
                 (loss / n_micro).backward()
-            total += loss.detach()
-        # One collective: the mean loss over ranks, and whether any rank was asked to stop (all stop together).
-        loss_sum, stops = distributed.sum_across([(total / n_micro).item(), float(self._stop_signal is not None)])
-        loss, self.stop_agreed = loss_sum / self.world.size, stops > 0
+            total += cross_entropy_of(loss, stats).detach()  # logged: the CE, without auxiliary losses
+            for k, v in stats.items():
+                if k == "ce":
+                    continue
+                extra[k] = extra[k] + v if k in extra else v
+        # One collective: the mean loss over ranks, whether any rank was asked to stop (all stop together), and
+        # the router statistics.
+        names = sorted(extra)
+        flat = [x for k in names for x in (extra[k] / n_micro).reshape(-1).tolist()]
+        summed = distributed.sum_across([(total / n_micro).item(), float(self._stop_signal is not None), *flat])
+        loss, self.stop_agreed = summed[0] / self.world.size, summed[1] > 0
+        router, pos = {}, 2
+        for k in names:
+            n = extra[k].numel()
+            router[k] = [x / self.world.size for x in summed[pos:pos + n]]
+            pos += n
         clip = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
         grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)).item()
         out = {"phase": phase, "loss": loss, "grad_norm": grad_norm, "epoch": epoch, "data_s": data_s}
+        if router:
+            out["router"] = {"moe_aux_loss": router["moe_aux_loss"][0], "moe_z_loss": router["moe_z_loss"][0],
+                             "expert_load_min": min(router["expert_load"]),
+                             "expert_load_max": max(router["expert_load"])}
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
             if self.skipped >= r.train.skip_nonfinite_steps:
@@ -167,7 +184,8 @@ class Trainer:
     def evaluate(self) -> float:
         """Ordinary next-token loss on the fixed held-out rows (eager: a few batches, not worth a compile).
         Under FSDP2 every rank scores the same rows (the sharded forward needs all of them)."""
-        return mean_loss(lambda part: self.objective(part, 2), self.val_rows.to(self.device), self.micro)
+        return mean_loss(lambda part: cross_entropy_of(*self.objective(part, 2)), self.val_rows.to(self.device),
+                         self.micro)
 
     def _switch(self, progress: Progress) -> None:
         t = self.r.tst
@@ -273,7 +291,7 @@ class Trainer:
                                positions=state["positions"], flops=state["flops"],
                                elapsed_s=time.perf_counter() - t_start, step_time_s=dt,
                                tokens_per_s=tokens / dt, positions_per_s=positions / dt, mfu=mfu,
-                               data_share=out["data_s"] / dt, epoch=out["epoch"])
+                               data_share=out["data_s"] / dt, epoch=out["epoch"], **out.get("router", {}))
                     write(row)
                     progress.step({**row, "last": step == r.train.steps})
                 state["step"] = step

@@ -13,12 +13,19 @@ from tstcli.model import Llama
 from tstcli.tst import PhaseSpec, make_bags, multi_hot_ce, superposed_embeddings
 
 
-def phase_loss(model: Llama, rows: torch.Tensor, spec: PhaseSpec, weights, amp_dtype) -> torch.Tensor:
-    """Loss of one batch of rows in one phase."""
+def _scored(model: Llama, rows: torch.Tensor, spec: PhaseSpec, weights, amp_dtype, router_stats: bool):
+    """(multi-hot CE of the rows, router statistics or None)."""
     with torch.autocast(rows.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         inputs, targets = make_bags(rows, spec)
-        hidden = model(inputs_embeds=superposed_embeddings(model.get_input_embeddings().weight, inputs))
-        return multi_hot_ce(model.logits(hidden), targets, weights)
+        out = model(inputs_embeds=superposed_embeddings(model.get_input_embeddings().weight, inputs),
+                    router_stats=router_stats)
+        hidden, router = out if router_stats else (out, None)
+        return multi_hot_ce(model.logits(hidden), targets, weights), router
+
+
+def phase_loss(model: Llama, rows: torch.Tensor, spec: PhaseSpec, weights, amp_dtype) -> torch.Tensor:
+    """Loss of one batch of rows in one phase (the CE alone: what held-out loss and the tests measure)."""
+    return _scored(model, rows, spec, weights, amp_dtype, router_stats=False)[0]
 
 
 class Objective(nn.Module):
@@ -26,8 +33,21 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.specs, self.weights, self.amp_dtype = model, specs, weights, amp_dtype
 
-    def forward(self, rows: torch.Tensor, phase: int) -> torch.Tensor:
-        return phase_loss(self.model, rows, self.specs[phase], self.weights[phase], self.amp_dtype)
+    def forward(self, rows: torch.Tensor, phase: int) -> tuple[torch.Tensor, dict]:
+        """(loss to differentiate, detached statistics). For a mixture of experts the loss adds the routers'
+        load-balancing and z-losses to the CE, and the statistics hold the CE, those losses and the expert load."""
+        ce, router = _scored(self.model, rows, self.specs[phase], self.weights[phase], self.amp_dtype, True)
+        if router is None:
+            return ce, {}
+        m = self.model.cfg
+        total = ce + m.moe_aux_loss_coef * router.aux_loss + m.moe_z_loss_coef * router.z_loss
+        return total, {"ce": ce.detach(), "moe_aux_loss": router.aux_loss.detach(),
+                       "moe_z_loss": router.z_loss.detach(), "expert_load": router.load}
+
+
+def cross_entropy_of(loss: torch.Tensor, stats: dict) -> torch.Tensor:
+    """The CE part of an `Objective` output (the loss itself for a dense model)."""
+    return stats.get("ce", loss)
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
     with torch.device("meta"):  # no memory, no time: works for any size
         model = Llama(r.model, vocab_size)
     params = sum(p.numel() for p in model.parameters())
+    active = model.active_params()
     embedding = model.get_input_embeddings().weight.numel()
     block_params = sum(p.numel() for p in model.layers[0].parameters())
     L, B = r.train.seq_len, r.train.batch_size
@@ -59,6 +60,7 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
     plan = {
         "parameters": params,
         "parameters_non_embedding": params - embedding,
+        "parameters_active": active,
         "vocab_size": vocab_size,
         "flops_per_position": fpp,
         "flops_per_step": fpp * B * L,
@@ -79,8 +81,11 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
 def plan_lines(r: Recipe, p: dict) -> list[str]:
     lines = [
         f"model: {p['parameters']:,} parameters ({p['parameters_non_embedding']:,} without the input embedding), "
-        f"vocab {p['vocab_size']:,}, {r.model.n_layers} layers x {r.model.dim} dim",
-        f"FLOPs: {p['flops_per_position']:,} per position (6N + 12·layers·dim·L, N = matmul parameters), "
+        f"vocab {p['vocab_size']:,}, {r.model.n_layers} layers x {r.model.dim} dim"
+        + (f"; mixture of experts: {r.model.moe_experts} experts, top-{r.model.moe_top_k}, "
+           f"{p['parameters_active']:,} active parameters per position" if r.model.moe_experts else ""),
+        f"FLOPs: {p['flops_per_position']:,} per position (6N + 12·layers·heads·head_dim·L, N = active matmul "
+        "parameters), "
         f"{p['flops_per_step']:.3e} per step, {p['flops_total']:.3e} in all",
         f"global batch: {p['global_batch_rows']} rows x {p['seq_len']} positions = "
         f"{p['global_batch_positions']:,} positions per step",
