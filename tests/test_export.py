@@ -8,7 +8,7 @@ from safetensors import safe_open
 from conftest import run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from tstcli import recipe as recipes
-from tstcli.export import hf_llama
+from tstcli.export import hf as hf_llama
 from tstcli.model import Llama
 from tstcli.train import checkpoint
 
@@ -95,3 +95,44 @@ def test_a_logits_mismatch_fails_the_export_and_writes_nothing(run, tmp_path, mo
     with pytest.raises(CheckpointError, match="self-test failed"):
         hf_llama.export(r, run, _native(run), manifest, tmp_path / "bad", "fp32", False, "test")
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
+
+
+@pytest.mark.parametrize("arch,overrides", [
+    ("qwen3_moe", {"model.moe_experts": 4, "model.moe_top_k": 2, "model.moe_ffn_dim": 32, "model.qk_norm": True,
+                   "model.head_dim": 16, "model.tie_embeddings": False}),
+    ("qwen3", {"model.qk_norm": True}),
+])
+def test_qwen3_exports_match_transformers_and_evaluate(small_data, tmp_path, arch, overrides):
+    """A mixture-of-experts run exports as Qwen3MoeForCausalLM (per-expert matrices, the hub layout), a dense run
+    with QK-norm as Qwen3ForCausalLM; transformers' logits match (the CLI's self-test, <= 1e-4 in fp32), and
+    `tst eval` scores the export like the run directory."""
+    from conftest import train_small
+    from safetensors import safe_open
+    _, run = train_small(small_data, tmp_path, **overrides)
+    out = tmp_path / "export"
+    r = run_cli("export", run, "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["self_test_max_abs_diff"] is not None and res["self_test_max_abs_diff"] <= 1e-4
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == arch
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert "model.layers.0.self_attn.q_norm.weight" in keys
+    if arch == "qwen3_moe":
+        assert config["num_experts"] == 4 and config["num_experts_per_tok"] == 2 and config["norm_topk_prob"]
+        assert {f"model.layers.1.mlp.experts.{e}.{p}.weight" for e in range(4)
+                for p in ("gate_proj", "up_proj", "down_proj")} <= keys and "model.layers.1.mlp.gate.weight" in keys
+    from conftest import MOBY
+    a = json.loads(run_cli("eval", run, "--corpus", MOBY, "--json").stdout)["heldout"]
+    b = json.loads(run_cli("eval", out, "--corpus", MOBY, "--json").stdout)["heldout"]
+    assert a["rows"] == b["rows"] > 0 and a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+
+
+def test_shared_expert_has_no_standard_form_to_export(small_data, tmp_path):
+    from conftest import train_small
+    _, run = train_small(small_data, tmp_path, **{"model.moe_experts": 2, "model.moe_top_k": 1,
+                                                 "model.moe_shared_ffn_dim": 16, "train.steps": 2})
+    r = run_cli("export", run, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "model.moe_shared_ffn_dim: Qwen3-MoE has no shared expert" in r.stderr
+    assert not (tmp_path / "x").exists()

@@ -22,7 +22,7 @@ def export(
     json_: bool = JsonOption,
 ):
     """Export a checkpoint as a Hugging Face Llama model (config, safetensors, tokenizer) and self-test it."""
-    from tstcli.export.hf_llama import DTYPES, export as write_export
+    from tstcli.export.hf import DTYPES, export as write_export
     from tstcli.model import Llama
     from tstcli.train import checkpoint
 

@@ -13,7 +13,6 @@ from tokenizers import Tokenizer
 from tstcli import recipe as recipes
 from tstcli.errors import CheckpointError, DataError
 from tstcli.model import Llama
-from tstcli.recipe import ModelConfig
 
 
 @dataclass
@@ -53,25 +52,21 @@ def from_run(run_dir: Path, step: int | None) -> EvalModel:
 
 
 def from_export(export_dir: Path) -> EvalModel:
-    from tstcli.export.hf_llama import native_state_dict
+    from tstcli.export.hf import model_config, native_state_dict
 
     cfg_path = export_dir / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{export_dir}: no config.json (neither a run directory nor an export directory)")
     try:
         c = json.loads(cfg_path.read_text())
-        if c.get("model_type") != "llama":
-            raise CheckpointError(f"{cfg_path}: model_type {c.get('model_type')!r}; only llama exports are supported")
-        theta = c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-        cfg = ModelConfig(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
-                          n_kv_heads=c.get("num_key_value_heads") or 0, ffn_dim=c["intermediate_size"],
-                          max_seq_len=c["max_position_embeddings"], rope_theta=float(theta),
-                          norm_eps=c["rms_norm_eps"], tie_embeddings=bool(c.get("tie_word_embeddings", False)))
+        cfg = model_config(c)
         vocab = c["vocab_size"]
         eos = c.get("eos_token_id")
         eot = eos[0] if isinstance(eos, list) else eos
+    except CheckpointError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{cfg_path}: not a Llama config ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{cfg_path}: not a supported config ({type(e).__name__}: {e})") from None
     index = export_dir / "model.safetensors.index.json"
     files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
              else ["model.safetensors"])

@@ -1,9 +1,10 @@
-"""Export a run's checkpoint as a standard Hugging Face Llama checkpoint.
+"""Export a run's checkpoint as a standard Hugging Face checkpoint: `LlamaForCausalLM` for the dense model,
+`Qwen3ForCausalLM` when it has QK-norm, `Qwen3MoeForCausalLM` for the mixture of experts.
 
-The native model uses the rotate-half RoPE layout of transformers' Llama, so the conversion is a renaming of
-tensors: no permutation of the query/key projections (the step that made torchtitan's DCP->HF conversions produce
-gibberish). A self-test loads the export with transformers (when installed) and compares logits with the native
-model in fp32.
+The native model uses the rotate-half RoPE layout of transformers, so the conversion is a renaming of tensors (and,
+for experts, splitting the stacked 3-D expert weights into the per-expert matrices of the hub layout): no
+permutation of the query/key projections (the step that made torchtitan's DCP->HF conversions produce gibberish).
+A self-test loads the export with transformers (when installed) and compares logits with the native model in fp32.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 from tstcli import __version__
 from tstcli.errors import CheckpointError, RecipeError
 from tstcli.model import Llama
-from tstcli.recipe import Recipe
+from tstcli.recipe import ModelConfig, Recipe
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 HF_NAMES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -30,18 +31,36 @@ SELF_TEST_TOLERANCE = 1e-4
 RENAME = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
           "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
           "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-          "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj", "feed_forward.w2": "mlp.down_proj"}
+          "attention.q_norm": "self_attn.q_norm", "attention.k_norm": "self_attn.k_norm",
+          "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj", "feed_forward.w2": "mlp.down_proj",
+          "feed_forward.router": "mlp.gate"}
+# Stacked expert weights (E, in, out) -> per-expert matrices (out, in) named mlp.experts.{e}.<name>.weight.
+EXPERTS = {"feed_forward.w1": "gate_proj", "feed_forward.w3": "up_proj", "feed_forward.w2": "down_proj"}
+
+
+def architecture(cfg: ModelConfig) -> str:
+    """The transformers model_type a native model exports as."""
+    if cfg.moe_experts:
+        if cfg.moe_shared_ffn_dim:
+            raise RecipeError("model.moe_shared_ffn_dim: Qwen3-MoE has no shared expert, so this model has no "
+                              "standard Hugging Face form to export to")
+        return "qwen3_moe"
+    return "qwen3" if cfg.qk_norm else "llama"
 
 
 def hf_state_dict(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Native parameter names -> transformers' LlamaForCausalLM names (tied head left out)."""
-    rename = RENAME
+    """Native parameter names -> transformers' names (tied head left out)."""
+    architecture(model.cfg)
     out = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight}
     if not model.cfg.tie_embeddings:
         out["lm_head.weight"] = model.output.weight
     for i, layer in enumerate(model.layers):
         for name, p in layer.named_parameters():
-            for ours, theirs in rename.items():
+            if layer.moe and name in EXPERTS:
+                for e in range(p.shape[0]):
+                    out[f"model.layers.{i}.mlp.experts.{e}.{EXPERTS[name]}.weight"] = p[e].t()
+                continue
+            for ours, theirs in RENAME.items():
                 if name.startswith(ours + "."):
                     out[f"model.layers.{i}.{theirs}{name[len(ours):]}"] = p
                     break
@@ -51,8 +70,8 @@ def hf_state_dict(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
 
 
 def native_state_dict(hf: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
-    """transformers' LlamaForCausalLM names -> native names (the inverse of `hf_state_dict`)."""
-    out = {}
+    """transformers' names -> native names (the inverse of `hf_state_dict`; experts stacked back)."""
+    out, experts = {}, {}
     for name, t in hf.items():
         if name == "model.embed_tokens.weight":
             out["tok_embeddings.weight"] = t
@@ -62,14 +81,23 @@ def native_state_dict(hf: dict[str, torch.Tensor], tied: bool) -> dict[str, torc
             out["output.weight"] = t
         elif name.startswith("model.layers."):
             i, rest = name[len("model.layers."):].split(".", 1)
+            if rest.startswith("mlp.experts."):
+                e, proj = rest[len("mlp.experts."):].split(".", 1)
+                ours = {v: k for k, v in EXPERTS.items()}.get(proj.removesuffix(".weight"))
+                if ours is None or not e.isdigit():
+                    raise CheckpointError(f"unsupported tensor {name!r} in an export")
+                experts.setdefault(f"layers.{i}.{ours}", {})[int(e)] = t.t()
+                continue
             for ours, theirs in RENAME.items():
                 if rest.startswith(theirs + "."):
                     out[f"layers.{i}.{ours}{rest[len(theirs):]}"] = t
                     break
             else:
-                raise CheckpointError(f"unsupported tensor {name!r} in a Llama export")
+                raise CheckpointError(f"unsupported tensor {name!r} in an export")
         elif not name.endswith("rotary_emb.inv_freq"):
-            raise CheckpointError(f"unsupported tensor {name!r} in a Llama export")
+            raise CheckpointError(f"unsupported tensor {name!r} in an export")
+    for key, per_expert in experts.items():
+        out[key] = torch.stack([per_expert[e] for e in sorted(per_expert)])
     if tied:
         out["output.weight"] = out["tok_embeddings.weight"]
     return out
@@ -77,19 +105,51 @@ def native_state_dict(hf: dict[str, torch.Tensor], tied: bool) -> dict[str, torc
 
 def hf_config(r: Recipe, vocab_size: int, eot_id: int, dtype: torch.dtype) -> dict:
     m = r.model
+    arch = architecture(m)
     dtype_name = HF_NAMES[str(dtype).removeprefix("torch.")]
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    config = {
+        "architectures": [{"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                           "qwen3_moe": "Qwen3MoeForCausalLM"}[arch]], "model_type": arch,
         "vocab_size": vocab_size, "hidden_size": m.dim, "intermediate_size": m.intermediate,
         "num_hidden_layers": m.n_layers, "num_attention_heads": m.n_heads, "num_key_value_heads": m.kv_heads,
-        "head_dim": m.dim // m.n_heads, "hidden_act": "silu", "max_position_embeddings": m.max_seq_len,
+        "head_dim": m.head_size, "hidden_act": "silu", "max_position_embeddings": m.max_seq_len,
         "rms_norm_eps": m.norm_eps, "rope_theta": m.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
         "tie_word_embeddings": m.tie_embeddings, "attention_bias": False, "attention_dropout": 0.0,
-        "mlp_bias": False, "initializer_range": m.init_std, "bos_token_id": eot_id, "eos_token_id": eot_id,
+        "initializer_range": m.init_std, "bos_token_id": eot_id, "eos_token_id": eot_id,
         "torch_dtype": dtype_name, "dtype": dtype_name, "use_cache": True,
         "tst_version": __version__,
     }
+    if arch == "llama":
+        config["mlp_bias"] = False
+    else:
+        config.update(use_sliding_window=False, sliding_window=None, max_window_layers=m.n_layers)
+    if arch == "qwen3_moe":
+        config.update(num_experts=m.moe_experts, num_experts_per_tok=m.moe_top_k,
+                      moe_intermediate_size=m.expert_intermediate, norm_topk_prob=m.moe_norm_topk,
+                      decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=m.moe_aux_loss_coef,
+                      output_router_logits=False)
+    return config
+
+
+def model_config(c: dict) -> ModelConfig:
+    """The native model configuration of a transformers config.json written by `hf_config` (or compatible)."""
+    arch = c.get("model_type")
+    if arch not in ("llama", "qwen3", "qwen3_moe"):
+        raise CheckpointError(f"model_type {arch!r}; supported: llama, qwen3, qwen3_moe")
+    theta = c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    moe = {}
+    if arch == "qwen3_moe":
+        if c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1:
+            raise CheckpointError("a Qwen3-MoE with dense layers (mlp_only_layers / decoder_sparse_step) is not "
+                                  "supported")
+        moe = dict(moe_experts=c["num_experts"], moe_top_k=c["num_experts_per_tok"],
+                   moe_ffn_dim=c["moe_intermediate_size"], moe_norm_topk=bool(c.get("norm_topk_prob", False)))
+    return ModelConfig(dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=c["num_attention_heads"],
+                       n_kv_heads=c.get("num_key_value_heads") or 0, ffn_dim=c["intermediate_size"],
+                       head_dim=c.get("head_dim") or 0, qk_norm=arch != "llama",
+                       max_seq_len=c["max_position_embeddings"], rope_theta=float(theta),
+                       norm_eps=c["rms_norm_eps"], tie_embeddings=bool(c.get("tie_word_embeddings", False)), **moe)
 
 
 def _tokenizer_files(run_dir: Path, out: Path, eot_token: str, max_len: int) -> None:
