@@ -7,6 +7,7 @@ step time <= 1.04 and phase-1 raw tokens/s >= 0.96·s × phase 2's.
 
     python benchmarks/bench_step.py                       # tiny + a larger model, compile off and on
     python benchmarks/bench_step.py --models tiny --compile off --rounds 3
+    python benchmarks/bench_step.py --models moe8,dense-active --compile on   # MoE vs dense, equal active params
 """
 from __future__ import annotations
 
@@ -32,47 +33,59 @@ MODELS = {
     "tiny": [],
     # a larger CPU model: 8 layers x 384, L=256 (~17M params with V=4096)
     "d384": ["model.dim=384", "model.n_layers=8", "model.n_heads=6", "model.n_kv_heads=6", "train.seq_len=256"],
+    # recipes/moe-tiny.toml's shape: 8 experts of 128, top-2, QK-norm, untied...
+    "moe8": ["model.moe_experts=8", "model.moe_top_k=2", "model.moe_ffn_dim=128", "model.qk_norm=true",
+             "model.head_dim=32", "model.tie_embeddings=false"],
+    # ...and the dense model with its active parameters: one SwiGLU of 2 x 128
+    "dense-active": ["model.ffn_dim=256", "model.qk_norm=true", "model.head_dim=32", "model.tie_embeddings=false"],
 }
 
 
-def measure(model: str, compile_: bool, rounds: int, block: int, data_dir: Path, run_dir: Path) -> dict:
-    sets = MODELS[model] + [f"train.compile={'true' if compile_ else 'false'}", "train.steps=1000", "tst.ratio=0.5",
-                            f'data.dir="{data_dir}"']
-    r = recipes.load(ROOT / "recipes" / "tiny.toml", sets)
-    data, _ = open_data(r, data_dir)
-    t = Trainer(r, run_dir, data, quiet=True)
-    s = r.tst.bag_size
-    steps = {1: iter(range(1, r.phase1_steps + 1)), 2: iter(range(r.phase1_steps + 1, r.train.steps + 1))}
-    t0 = time.perf_counter()
-    for phase in (1, 2):  # warm-up: compile both graphs, fill caches
-        for _ in range(2):
-            t.train_step(next(steps[phase]))
-    warm = time.perf_counter() - t0
-    times, data_s = {1: [], 2: []}, {1: [], 2: []}
-    for _ in range(rounds):
-        for phase in (1, 2):
-            for _ in range(block):
-                a = time.perf_counter()
-                out = t.train_step(next(steps[phase]))
-                times[phase].append(time.perf_counter() - a)
-                data_s[phase].append(out["data_s"])
-    med = {p: statistics.median(times[p]) for p in (1, 2)}
-    B, L = r.train.batch_size, r.train.seq_len
-    raw = {p: B * t.widths[p] / med[p] for p in (1, 2)}
-    return {
-        "model": model, "compile": compile_, "params": sum(p.numel() for p in t.model.parameters()),
-        "s": s, "batch": B, "seq_len": L, "threads": torch.get_num_threads(), "warmup_s": round(warm, 1),
-        "phase1_step_ms": round(1000 * med[1], 2), "phase2_step_ms": round(1000 * med[2], 2),
-        "step_ratio": round(med[1] / med[2], 3),
-        "phase1_raw_tokens_per_s": round(raw[1]), "phase2_raw_tokens_per_s": round(raw[2]),
-        "raw_tokens_ratio_over_s": round(raw[1] / raw[2] / s, 3),
-        "positions_per_s": {p: round(B * L / med[p]) for p in (1, 2)},
-        "data_share": {p: round(statistics.median(data_s[p]) / med[p], 4) for p in (1, 2)},
-        "device": t.device_name, "peak_flops": t.peak_flops,
-        "mfu": {p: (round(t.flops_per_position * B * L / med[p] / t.peak_flops, 4) if t.peak_flops else None)
-                for p in (1, 2)},
-        "samples": {p: len(times[p]) for p in (1, 2)},
-    }
+class Subject:
+    """One model's trainer, warmed up (graphs compiled), and its step timings per phase."""
+
+    def __init__(self, model: str, compile_: bool, data_dir: Path, run_dir: Path):
+        sets = MODELS[model] + [f"train.compile={'true' if compile_ else 'false'}", "train.steps=1000",
+                                "tst.ratio=0.5", f'data.dir="{data_dir}"']
+        self.model, self.compile = model, compile_
+        self.r = r = recipes.load(ROOT / "recipes" / "tiny.toml", sets)
+        data, _ = open_data(r, data_dir)
+        self.t = Trainer(r, run_dir, data, quiet=True)
+        self.steps = {1: iter(range(1, r.phase1_steps + 1)), 2: iter(range(r.phase1_steps + 1, r.train.steps + 1))}
+        t0 = time.perf_counter()
+        for phase in (1, 2):  # warm-up: compile both graphs, fill caches
+            for _ in range(2):
+                self.t.train_step(next(self.steps[phase]))
+        self.warm = time.perf_counter() - t0
+        self.times, self.data_s = {1: [], 2: []}, {1: [], 2: []}
+
+    def run_block(self, phase: int, block: int) -> None:
+        for _ in range(block):
+            a = time.perf_counter()
+            out = self.t.train_step(next(self.steps[phase]))
+            self.times[phase].append(time.perf_counter() - a)
+            self.data_s[phase].append(out["data_s"])
+
+    def result(self) -> dict:
+        t, r = self.t, self.r
+        med = {p: statistics.median(self.times[p]) for p in (1, 2)}
+        B, L, s = r.train.batch_size, r.train.seq_len, r.tst.bag_size
+        raw = {p: B * t.widths[p] / med[p] for p in (1, 2)}
+        return {
+            "model": self.model, "compile": self.compile, "params": sum(p.numel() for p in t.model.parameters()),
+            "active_params": t.model.active_params(),
+            "s": s, "batch": B, "seq_len": L, "threads": torch.get_num_threads(), "warmup_s": round(self.warm, 1),
+            "phase1_step_ms": round(1000 * med[1], 2), "phase2_step_ms": round(1000 * med[2], 2),
+            "step_ratio": round(med[1] / med[2], 3),
+            "phase1_raw_tokens_per_s": round(raw[1]), "phase2_raw_tokens_per_s": round(raw[2]),
+            "raw_tokens_ratio_over_s": round(raw[1] / raw[2] / s, 3),
+            "positions_per_s": {p: round(B * L / med[p]) for p in (1, 2)},
+            "data_share": {p: round(statistics.median(self.data_s[p]) / med[p], 4) for p in (1, 2)},
+            "device": t.device_name, "peak_flops": t.peak_flops,
+            "mfu": {p: (round(t.flops_per_position * B * L / med[p] / t.peak_flops, 4) if t.peak_flops else None)
+                    for p in (1, 2)},
+            "samples": {p: len(self.times[p]) for p in (1, 2)},
+        }
 
 
 def main() -> None:
@@ -87,17 +100,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         prepare(recipes.load(ROOT / "recipes" / "tiny.toml").data, data_dir, log=lambda *_: None)
-        for model in args.models.split(","):
-            for c in args.compile.split(","):
-                res = measure(model, c == "on", args.rounds, args.block, data_dir, Path(tmp) / f"run-{model}-{c}")
-                results.append(res)
-                print(json.dumps(res), flush=True)
+        for c in args.compile.split(","):
+            # Every model of one compile setting is measured in the same rounds, blocks interleaved, so that
+            # machine noise hits them alike and their ratio holds.
+            subjects = [Subject(m, c == "on", data_dir, Path(tmp) / f"run-{m}-{c}") for m in args.models.split(",")]
+            for _ in range(args.rounds):
+                for subject in subjects:
+                    for phase in (1, 2):
+                        subject.run_block(phase, args.block)
+            for subject in subjects:
+                results.append(subject.result())
+                print(json.dumps(results[-1]), flush=True)
     print("\n| model | params | compile | phase-1 step | phase-2 step | ratio | raw tok/s p1 | raw tok/s p2 | "
           "(p1/p2)/s |\n|---|---|---|---|---|---|---|---|---|")
     for x in results:
         print(f"| {x['model']} | {x['params'] / 1e6:.1f}M | {'on' if x['compile'] else 'off'} | "
               f"{x['phase1_step_ms']} ms | {x['phase2_step_ms']} ms | {x['step_ratio']} | "
               f"{x['phase1_raw_tokens_per_s']:,} | {x['phase2_raw_tokens_per_s']:,} | {x['raw_tokens_ratio_over_s']} |")
+    by_name = {(x["model"], x["compile"]): x for x in results}
+    for c in {x["compile"] for x in results}:
+        if ("moe8", c) in by_name and ("dense-active", c) in by_name:
+            m, d = by_name[("moe8", c)], by_name[("dense-active", c)]
+            print(f"moe8 / dense-active step time (compile {'on' if c else 'off'}): phase 1 "
+                  f"{m['phase1_step_ms'] / d['phase1_step_ms']:.2f}x, phase 2 "
+                  f"{m['phase2_step_ms'] / d['phase2_step_ms']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
