@@ -126,45 +126,55 @@ class Trainer:
             total = t.steps
         return t.lr * lr_factor(step, total, t.warmup_steps, t.schedule, t.decay_fraction, t.min_lr_ratio)
 
-    def train_step(self, step: int) -> dict:
-        r, phase = self.r, self.r.phase_at(step)
-        k = step - 1 if phase == 1 else step - 1 - self.n1
-        t0 = time.perf_counter()
-        rows_np, epoch = self.loaders[phase].batch(k, self.world.rank, self.world.size)
-        rows = torch.from_numpy(rows_np).to(self.device, non_blocking=True)
-        data_s = time.perf_counter() - t0
+    def _accumulate(self, phase: int, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Forward and backward over the micro-batches of this rank's rows (gradients communicated on the last).
+        Returns the mean CE and the mean of any other statistics (a mixture of experts' router figures)."""
         mb = self.micro
         n_micro = len(rows) // mb
         loss_fn = self.loss_fn(phase)
-        total = torch.zeros((), device=self.device)
-        extra: dict = {}  # mixture of experts: router statistics, summed over micro-batches
+        ce = torch.zeros((), device=self.device)
+        extra: dict = {}
         for i in range(n_micro):
             with distributed.gradient_sync(self.engine, i == n_micro - 1):
                 loss, stats = loss_fn(rows[i * mb:(i + 1) * mb])
                 (loss / n_micro).backward()
-            total += cross_entropy_of(loss, stats).detach()  # logged: the CE, without auxiliary losses
-            for k, v in stats.items():
-                if k == "ce":
-                    continue
-                extra[k] = extra[k] + v if k in extra else v
-        # One collective: the mean loss over ranks, whether any rank was asked to stop (all stop together), and
-        # the router statistics.
+            ce += cross_entropy_of(loss, stats).detach()  # logged: the CE, without auxiliary losses
+            for name, v in stats.items():
+                if name != "ce":
+                    extra[name] = extra[name] + v if name in extra else v
+        return ce / n_micro, {name: v / n_micro for name, v in extra.items()}
+
+    def _agree(self, ce: torch.Tensor, extra: dict) -> tuple[float, dict]:
+        """One collective for the step's scalars: the mean loss over ranks, the router statistics, and whether
+        any rank was asked to stop (sets `stop_agreed`: all ranks stop after the same step)."""
         names = sorted(extra)
-        flat = [x for k in names for x in (extra[k] / n_micro).reshape(-1).tolist()]
-        summed = distributed.sum_across([(total / n_micro).item(), float(self._stop_signal is not None), *flat])
-        loss, self.stop_agreed = summed[0] / self.world.size, summed[1] > 0
-        router, pos = {}, 2
-        for k in names:
-            n = extra[k].numel()
-            router[k] = [x / self.world.size for x in summed[pos:pos + n]]
+        flat = [x for name in names for x in extra[name].reshape(-1).tolist()]
+        summed = distributed.sum_across([ce.item(), float(self._stop_signal is not None), *flat])
+        W = self.world.size
+        self.stop_agreed = summed[1] > 0
+        means, pos = {}, 2
+        for name in names:
+            n = extra[name].numel()
+            means[name] = [x / W for x in summed[pos:pos + n]]
             pos += n
+        router = {}
+        if means:
+            router = {"moe_aux_loss": means["moe_aux_loss"][0], "moe_z_loss": means["moe_z_loss"][0],
+                      "expert_load_min": min(means["expert_load"]), "expert_load_max": max(means["expert_load"])}
+        return summed[0] / W, router
+
+    def train_step(self, step: int) -> dict:
+        r, phase = self.r, self.r.phase_at(step)
+        step_in_phase = step - 1 if phase == 1 else step - 1 - self.n1
+        t0 = time.perf_counter()
+        rows_np, epoch = self.loaders[phase].batch(step_in_phase, self.world.rank, self.world.size)
+        rows = torch.from_numpy(rows_np).to(self.device, non_blocking=True)
+        data_s = time.perf_counter() - t0
+        loss, router = self._agree(*self._accumulate(phase, rows))
         clip = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
         grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)).item()
-        out = {"phase": phase, "loss": loss, "grad_norm": grad_norm, "epoch": epoch, "data_s": data_s}
-        if router:
-            out["router"] = {"moe_aux_loss": router["moe_aux_loss"][0], "moe_z_loss": router["moe_z_loss"][0],
-                             "expert_load_min": min(router["expert_load"]),
-                             "expert_load_max": max(router["expert_load"])}
+        out = {"phase": phase, "loss": loss, "grad_norm": grad_norm, "epoch": epoch, "data_s": data_s,
+               "router": router}
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
             if self.skipped >= r.train.skip_nonfinite_steps:
@@ -291,7 +301,7 @@ class Trainer:
                                positions=state["positions"], flops=state["flops"],
                                elapsed_s=time.perf_counter() - t_start, step_time_s=dt,
                                tokens_per_s=tokens / dt, positions_per_s=positions / dt, mfu=mfu,
-                               data_share=out["data_s"] / dt, epoch=out["epoch"], **out.get("router", {}))
+                               data_share=out["data_s"] / dt, epoch=out["epoch"], **out["router"])
                     write(row)
                     progress.step({**row, "last": step == r.train.steps})
                 state["step"] = step
