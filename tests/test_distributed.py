@@ -56,10 +56,14 @@ def one_process(small_data, tmp_path_factory):
     return train_small(small_data, tmp_path_factory.mktemp("dist"), "one")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one_process_through_both_phases(one_process, tmp_path, strategy):
+@pytest.mark.parametrize("strategy,micro", [("ddp", 0), ("fsdp", 0), ("ddp", 1), ("fsdp", 1)],
+                         ids=["ddp", "fsdp", "ddp-accumulate", "fsdp-accumulate"])
+def test_two_processes_match_one_process_through_both_phases(one_process, tmp_path, strategy, micro):
+    """Each rank reads 2 of the 4 rows of a step: in one micro-batch, or in two with the gradient accumulated
+    locally and communicated only after the second (DDP's no_sync, FSDP2's requires_gradient_sync)."""
     recipe, one = one_process
-    r = torchrun(2, "train", recipe, "--run-dir", tmp_path / "two", "--set", f'distributed.strategy="{strategy}"')
+    r = torchrun(2, "train", recipe, "--run-dir", tmp_path / "two", "--set", f'distributed.strategy="{strategy}"',
+                 "--set", f"train.micro_batch_size={micro}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(2 processes)" in r.stderr
     assert r.stdout.count("final held-out loss") == 1, "results are printed by rank 0 only"
