@@ -41,16 +41,18 @@ def main() -> None:
     ap.add_argument("--configs", default="baseline,s2,s4")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--corpus", type=Path, default=CORPUS)
+    ap.add_argument("--corpus", type=Path, action="append", help="corpus file or directory (repeatable; default: "
+                    "the State of the Union addresses, the largest single corpus in ../shared/data)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tst_vs_baseline")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    corpora = args.corpus or [CORPUS]
     runs_dir = args.out / "runs"
-    common = [f'data.sources=["{args.corpus}"]', f'data.dir="{args.out / "data"}"', f"train.steps={args.steps}",
+    common = ["data.sources=[" + ", ".join(f'"{c}"' for c in corpora) + "]", f'data.dir="{args.out / "data"}"', f"train.steps={args.steps}",
               f"train.warmup_steps={max(1, args.steps // 20)}", f"eval.every={max(1, args.steps // 20)}",
               f"checkpoint.every={args.steps}", *args.extra]
-    summary = {"corpus": str(args.corpus), "steps": args.steps, "base": str(BASE.relative_to(ROOT)),
+    summary = {"corpus": [str(c) for c in corpora], "steps": args.steps, "base": str(BASE.relative_to(ROOT)),
                "overrides": common, "results": {}}
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.configs.split(",")
