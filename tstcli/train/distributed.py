@@ -7,6 +7,7 @@ gradients in fp32. Nothing here knows about TST phases.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 from dataclasses import dataclass
 
@@ -100,8 +101,6 @@ def parallelize(objective: nn.Module, blocks: nn.ModuleList, cfg: DistributedCon
 
 def gradient_sync(engine: nn.Module, enabled: bool):
     """Context for one micro-batch: with `enabled` False, gradients accumulate locally (no communication)."""
-    import contextlib
-
     if isinstance(engine, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext() if enabled else engine.no_sync()
     if hasattr(engine, "set_requires_gradient_sync"):  # an FSDP2 module

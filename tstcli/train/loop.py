@@ -75,7 +75,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         if r.train.threads:
             torch.set_num_threads(r.train.threads)
-        distributed.check_batch_split(r.train, self.world.size)
         self.micro = r.train.micro_batch_for(self.world.size)
         self.amp = torch.bfloat16 if r.train.dtype == "bf16" else None
         self.model = Llama(r.model, data.manifest["vocab_size"])
