@@ -28,6 +28,9 @@ CONFIGS = {
     "s2-r0.2": ["tst.bag_size=2", "tst.ratio=0.2"],
     "s6": ["tst.bag_size=6", "tst.ratio=0.3"],
     "output-only-s2": ["tst.bag_size=2", "tst.ratio=0.3", 'tst.mode="output"'],
+    "input-only-s2": ["tst.bag_size=2", "tst.ratio=0.3", 'tst.mode="input"'],
+    "s2-r0.1": ["tst.bag_size=2", "tst.ratio=0.1"],
+    "s3": ["tst.bag_size=3", "tst.ratio=0.3"],
 }
 
 

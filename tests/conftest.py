@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests use ../shared/data only: never wait on a network the CI machine does not have.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from tstcli import recipe as recipes
 from tstcli.data.prepare import prepare
 

@@ -22,7 +22,8 @@ def eval_(
     limit: Optional[int] = typer.Option(None, "--limit", help="first N items of each task (each MMLU subject)"),
     num_fewshot: int = typer.Option(0, "--num-fewshot", help="few-shot examples per prompt (default 0, as the paper)"),
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="benchmark files (shared data set layout); "
-                                  "default $TST_EVAL_DATA or ~/.cache/tst/eval"),
+                                  "default $TST_EVAL_DATA or ~/.cache/tst/eval; HellaSwag, ARC and MMLU files not "
+                                  "there come from the Hugging Face hub"),
     batch_size: int = typer.Option(32, "--batch-size", help="sequences per forward pass"),
     step: Optional[int] = typer.Option(None, "--step", help="checkpoint step of a run directory (default: latest)"),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="held-out loss on this corpus (file or directory of "

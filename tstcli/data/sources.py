@@ -9,7 +9,6 @@ public-domain corpus shipped inside the package. Everything streams: memory does
 """
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import io
 import json
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from tstcli.data import hub
 from tstcli.errors import DataError
 
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json.gz")
@@ -58,28 +58,11 @@ def _hub(spec: str) -> list[SourceFile]:
     if len(parts) < 3:
         raise DataError(f"data.sources: {spec}: expected hf://datasets/OWNER/NAME/PATH")
     repo_id, pattern = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError)
-
-    try:
-        if any(c in pattern for c in "*?["):
-            names = sorted(fnmatch.filter(HfApi().list_repo_files(repo_id, repo_type="dataset",
-                                                                  revision=revision or None), pattern))
-            if not names:
-                raise DataError(f"data.sources: {spec}: no file of the dataset matches {pattern!r}")
-            return [f for name in names for f in _hub(f"hf://datasets/{repo_id}/{name}" +
-                                                      (f"@{revision}" if revision else ""))]
-        local = hf_hub_download(repo_id, pattern, repo_type="dataset", revision=revision or None)
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise DataError(f"data.sources: {spec}: not in the local hub cache and the hub cannot be reached "
-                        "(offline?); download it on a networked machine or use a local copy") from None
-    except (EntryNotFoundError, RepositoryNotFoundError) as e:
-        raise DataError(f"data.sources: {spec}: not found on the hub ({type(e).__name__})") from None
-    except DataError:
-        raise
-    except Exception as e:  # network failures come in many types
-        raise DataError(f"data.sources: {spec}: hub download failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+    what, hint = f"data.sources: {spec}", "download it on a networked machine or use a local copy"
+    if any(c in pattern for c in "*?["):
+        return [f for name in hub.matching_files(repo_id, pattern, revision, what, hint)
+                for f in _hub(f"hf://datasets/{repo_id}/{name}" + (f"@{revision}" if revision else ""))]
+    local = hub.dataset_file(repo_id, pattern, revision, what, hint)
     if not _is_corpus_file(Path(local)):
         raise DataError(f"data.sources: {spec}: unsupported file type (expected {', '.join(SUFFIXES)})")
     return [SourceFile(local, spec, f"hub:{revision or 'main'}:{os.path.getsize(local)}")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tstcli.data.shards import file_sha256
 from tstcli.errors import DataError
+from tstcli.eval.datafiles import split_rows
 from tstcli.eval.scoring import encode_pair, loglikelihoods
 from tstcli.eval.tasks import MMLU_SUBJECTS, Doc, Task, resolve
 
@@ -31,9 +32,11 @@ def pooled_stderr(stderrs: list[float], sizes: list[int]) -> float:
     return math.sqrt(var / sum(sizes))
 
 
-def _docs(task: Task, data_dir: Path, rel: str, subject: str) -> tuple[list[Doc], Path]:
-    path = data_dir / rel.format(subject=subject)
-    raw = task.loader(path, subject)
+def _docs(task: Task, data_dir: Path, fewshot: bool, subject: str) -> tuple[list[Doc], Path] | None:
+    found = split_rows(task, data_dir, fewshot, subject)
+    if found is None:
+        return None
+    raw, path = found
     try:
         return [task.to_doc(d) for d in raw], path
     except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
@@ -49,8 +52,8 @@ def _fewshot_prefixes(task: Task, docs: list[Doc], shots_pool: list[Doc] | None,
     if k == 0:
         return [desc] * len(docs)
     if shots_pool is None:
-        raise DataError(f"{task.name}: --num-fewshot {k} needs a few-shot split, which is not available locally "
-                        "(the harness draws it from the training split); run it 0-shot")
+        raise DataError(f"{task.name}: --num-fewshot {k} needs a few-shot split, which this task does not have "
+                        "(the harness draws shots from the training split, not in the local data); run it 0-shot")
     if task.fewshot_sampler == "first_n":
         shots = [shots_pool[:k]] * len(docs)
     else:  # the harness's ContextSampler: one Random(1234) per task, k draws per document, in document order
@@ -65,12 +68,12 @@ def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: 
     subjects = task.subjects or ("",)
     items, files = [], {}
     for subject in subjects:
-        docs, path = _docs(task, data_dir, task.eval_file, subject)
+        docs, path = _docs(task, data_dir, False, subject)
         files[str(path)] = file_sha256(path)
         docs = docs[:limit] if limit else docs
         pool = None
-        if num_fewshot and task.fewshot_file:
-            pool, fpath = _docs(task, data_dir, task.fewshot_file, subject)
+        if num_fewshot and (found := _docs(task, data_dir, True, subject)) is not None:
+            pool, fpath = found
             files[str(fpath)] = file_sha256(fpath)
         for doc, prefix in zip(docs, _fewshot_prefixes(task, docs, pool, num_fewshot, task.description(subject))):
             items.append((subject, doc, prefix))

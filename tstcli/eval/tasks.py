@@ -1,6 +1,7 @@
 """The benchmark registry: each task is a small declarative entry following lm-evaluation-harness 0.4's task YAML
 (dataset files, prompt, choices, target, metrics). Local files use the layout of the project's shared data set
-(`arc/ARC-Easy-Test.jsonl`, `mmlu/test/<subject>_test.csv`, ...) under `--data-dir`.
+(`arc/ARC-Easy-Test.jsonl`, `mmlu/test/<subject>_test.csv`, ...) under `--data-dir`; tasks with a `hub` entry fall
+back to the harness's own Hugging Face dataset (parquet), whose rows an adapter turns into the local format.
 """
 from __future__ import annotations
 
@@ -26,18 +27,29 @@ class Doc:
 
 
 @dataclass(frozen=True)
+class HubSource:
+    """The harness's dataset on the Hugging Face hub: files (may contain {subject}) and a row adapter to the local
+    file format, so one `to_doc` serves both."""
+    repo: str
+    eval_file: str
+    fewshot_file: str | None
+    to_local: Callable[[dict, str], dict] = lambda row, _subject: row
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     eval_file: str  # relative to the data dir; may contain {subject}
     loader: Callable[[Path, str], list[dict]]
     to_doc: Callable[[dict], Doc]
     metrics: tuple[str, ...] = ("acc", "acc_norm")
-    fewshot_file: str | None = None  # None: no local few-shot split
+    fewshot_file: str | None = None  # None: no few-shot split in the local layout
     fewshot_sampler: str = "random"  # random (the harness's seeded sampler) or first_n (MMLU)
     description: Callable[[str], str] = lambda subject: ""
     subjects: tuple[str, ...] = ()
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
+    hub: HubSource | None = None  # where to download the data when it is not under --data-dir
     extra: dict = field(default_factory=dict)
 
 
@@ -121,6 +133,26 @@ def winogrande(d: dict) -> Doc:
     return Doc(contexts, [target], gold, target)
 
 
+# ---- hub rows (the harness's datasets) -> the local files' rows ----
+
+def arc_from_hub(row: dict, _subject: str) -> dict:
+    """allenai/ai2_arc: `question` is the stem and `choices` is {text: [...], label: [...]}."""
+    c = row["choices"]
+    return {"id": row["id"], "answerKey": row["answerKey"], "question": {
+        "stem": row["question"], "choices": [{"text": t, "label": lab} for t, lab in zip(c["text"], c["label"])]}}
+
+
+def mmlu_from_hub(row: dict, subject: str) -> dict:
+    """cais/mmlu: `choices` is a list of four and `answer` an index, as `mmlu_csv` produces."""
+    return {"question": row["question"], "choices": list(row["choices"]), "answer": int(row["answer"]),
+            "subject": subject}
+
+
+def _arc_hub(config: str) -> HubSource:
+    return HubSource("allenai/ai2_arc", f"{config}/test-00000-of-00001.parquet",
+                     f"{config}/train-00000-of-00001.parquet", arc_from_hub)
+
+
 MMLU_SUBJECTS = {  # subject -> category, as lm-evaluation-harness groups them
     "abstract_algebra": "stem", "anatomy": "stem", "astronomy": "stem", "business_ethics": "other",
     "clinical_knowledge": "other", "college_biology": "stem", "college_chemistry": "stem",
@@ -145,13 +177,20 @@ MMLU_SUBJECTS = {  # subject -> category, as lm-evaluation-harness groups them
 }
 
 TASKS = {t.name: t for t in [
-    Task("hellaswag", "hellaswag/hellaswag_val.jsonl.gz", jsonl, hellaswag),
-    Task("arc_easy", "arc/ARC-Easy-Test.jsonl", jsonl, arc, fewshot_file="arc/ARC-Easy-Train.jsonl"),
-    Task("arc_challenge", "arc/ARC-Challenge-Test.jsonl", jsonl, arc, fewshot_file="arc/ARC-Challenge-Train.jsonl"),
+    Task("hellaswag", "hellaswag/hellaswag_val.jsonl.gz", jsonl, hellaswag,
+         fewshot_file="hellaswag/hellaswag_train.jsonl",  # rowanz's file name; HF labels are strings, int() reads both
+         hub=HubSource("Rowan/hellaswag", "data/validation-00000-of-00001.parquet",
+                       "data/train-00000-of-00001.parquet")),
+    Task("arc_easy", "arc/ARC-Easy-Test.jsonl", jsonl, arc, fewshot_file="arc/ARC-Easy-Train.jsonl",
+         hub=_arc_hub("ARC-Easy")),
+    Task("arc_challenge", "arc/ARC-Challenge-Test.jsonl", jsonl, arc, fewshot_file="arc/ARC-Challenge-Train.jsonl",
+         hub=_arc_hub("ARC-Challenge")),
     Task("mmlu", "mmlu/test/{subject}_test.csv", mmlu_csv, mmlu, metrics=("acc",),
          fewshot_file="mmlu/dev/{subject}_dev.csv", fewshot_sampler="first_n", subjects=tuple(MMLU_SUBJECTS),
          description=lambda s: f"The following are multiple choice questions (with answers) about "
-                               f"{s.replace('_', ' ')}.\n\n"),
+                               f"{s.replace('_', ' ')}.\n\n",
+         hub=HubSource("cais/mmlu", "{subject}/test-00000-of-00001.parquet", "{subject}/dev-00000-of-00001.parquet",
+                       mmlu_from_hub)),
     Task("boolq", "boolq/boolq_validation.jsonl.gz", jsonl, boolq, metrics=("acc",)),
     Task("openbookqa", "openbookqa/openbookqa_main_test.jsonl", jsonl, openbookqa,
          fewshot_file=None),

@@ -1,0 +1,44 @@
+"""Files of Hugging Face hub datasets, through huggingface-hub's cache: one place that turns the hub's many failure
+modes (offline, not found, network) into one line naming what was asked for."""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+
+from tstcli.errors import DataError
+
+
+@contextlib.contextmanager
+def _one_line(what: str, offline_line: str, action: str):
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError)
+    try:
+        yield
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise DataError(f"{what}: {offline_line}") from None
+    except (EntryNotFoundError, RepositoryNotFoundError) as e:
+        raise DataError(f"{what}: not found on the hub ({type(e).__name__})") from None
+    except DataError:
+        raise
+    except Exception as e:  # network failures come in many types
+        raise DataError(f"{what}: hub {action} failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+def dataset_file(repo_id: str, filename: str, revision: str | None, what: str, hint: str) -> str:
+    """Local path of `filename` in dataset `repo_id` (downloaded once, then read from the cache, also offline).
+    `what` starts the error line (the file, key or benchmark asked for); `hint` says what to do when offline."""
+    from huggingface_hub import hf_hub_download
+    with _one_line(what, f"not in the local hub cache and the hub cannot be reached (offline?); {hint}", "download"):
+        return hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision or None)
+
+
+def matching_files(repo_id: str, pattern: str, revision: str | None, what: str, hint: str) -> list[str]:
+    """Names of the dataset's files matching a glob (sorted); listing them needs the hub."""
+    from huggingface_hub import HfApi
+    with _one_line(what, f"listing the dataset's files needs the hub, which cannot be reached (offline?); {hint}",
+                   "listing"):
+        names = HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision or None)
+    matched = sorted(fnmatch.filter(names, pattern))
+    if not matched:
+        raise DataError(f"{what}: no file of the dataset matches {pattern!r}")
+    return matched
