@@ -37,3 +37,20 @@ def ensure_prepared(r: Recipe, force: bool = False) -> tuple[Path, prep.PrepareR
         return data_dir, None
     log(f"prepare: data in {data_dir} is missing or stale; tokenizing {', '.join(r.data.sources)}")
     return data_dir, prep.prepare(r.data, data_dir, force=True, log=log)
+
+
+def train_in_world(r: Recipe, as_json: bool, body) -> None:
+    """Join the job's process group (one process without torchrun), run `body(world, device)` to a result,
+    always leave the group, and print the result on rank 0: the shape shared by `train` and `resume`."""
+    import os
+
+    from tstcli.cli.summary import summary_lines
+    from tstcli.train import distributed
+
+    world, device = distributed.start(r, os.environ)
+    try:
+        result = body(world, device)
+    finally:
+        distributed.shutdown()
+    if world.main:
+        emit(result, as_json, summary_lines(result))

@@ -1,14 +1,12 @@
 """`tst resume RUN_DIR`: continue a stopped or killed run from its latest complete checkpoint."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from tstcli import recipe as recipes
-from tstcli.cli.common import JsonOption, emit, log
-from tstcli.cli.summary import summary_lines
+from tstcli.cli.common import JsonOption, log, train_in_world
 from tstcli.train import rundir
 
 
@@ -26,8 +24,8 @@ def resume(
 
     info = rundir.read_info(run_dir)
     r = recipes.load(run_dir / rundir.RECIPE)
-    world, device = distributed.start(r, os.environ)
-    try:
+
+    def body(world, device):
         ckpt = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
         distributed.barrier()  # every rank picked its checkpoint before rank 0 may touch the run directory
         if world.main:
@@ -35,8 +33,6 @@ def resume(
             log(f"resume: {run_dir} from {ckpt.name if ckpt else 'the start (no complete checkpoint yet)'}")
         distributed.barrier()
         data, _ = open_data(r, Path(rundir.read_info(run_dir)["data_dir"]))
-        result = Trainer(r, run_dir, data, world=world, device=device).run(resume=ckpt)
-    finally:
-        distributed.shutdown()
-    if world.main:
-        emit(result, json_, summary_lines(result))
+        return Trainer(r, run_dir, data, world=world, device=device).run(resume=ckpt)
+
+    train_in_world(r, json_, body)

@@ -1,15 +1,13 @@
 """`tst train RECIPE`: prepare data if needed, then train through both phases."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from tstcli import recipe as recipes
-from tstcli.cli.common import JsonOption, SetList, SetOption, emit, ensure_prepared, log
-from tstcli.cli.summary import summary_lines
+from tstcli.cli.common import JsonOption, SetList, SetOption, emit, ensure_prepared, log, train_in_world
 from tstcli.data import shards
 from tstcli.data.tokenizer import load_tokenizer
 from tstcli.train import rundir
@@ -55,9 +53,8 @@ def train(
         return
     from tstcli.train import distributed
 
-    # Under torchrun every rank runs this; rank 0 alone prepares data and writes the run directory.
-    world, device = distributed.start(r, os.environ)
-    try:
+    def body(world, device):
+        # Under torchrun every rank runs this; rank 0 alone prepares data and writes the run directory.
         rundir.ensure_new(run_dir)
         distributed.barrier()  # every rank has checked before rank 0 creates anything
         if world.main:
@@ -70,8 +67,6 @@ def train(
         distributed.barrier()
         if not world.main:
             data, _ = open_data(r, Path(r.data_dir))
-        result = Trainer(r, run_dir, data, world=world, device=device).run()
-    finally:
-        distributed.shutdown()
-    if world.main:
-        emit(result, json_, summary_lines(result))
+        return Trainer(r, run_dir, data, world=world, device=device).run()
+
+    train_in_world(r, json_, body)
