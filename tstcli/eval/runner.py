@@ -48,6 +48,16 @@ def _shot_text(task: Task, d: Doc) -> str:
     return ctx + task.target_delimiter + d.fewshot_target
 
 
+def _draw(rnd: random.Random, pool: list[Doc], k: int, eval_doc: Doc | None) -> list[Doc]:
+    """lm_eval.api.samplers.ContextSampler.sample, draw for draw (the random stream must match)."""
+    if eval_doc is None:
+        return rnd.sample(pool, k)
+    shots = [s for s in rnd.sample(pool, k + 1) if s != eval_doc][:k]
+    if len(shots) < k:  # the doc appeared more than once in the pool
+        shots = rnd.sample([s for s in pool if s != eval_doc], k)
+    return shots
+
+
 def _fewshot_prefixes(task: Task, docs: list[Doc], shots_pool: list[Doc] | None, k: int, desc: str) -> list[str]:
     if k == 0:
         return [desc] * len(docs)
@@ -58,7 +68,7 @@ def _fewshot_prefixes(task: Task, docs: list[Doc], shots_pool: list[Doc] | None,
         shots = [shots_pool[:k]] * len(docs)
     else:  # the harness's ContextSampler: one Random(1234) per task, k draws per document, in document order
         rnd = random.Random(FEWSHOT_SEED)
-        shots = [rnd.sample(shots_pool, k) for _ in docs]
+        shots = [_draw(rnd, shots_pool, k, doc if task.fewshot_draws_extra else None) for doc in docs]
     return [desc + "".join(_shot_text(task, s) + task.fewshot_delimiter for s in ss) for ss in shots]
 
 
@@ -77,12 +87,13 @@ def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: 
             files[str(fpath)] = file_sha256(fpath)
         for doc, prefix in zip(docs, _fewshot_prefixes(task, docs, pool, num_fewshot, task.description(subject))):
             items.append((subject, doc, prefix))
-    requests, owners = [], []
+    requests, owners, texts = [], [], []
     for n, (_, doc, prefix) in enumerate(items):
         if isinstance(doc.context, list):  # one context per choice, the same continuation
             pairs = [(prefix + c, task.target_delimiter + doc.choices[0]) for c in doc.context]
         else:
             pairs = [(prefix + doc.context, task.target_delimiter + ch) for ch in doc.choices]
+        texts.append(pairs)
         for ctx, cont in pairs:
             requests.append(encode_pair(encode, ctx, cont, prefix_id))
             owners.append(n)
@@ -94,7 +105,7 @@ def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: 
     for n, ((subject, doc, _), ll) in enumerate(zip(items, per_item)):
         pred = max(range(len(ll)), key=lambda i: ll[i])
         row = {"task": task.name, "doc": n, "gold": doc.gold, "loglikelihoods": ll, "pred": pred,
-               "acc": float(pred == doc.gold)}
+               "acc": float(pred == doc.gold), "arguments": [list(p) for p in texts[n]]}
         if "acc_norm" in task.metrics:
             normed = [x / len(c) for x, c in zip(ll, doc.choices)]
             row["pred_norm"] = max(range(len(normed)), key=lambda i: normed[i])

@@ -45,6 +45,9 @@ class Task:
     metrics: tuple[str, ...] = ("acc", "acc_norm")
     fewshot_file: str | None = None  # None: no few-shot split in the local layout
     fewshot_sampler: str = "random"  # random (the harness's seeded sampler) or first_n (MMLU)
+    # The harness passes the evaluated doc to its sampler when the few-shot split equals the test split, and both
+    # are unset for tasks without a test split (HellaSwag): it then draws k + 1 shots and drops the doc itself.
+    fewshot_draws_extra: bool = False
     description: Callable[[str], str] = lambda subject: ""
     subjects: tuple[str, ...] = ()
     target_delimiter: str = " "
@@ -179,6 +182,7 @@ MMLU_SUBJECTS = {  # subject -> category, as lm-evaluation-harness groups them
 TASKS = {t.name: t for t in [
     Task("hellaswag", "hellaswag/hellaswag_val.jsonl.gz", jsonl, hellaswag,
          fewshot_file="hellaswag/hellaswag_train.jsonl",  # rowanz's file name; HF labels are strings, int() reads both
+         fewshot_draws_extra=True,
          hub=HubSource("Rowan/hellaswag", "data/validation-00000-of-00001.parquet",
                        "data/train-00000-of-00001.parquet")),
     Task("arc_easy", "arc/ARC-Easy-Test.jsonl", jsonl, arc, fewshot_file="arc/ARC-Easy-Train.jsonl",
