@@ -3,6 +3,7 @@ import csv
 import gzip
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -241,3 +242,15 @@ def test_hub_data_offline_and_uncached_or_corrupt_is_one_line(run_dir, hub_home,
     assert_one_line_error(run_cli("eval", run_dir, "--bench", "mmlu:anatomy", "--data-dir", empty,
                                   env={"HF_HOME": str(broken), "HF_HUB_OFFLINE": "1"}), 3,
                           "test-00000-of-00001.parquet", "not a readable parquet file")
+
+
+def test_hub_data_without_pyarrow_names_the_extra(run_dir, hub_home, tmp_path):
+    blocker = tmp_path / "no-pyarrow" / "pyarrow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('pyarrow is blocked for this test')\n")
+    empty = tmp_path / "no-local-data"
+    empty.mkdir()
+    env = {"HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
+    assert_one_line_error(run_cli("eval", run_dir, "--bench", "arc_easy", "--data-dir", empty, env=env), 2,
+                          "pyarrow", "tst[eval]")
