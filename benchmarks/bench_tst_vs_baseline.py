@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, action="append", help="corpus file or directory (repeatable; default: "
                     "the State of the Union addresses, the largest single corpus in ../shared/data)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every run")
+    ap.add_argument("--skip-missing", action="store_true", help="summarise the runs already complete; train none")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tst_vs_baseline")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +66,8 @@ def main() -> None:
             run = runs_dir / f"{name}-seed{seed}"
             if not (run / "metrics.jsonl").exists() or '"kind": "train", "step": %d,' % args.steps not in \
                     (run / "metrics.jsonl").read_text():
+                if args.skip_missing:
+                    continue
                 sets = [x for s in common + CONFIGS[name] + [f"run.seed={seed}", f'run.name="{name}"']
                         for x in ("--set", s)]
                 t0 = time.time()
@@ -81,10 +84,13 @@ def main() -> None:
         summary["results"][str(seed)] = json.loads(r.stdout)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"{'config':<16}" + "".join(f"{'seed ' + str(s) + ' loss':>14}{'speed-up':>10}" for s in seeds))
-    for i, name in enumerate(names):
+    for name in names:
         cells = ""
         for s in seeds:
-            row = summary["results"][str(s)]["runs"][i]
+            row = next((r for r in summary["results"][str(s)]["runs"] if r["run"] == f"{name}-seed{s}"), None)
+            if row is None:
+                cells += f"{'-':>14}{'':>10}"
+                continue
             cells += f"{row['final_val_loss']:>14.4f}" + (f"{row['speedup']:>9.2f}x" if row["speedup"] else
                                                           f"{'never':>10}")
         print(f"{name:<16}{cells}")
