@@ -121,48 +121,56 @@ def test_tst_eval_matches_lm_eval_harness_item_by_item(exported, tmp_path):
     assert labels & set("ABCD") and labels & set("1234")
 
 
-def test_arc_few_shot_draws_the_harness_shots(exported, tmp_path):
-    """--num-fewshot 3 on ARC-Easy: the harness's seeded sampler over the training split, reproduced exactly."""
+def _with_train_split(tmp: Path, task: str, eval_key: str, train_file: Path) -> None:
+    """Point a local harness task YAML's training split (the few-shot pool) at `train_file`."""
+    y = (tmp / f"{task}.yaml").read_text()
+    y = y.replace(f"    {eval_key}: ", f"    train: {train_file}\n    {eval_key}: ")
+    (tmp / f"{task}.yaml").write_text(y.replace(f"{eval_key}_split: {eval_key}",
+                                                f"{eval_key}_split: {eval_key}\ntraining_split: train"))
+
+
+def _few_shot_both(exported, tmp: Path, task: str, bench: str, k: int, limit: int, data_dir: Path):
+    """(ours, theirs): per-item samples of `tst eval` and of the harness's HFLM, k-shot, first `limit` items."""
     import os
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    h = simple_evaluate(model="hf", model_args=f"pretrained={exported / 'hf'},dtype=float32", tasks=[task],
+                        task_manager=TaskManager(include_path=str(tmp)), limit=limit, num_fewshot=k,
+                        batch_size=8, device="cpu", log_samples=True)
+    theirs = sorted(h["samples"][task], key=lambda s: s["doc_id"])
+    samples = tmp / "s.jsonl"
+    r = run_cli("eval", exported / "hf", "--bench", bench, "--limit", limit, "--num-fewshot", k,
+                "--data-dir", data_dir, "--samples", samples)
+    assert r.returncode == 0, r.stderr
+    ours = [json.loads(l) for l in samples.read_text().splitlines()]
+    assert len(ours) == len(theirs) == limit
+    for a, b in zip(ours, theirs):
+        assert a["arguments"] == [list(x) for x in b["arguments"]]  # the same prompts, shots included, to the byte
+        assert (a["acc"], a["acc_norm"]) == (b["acc"], b["acc_norm"])
+    return ours, theirs
+
+
+def test_arc_few_shot_draws_the_harness_shots(exported, tmp_path):
+    """--num-fewshot 3 on ARC-Easy: the harness's seeded sampler over the training split, reproduced exactly."""
     _harness_tasks(tmp_path)
     rows = [json.loads(l) for l in open(SHARED / "arc" / "ARC-Easy-Train.jsonl")]
     _write_jsonl(tmp_path / "arc_train.jsonl", [
         {"id": r["id"], "question": r["question"]["stem"], "answerKey": r["answerKey"],
          "choices": {"text": [c["text"] for c in r["question"]["choices"]],
                      "label": [c["label"] for c in r["question"]["choices"]]}} for r in rows])
-    y = (tmp_path / "tst_arc_easy.yaml").read_text()
-    y = y.replace("    test: ", f"    train: {tmp_path / 'arc_train.jsonl'}\n    test: ")
-    (tmp_path / "tst_arc_easy.yaml").write_text(y.replace("test_split: test", "test_split: test\ntraining_split: train"))
-    h = simple_evaluate(model="hf", model_args=f"pretrained={exported / 'hf'},dtype=float32", tasks=["tst_arc_easy"],
-                        task_manager=TaskManager(include_path=str(tmp_path)), limit=12, num_fewshot=3,
-                        batch_size=8, device="cpu", log_samples=True)
-    theirs = sorted(h["samples"]["tst_arc_easy"], key=lambda s: s["doc_id"])
-    samples = tmp_path / "s.jsonl"
-    r = run_cli("eval", exported / "hf", "--bench", "arc_easy", "--limit", 12, "--num-fewshot", 3,
-                "--data-dir", SHARED, "--samples", samples)
-    assert r.returncode == 0, r.stderr
-    ours = [json.loads(l) for l in samples.read_text().splitlines()]
-    assert len(ours) == len(theirs) == 12
+    _with_train_split(tmp_path, "tst_arc_easy", "test", tmp_path / "arc_train.jsonl")
+    ours, theirs = _few_shot_both(exported, tmp_path, "tst_arc_easy", "arc_easy", 3, 12, SHARED)
     for a, b in zip(ours, theirs):
-        assert a["arguments"] == [list(x) for x in b["arguments"]]
         assert max(abs(x - y[0]) for x, y in zip(a["loglikelihoods"], b["filtered_resps"])) < 1e-4
-        assert (a["acc"], a["acc_norm"]) == (b["acc"], b["acc_norm"])
 
 
 def test_hellaswag_few_shot_draws_the_harness_shots(exported, tmp_path):
     """--num-fewshot 2 on HellaSwag: shots from its train split (stood in for by validation items 100-139, since
     ../shared/data has no HellaSwag train file) with the harness's seeded sampler and preprocessing, exactly."""
     import gzip
-    import os
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     _harness_tasks(tmp_path)
     with gzip.open(SHARED / "hellaswag" / "hellaswag_val.jsonl.gz", "rt") as fh:
@@ -171,24 +179,10 @@ def test_hellaswag_few_shot_draws_the_harness_shots(exported, tmp_path):
     (local / "hellaswag").mkdir(parents=True)
     shutil.copy(SHARED / "hellaswag" / "hellaswag_val.jsonl.gz", local / "hellaswag")
     _write_jsonl(local / "hellaswag" / "hellaswag_train.jsonl", train)
-    y = (tmp_path / "tst_hellaswag.yaml").read_text()
-    y = y.replace("    validation: ", f"    train: {local / 'hellaswag' / 'hellaswag_train.jsonl'}\n    validation: ")
-    (tmp_path / "tst_hellaswag.yaml").write_text(y.replace("validation_split: validation",
-                                                           "validation_split: validation\ntraining_split: train"))
-    h = simple_evaluate(model="hf", model_args=f"pretrained={exported / 'hf'},dtype=float32", tasks=["tst_hellaswag"],
-                        task_manager=TaskManager(include_path=str(tmp_path)), limit=8, num_fewshot=2,
-                        batch_size=8, device="cpu", log_samples=True)
-    theirs = sorted(h["samples"]["tst_hellaswag"], key=lambda s: s["doc_id"])
-    samples = tmp_path / "s.jsonl"
-    r = run_cli("eval", exported / "hf", "--bench", "hellaswag", "--limit", 8, "--num-fewshot", 2,
-                "--data-dir", local, "--samples", samples)
-    assert r.returncode == 0, r.stderr
-    ours = [json.loads(l) for l in samples.read_text().splitlines()]
-    assert len(ours) == len(theirs) == 8
+    _with_train_split(tmp_path, "tst_hellaswag", "validation", local / "hellaswag" / "hellaswag_train.jsonl")
+    ours, theirs = _few_shot_both(exported, tmp_path, "tst_hellaswag", "hellaswag", 2, 8, local)
     for a, b in zip(ours, theirs):
-        assert a["arguments"] == [list(x) for x in b["arguments"]]  # the same prompts, shots included, to the byte
         # With the same prompts, the two fp32 implementations agree to ~6e-3 on two-shot contexts of a few hundred
         # tokens (log-likelihoods near -100; exact on the shortest item); our own batch-size changes move them
         # by 1.5e-5, so this is the harness's HF forward vs ours over longer sequences, not the text.
         assert max(abs(x - y[0]) for x, y in zip(a["loglikelihoods"], b["filtered_resps"])) < 2e-2
-        assert (a["acc"], a["acc_norm"]) == (b["acc"], b["acc_norm"])
