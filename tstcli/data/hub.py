@@ -18,8 +18,6 @@ def _one_line(what: str, offline_line: str, action: str):
         raise DataError(f"{what}: {offline_line}") from None
     except (EntryNotFoundError, RepositoryNotFoundError) as e:
         raise DataError(f"{what}: not found on the hub ({type(e).__name__})") from None
-    except DataError:
-        raise
     except Exception as e:  # network failures come in many types
         raise DataError(f"{what}: hub {action} failed: {type(e).__name__}: {e}".splitlines()[0]) from None
 
