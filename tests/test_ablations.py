@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 from tstcli import recipe as recipes
-from tstcli.train.loop import Trainer, open_data
+from tstcli.train.session import local_trainer
 
 ABLATIONS = sorted((ROOT / "recipes" / "ablations").glob("*.toml"))
 
@@ -21,8 +21,7 @@ def test_the_paper_ablations_are_all_there():
 def test_ablation_recipe_parses_and_runs_5_steps(path, small_data, tmp_path):
     r = recipes.load(path, ["train.steps=5", "train.compile=false", "train.warmup_steps=1", "eval.every=5",
                             "eval.batches=1", f'data.dir="{small_data}"', "data.vocab_size=512"])
-    data, _ = open_data(r, small_data)
-    result = Trainer(r, tmp_path, data, quiet=True).run()
+    result = local_trainer(r, tmp_path).run()
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     phases = {x["phase"] for x in rows if x["kind"] == "train"}
     assert phases == ({2} if r.tst.bag_size == 1 or r.tst.ratio == 0 else {1, 2})

@@ -1,20 +1,19 @@
-"""bag_size = 1 must be exactly ordinary next-token training (the canary of DESIGN.md §2)."""
+"""bag_size = 1 must be exactly ordinary next-token training (the canary of docs/design.md)."""
 import copy
 
 import torch
 import torch.nn.functional as F
 
 from conftest import small_recipe
-from tstcli.train.loop import Trainer, make_optimizer
-from tstcli.train.objective import phase_loss
+from tstcli.objective import phase_loss
+from tstcli.train.optim import make_optimizer
+from tstcli.train.session import local_trainer
 from tstcli.tst import PhaseSpec
 
 
 def _trainer(small_data, tmp_path, **kw):
-    from tstcli.train.loop import open_data
     r = small_recipe(small_data, **{"tst.bag_size": 1, **kw})
-    data, _ = open_data(r, small_data)
-    return r, Trainer(r, tmp_path, data, quiet=True)
+    return r, local_trainer(r, tmp_path)
 
 
 def test_phase1_with_s1_trains_bitwise_like_next_token(small_data, tmp_path):

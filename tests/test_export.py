@@ -7,10 +7,8 @@ from safetensors import safe_open
 
 from conftest import run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
-from tstcli import recipe as recipes
-from tstcli.export import hf as hf_llama
-from tstcli.model import Llama
-from tstcli.train import checkpoint
+from tstcli.export import writer
+from tstcli.run.load import from_run
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
@@ -23,11 +21,7 @@ def run(request, small_data, tmp_path_factory):
 
 
 def _native(run_dir):
-    r = recipes.load(run_dir / "recipe.toml")
-    vocab = json.loads((run_dir / "manifest.json").read_text())["vocab_size"]
-    model = Llama(r.model, vocab)
-    checkpoint.load_weights(checkpoint.find(run_dir / "checkpoints", None), model)
-    return model.eval()
+    return from_run(run_dir, None).model
 
 
 def test_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
@@ -70,17 +64,15 @@ def test_bf16_export_and_refusal_to_overwrite(run, tmp_path):
 
 def test_sharded_export_writes_an_index_that_transformers_loads(run, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
-    monkeypatch.setattr(hf_llama, "MAX_SHARD", "20KB")
-    r = recipes.load(run / "recipe.toml")
-    manifest = json.loads((run / "manifest.json").read_text())
-    res = hf_llama.export(r, run, _native(run), manifest, tmp_path / "sharded", "fp32", False, "test")
+    monkeypatch.setattr(writer, "MAX_SHARD", "20KB")
+    res = writer.export(from_run(run, None), tmp_path / "sharded", "fp32", False)
     assert "model.safetensors.index.json" in res["files"] and res["self_test_max_abs_diff"] <= 1e-4
     assert len([f for f in res["files"] if f.startswith("model-")]) > 2
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "sharded"))
 
 
 def test_a_logits_mismatch_fails_the_export_and_writes_nothing(run, tmp_path, monkeypatch):
-    real = hf_llama.hf_state_dict
+    real = writer.hf_state_dict
 
     def broken(model, dtype):  # e.g. a wrong RoPE layout: q/k projections permuted
         sd = real(model, dtype)
@@ -88,12 +80,10 @@ def test_a_logits_mismatch_fails_the_export_and_writes_nothing(run, tmp_path, mo
         sd[q] = sd[q].view(4, 2, -1, sd[q].shape[-1]).transpose(1, 2).reshape(sd[q].shape).contiguous()
         return sd
 
-    monkeypatch.setattr(hf_llama, "hf_state_dict", broken)
-    r = recipes.load(run / "recipe.toml")
-    manifest = json.loads((run / "manifest.json").read_text())
+    monkeypatch.setattr(writer, "hf_state_dict", broken)
     from tstcli.errors import CheckpointError
     with pytest.raises(CheckpointError, match="self-test failed"):
-        hf_llama.export(r, run, _native(run), manifest, tmp_path / "bad", "fp32", False, "test")
+        writer.export(from_run(run, None), tmp_path / "bad", "fp32", False)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from tstcli import recipe as recipes
-from tstcli.train.plan import build_plan
+from tstcli.train.dryrun import build_plan
 
 # name: (named size, learning rate, SmolLM shape (dim, layers, heads, kv heads, ffn))
 PAPER = {
@@ -66,9 +66,8 @@ def test_10b_a1b_dry_run_total_and_active_parameters(tmp_path):
 
 
 def test_moe_tiny_recipe_trains_5_steps(small_data, tmp_path):
-    from tstcli.train.loop import Trainer, open_data
+    from tstcli.train.session import local_trainer
     r = recipes.load(ROOT / "recipes" / "moe-tiny.toml", ["train.steps=5", "train.compile=false",
                                                           f'data.dir="{small_data}"', "data.vocab_size=512"])
-    data, _ = open_data(r, small_data)
-    result = Trainer(r, tmp_path, data, quiet=True).run()
+    result = local_trainer(r, tmp_path).run()
     assert result["steps"] == 5 and result["final_val_loss"] > 0

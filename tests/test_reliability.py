@@ -17,7 +17,7 @@ from conftest import run_cli, small_recipe, train_small, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import train_losses
 from tstcli.errors import CheckpointError
-from tstcli.train import checkpoint
+from tstcli.run import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +87,8 @@ def test_pickled_checkpoint_is_refused(finished, tmp_path):
 
 
 def test_short_disk_refuses_to_save_and_leaves_no_partial_checkpoint(small_data, tmp_path, monkeypatch):
-    from tstcli.train.loop import Trainer, open_data
-    r = small_recipe(small_data)
-    data, _ = open_data(r, small_data)
-    t = Trainer(r, tmp_path, data, quiet=True)
+    from tstcli.train.session import local_trainer
+    t = local_trainer(small_recipe(small_data), tmp_path)
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 1000))
     with pytest.raises(CheckpointError, match="MiB free"):
         t.run()

@@ -7,20 +7,35 @@ import torch
 
 from conftest import run_cli, small_recipe, write_recipe
 from tstcli.errors import DivergedError
-from tstcli.train.loop import Trainer, open_data
+from tstcli.parallel.world import World
+from tstcli.train.hooks import Hook
+from tstcli.train.hooks.defaults import default_hooks
+from tstcli.train.hooks.switch import PhaseSwitch
 from tstcli.train.schedule import lr_factor
+from tstcli.train.session import local_trainer
 
 
-def _trainer(small_data, tmp_path, **kw):
+def _trainer(small_data, tmp_path, extra_hooks=(), **kw):
     r = small_recipe(small_data, **kw)
-    data, _ = open_data(r, small_data)
-    return Trainer(r, tmp_path, data, quiet=True)
+    hooks = default_hooks(r, World(), tmp_path / "no-bench-data", console=False) + list(extra_hooks)
+    return local_trainer(r, tmp_path, hooks=hooks)
+
+
+class PoisonGradients(Hook):
+    """Makes the gradients of the given steps non-finite, as an overflow would: a public hook point, no patching."""
+
+    def __init__(self, steps):
+        self.steps = set(steps)
+
+    def after_backward(self, t, step):
+        if step in self.steps:
+            next(iter(t.model.parameters())).grad.fill_(float("nan"))
 
 
 @pytest.mark.parametrize("mode,width", [("full", 3 * 33), ("input", 3 * 33), ("output", 2 * 33)])
 def test_each_mode_trains_through_both_phases(small_data, tmp_path, mode, width):
     t = _trainer(small_data, tmp_path, **{"tst.mode": mode, "train.steps": 8})
-    assert t.widths[1] == width and t.widths[2] == 33
+    assert t.data.widths[1] == width and t.data.widths[2] == 33
     res = t.run()
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in rows if x["kind"] == "train"]
@@ -34,21 +49,16 @@ def test_switch_keeps_everything_by_default_and_ablations_reset(small_data, tmp_
     t.train_step(1)
     emb = t.model.get_input_embeddings().weight.detach().clone()
     state = len(t.optimizer.state)
-    t._switch(_Quiet())
+    PhaseSwitch().apply(t)
     assert torch.equal(emb, t.model.get_input_embeddings().weight) and len(t.optimizer.state) == state
     t2 = _trainer(small_data, tmp_path / "b", **{"tst.reinit_embedding": True, "tst.reset_optimizer": True,
                                                    "model.tie_embeddings": False, "tst.reinit_head": True})
     t2.train_step(1)
     emb2, head2 = (t2.model.get_input_embeddings().weight.detach().clone(), t2.model.output.weight.detach().clone())
-    t2._switch(_Quiet())
+    PhaseSwitch().apply(t2)
     assert not torch.equal(emb2, t2.model.get_input_embeddings().weight)
     assert not torch.equal(head2, t2.model.output.weight)
     assert len(t2.optimizer.state) == 0
-
-
-class _Quiet:
-    def message(self, _):
-        pass
 
 
 def test_wsd_and_cosine_schedules():
@@ -69,15 +79,8 @@ def test_restart_schedule_warms_up_again_at_the_switch(small_data, tmp_path):
     assert t2.lr_at(7) > t2.lr_at(1)
 
 
-def test_non_finite_loss_stops_before_the_update(small_data, tmp_path):
-    t = _trainer(small_data, tmp_path)
-    real = t.loss_fn(1)
-
-    def poisoned(rows):  # inject a non-finite loss
-        loss, stats = real(rows)
-        return loss * float("nan"), stats
-
-    t._losses[1] = poisoned
+def test_non_finite_gradient_stops_before_the_update(small_data, tmp_path):
+    t = _trainer(small_data, tmp_path, extra_hooks=[PoisonGradients({1})])
     before = [p.detach().clone() for p in t.model.parameters()]
     with pytest.raises(DivergedError, match="step 1 \\(phase 1\\)"):
         t.train_step(1)
@@ -131,23 +134,13 @@ def test_short_corpus_repeats_in_new_epochs_and_says_so(tmp_path):
 
 
 def test_skip_nonfinite_steps_skips_up_to_the_bound_then_stops(small_data, tmp_path):
-    t = _trainer(small_data, tmp_path, **{"train.skip_nonfinite_steps": 2})
-    real = t.loss_fn(1)
-    bad_steps = {2, 3, 5}
-    calls = {"n": 0}
-
-    def flaky(rows):
-        calls["n"] += 1
-        loss, stats = real(rows)
-        return (loss * float("nan") if calls["n"] in bad_steps else loss), stats
-
-    t._losses[1] = flaky
+    t = _trainer(small_data, tmp_path, extra_hooks=[PoisonGradients({2, 3, 5})], **{"train.skip_nonfinite_steps": 2})
     with pytest.raises(DivergedError, match="step 5 \\(phase 1\\)"):
         t.run()
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(x["kind"], x["step"]) for x in rows if x["kind"] in ("skip", "train")] == [
         ("train", 1), ("skip", 2), ("skip", 3), ("train", 4)]
-    assert t.skipped == 2
+    assert t.state.skipped == 2
 
 
 def _counting(forward, counts, i):
@@ -167,7 +160,7 @@ def test_activation_checkpointing_recomputes_the_same_numbers(small_data, tmp_pa
         counts = [0, 0, 0]
         for i, layer in enumerate(t.model.layers):  # count each block's attention computations
             layer.attention.forward = _counting(layer.attention.forward, counts, i)
-        runs[p] = [(o["loss"], o["grad_norm"]) for o in (t.train_step(s) for s in range(1, 9))]
+        runs[p] = [(o.loss, o.grad_norm) for o in (t.train_step(s) for s in range(1, 9))]
         calls[p] = counts
     assert runs[policy] == runs["none"]
     assert calls["none"] == [8, 8, 8]  # one forward per step and block...

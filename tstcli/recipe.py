@@ -21,11 +21,12 @@ else:  # pragma: no cover
 from tstcli.errors import RecipeError
 
 
-def key(default, doc: str, choices: tuple | None = None):
-    """A recipe key: default value, one-line meaning, optional closed set of values."""
+def key(default, doc: str, choices: tuple | None = None, item: type = str):
+    """A recipe key: default value, one-line meaning, optional closed set of values; a list's items are `item`s."""
+    meta = {"doc": doc, "choices": choices, "item": item}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc, "choices": choices})
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,12 @@ class TrainConfig:
     compile: bool = key(True, "torch.compile the training and evaluation steps")
     log_every: int = key(10, "steps between progress lines when not on a terminal")
     threads: int = key(0, "CPU threads for torch; 0 leaves torch's default")
+    profile_steps: list = key([], "[first, last]: record steps first..last with torch.profiler and write a Chrome "
+                              "trace (Perfetto, TensorBoard) to profile/ in the run directory; [] records nothing",
+                              item=int)
 
-    @property
-    def micro_batch(self) -> int:
-        return self.micro_batch_size or self.batch_size
-
-    def micro_batch_for(self, world_size: int) -> int:
-        """Rows per forward/backward on each of `world_size` devices."""
+    def rows_per_micro_batch(self, world_size: int) -> int:
+        """Rows per forward/backward on each of `world_size` devices (train.batch_size is the global batch)."""
         return self.micro_batch_size or self.batch_size // world_size
 
 
@@ -144,7 +144,23 @@ class TstConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     every: int = key(100, "steps between held-out evaluations (also at step 0, at the switch and at the end)")
-    batches: int = key(8, "held-out batches per evaluation (rows of seq_len+1 tokens, batch_size rows each)")
+    batches: int = key(8, "held-out loss scores batches x train.batch_size rows of seq_len+1 tokens from the start "
+                          "of the validation split (in training and in `tst eval`)")
+    bench: list = key([], "benchmarks to score during training, as `tst eval --bench` names them (e.g. "
+                          "[\"hellaswag\", \"arc_easy\"]); written as kind=bench rows")
+    bench_limit: int = key(0, "items per benchmark task (each MMLU subject) in training; 0 scores them all")
+    bench_every: int = key(1000, "steps between in-loop benchmark evaluations (also at the end)")
+    bench_data_dir: str = key("", "benchmark files for eval.bench; empty: as `tst eval` finds them ($TST_EVAL_DATA "
+                                  "or ~/.cache/tst/eval, then the Hugging Face hub)")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = key(False, "write every train/val/bench row to TensorBoard event files in tensorboard/ of "
+                                   "the run directory (needs tst[tensorboard])")
+    wandb: bool = key(False, "log every train/val/bench row to Weights & Biases (needs tst[wandb]; WANDB_MODE="
+                             "offline works without network); a resume continues the same W&B run")
+    wandb_project: str = key("tst", "W&B project name")
 
 
 @dataclass(frozen=True)
@@ -174,6 +190,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     tst: TstConfig = field(default_factory=TstConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
@@ -190,25 +207,32 @@ class Recipe:
     def data_dir(self) -> str:
         return self.data.dir or f"data/{self.run.name}"
 
+    @property
+    def heldout_rows(self) -> int:
+        """Rows of seq_len+1 tokens every held-out evaluation scores (training's and `tst eval`'s alike)."""
+        return self.eval.batches * self.train.batch_size
+
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
 _SECTION_CLASSES = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Recipe)}
 
 
-def _type_name(t) -> str:
+def _type_name(t, item=str) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            list: "a list of strings"}[t]
+            list: f"a list of {'strings' if item is str else 'integers'}"}[t]
 
 
 def _coerce(where: str, name: str, f: dataclasses.Field, value: Any) -> Any:
     t = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[f.type]
+    item = f.metadata.get("item", str)
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     ok = (isinstance(value, bool) if t is bool else
-          isinstance(value, int) and not isinstance(value, bool) if t is int else
+          is_int(value) if t is int else
           isinstance(value, (int, float)) and not isinstance(value, bool) if t is float else
-          isinstance(value, list) and all(isinstance(v, str) for v in value) if t is list else
-          isinstance(value, str))
+          isinstance(value, list) and all(is_int(v) if item is int else isinstance(v, str) for v in value)
+          if t is list else isinstance(value, str))
     if not ok:
-        raise RecipeError(f"{where}: key '{name}' must be {_type_name(t)}, got {value!r}")
+        raise RecipeError(f"{where}: key '{name}' must be {_type_name(t, item)}, got {value!r}")
     if t is float:
         value = float(value)
         if not math.isfinite(value):
@@ -258,7 +282,7 @@ def from_dict(table: dict, where: str) -> Recipe:
             kwargs[k] = _coerce(where, f"{name}.{k}", fields[k], v)
         sections[name] = cls(**kwargs)
     recipe = Recipe(**sections)
-    validate(recipe, where)
+    check_values(recipe, where)
     return recipe
 
 
@@ -267,7 +291,7 @@ def _require(cond: bool, where: str, key_name: str, expected: str, got: Any) -> 
         raise RecipeError(f"{where}: key '{key_name}' must be {expected}; got {got!r}")
 
 
-def validate(r: Recipe, where: str) -> None:
+def check_values(r: Recipe, where: str) -> None:
     t, m, s, d = r.train, r.model, r.tst, r.data
     big = 1 << 40  # far above any real setting, far below what overflows a tensor size or a step counter
 
@@ -281,7 +305,7 @@ def validate(r: Recipe, where: str) -> None:
     within("train.steps", t.steps, 1, 10 ** 9)
     within("train.batch_size", t.batch_size, 1, 1 << 24)
     within("train.micro_batch_size", t.micro_batch_size, 0, 1 << 24)
-    _require(t.batch_size % t.micro_batch == 0, where, "train.micro_batch_size",
+    _require(t.batch_size % (t.micro_batch_size or t.batch_size) == 0, where, "train.micro_batch_size",
              f"a divisor of train.batch_size ({t.batch_size})", t.micro_batch_size)
     within("model.max_seq_len", m.max_seq_len, 1, 1 << 22)
     within("train.seq_len", t.seq_len, 1, 1 << 22)
@@ -339,6 +363,18 @@ def validate(r: Recipe, where: str) -> None:
              "a non-empty name without '/', at most 200 characters", r.run.name)
     within("run.seed", r.run.seed, 0, (1 << 63) - 1)
     within("distributed.timeout_s", r.distributed.timeout_s, 1, 10 ** 7)
+    _check_side_jobs(r, where)
+
+
+def _check_side_jobs(r: Recipe, where: str) -> None:
+    e, p = r.eval, r.train.profile_steps
+    _require(p == [] or (len(p) == 2 and 1 <= p[0] <= p[1] <= r.train.steps), where, "train.profile_steps",
+             f"[] or [first, last] with 1 <= first <= last <= train.steps ({r.train.steps})", p)
+    _require(0 <= e.bench_limit <= 1 << 24, where, "eval.bench_limit", "in [0, 16777216]", e.bench_limit)
+    _require(1 <= e.bench_every <= 10 ** 9, where, "eval.bench_every", "in [1, 1000000000]", e.bench_every)
+    _require(all(x.strip() for x in e.bench), where, "eval.bench", "a list of benchmark names", e.bench)
+    _require(r.log.wandb_project.strip() != "", where, "log.wandb_project", "a non-empty project name",
+             r.log.wandb_project)
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -369,7 +405,7 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(v)
 

@@ -31,12 +31,17 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Pretrain language models with Token Superposition Training (TST)."""
 
 
-app.command("prepare")(prepare.prepare)
-app.command("train")(train.train)
-app.command("resume")(resume.resume)
-app.command("eval")(eval_cmd.eval_)
-app.command("export")(export.export)
-app.command("compare")(compare.compare_runs)
+# One line each in `tst --help` (click would cut the docstrings' first lines with "..."); `tst VERB --help` has more.
+VERBS = {
+    "prepare": (prepare.prepare, "Tokenize and shard the corpus; pack the rows each phase reads."),
+    "train": (train.train, "Train a model: superposition phase, then next-token recovery."),
+    "resume": (resume.resume, "Continue a run from its latest complete checkpoint."),
+    "eval": (eval_cmd.eval_, "Held-out loss and benchmarks of a run or an export."),
+    "export": (export.export, "Export a checkpoint as a self-tested Hugging Face model."),
+    "compare": (compare.compare_runs, "Compare runs: loss or score against compute, speed-up."),
+}
+for _name, (_verb, _short) in VERBS.items():
+    app.command(_name, short_help=_short)(_verb)
 
 
 def _internal_error() -> int:

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from tstcli.cli.common import JsonOption, emit, log
-from tstcli.compare.curves import AXES, compare, load_curve
+from tstcli.compare.curves import AXES, VAL_LOSS, compare, load_curve
 from tstcli.errors import RecipeError
 
 
@@ -21,13 +21,18 @@ def compare_runs(
     run_dirs: List[Path] = typer.Argument(..., help="run directories; the first is the reference unless --reference"),
     x: str = typer.Option("flops", "--x", help="x axis: flops, tokens (raw tokens read), steps or time"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the plot here (PNG; needs tst[plot])"),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="the run whose final loss is the target"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="the run whose final value is the target"),
+    metric: str = typer.Option(VAL_LOSS, "--metric", help="val_loss (held-out loss), or an in-loop benchmark score "
+                               "TASK.METRIC, e.g. hellaswag.acc_norm (recipe key eval.bench)"),
     json_: bool = JsonOption,
 ):
-    """Plot and tabulate held-out loss of runs against FLOPs, tokens, steps or time; equal-loss speed-up."""
+    """Plot and tabulate held-out loss (or a benchmark score) of runs against FLOPs, tokens, steps or time, and the
+    speed-up to equal quality."""
     if x not in AXES:
         raise RecipeError(f"--x {x!r}: expected one of {', '.join(AXES)}")
-    curves = [load_curve(Path(d)) for d in run_dirs]
+    if metric != VAL_LOSS and "." not in metric:
+        raise RecipeError(f"--metric {metric!r}: expected val_loss or TASK.METRIC, e.g. hellaswag.acc_norm")
+    curves = [load_curve(Path(d), metric) for d in run_dirs]
     ref = 0
     if reference is not None:
         names = [Path(d).resolve() for d in run_dirs]
@@ -36,8 +41,9 @@ def compare_runs(
         ref = names.index(Path(reference).resolve())
     result = compare(curves, x, ref)
     label = AXES[x][1]
-    lines = [f"reference: {result['reference']} (final held-out loss {result['target_loss']:.4f}); x axis: {label}",
-             f"{'run':<24} {'setting':<22} {'final loss':>10} {label + ' at end':>16} "
+    what = "held-out loss" if metric == VAL_LOSS else metric
+    lines = [f"reference: {result['reference']} (final {what} {result['target_loss']:.4f}); x axis: {label}",
+             f"{'run':<24} {'setting':<22} {'final':>10} {label + ' at end':>16} "
              f"{label + ' to ref':>16} {'speed-up':>9}"]
     for r in result["runs"]:
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
@@ -49,5 +55,5 @@ def compare_runs(
     if out is not None:
         from tstcli.compare.plot import plot
 
-        plot(curves, result, out)
+        plot(curves, result, out, what)
         log(f"compare: plot written to {out}")

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from tstcli.cli.common import JsonOption, emit, log
+from tstcli.cli.common import JsonOption, emit, eval_data_dir, log
 from tstcli.errors import RecipeError
-
-DEFAULT_DATA_DIR = Path(os.environ.get("TST_EVAL_DATA", Path.home() / ".cache" / "tst" / "eval"))
 
 
 def eval_(
@@ -21,10 +18,10 @@ def eval_(
                               "held-out loss only"),
     limit: Optional[int] = typer.Option(None, "--limit", help="first N items of each task (each MMLU subject)"),
     num_fewshot: int = typer.Option(0, "--num-fewshot", help="few-shot examples per prompt (default 0, as the paper)"),
-    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="benchmark files (shared data set layout); "
-                                  "default $TST_EVAL_DATA or ~/.cache/tst/eval; HellaSwag, ARC and MMLU files not "
-                                  "there come from the Hugging Face hub"),
-    batch_size: int = typer.Option(32, "--batch-size", help="sequences per forward pass"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="benchmark files (shared data set layout); "
+                                            "default $TST_EVAL_DATA or ~/.cache/tst/eval; HellaSwag, ARC and MMLU "
+                                            "files not there come from the Hugging Face hub"),
+    batch_size: int = typer.Option(32, "--batch-size", help="sequences per forward pass (benchmarks, --corpus)"),
     step: Optional[int] = typer.Option(None, "--step", help="checkpoint step of a run directory (default: latest)"),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="held-out loss on this corpus (file or directory of "
                                           ".txt/.jsonl[.gz]); default for a run: its validation split"),
@@ -34,9 +31,11 @@ def eval_(
     """Evaluate a run or an export: held-out next-token loss and multiple-choice benchmarks."""
     import torch
 
-    from tstcli.eval import model_source
+    from tstcli.cli.report import eval_lines
+    from tstcli.eval.heldout import corpus_heldout, run_heldout
     from tstcli.eval.runner import evaluate
     from tstcli.eval.tasks import parse_bench
+    from tstcli.run.load import load_model
 
     names = parse_bench(bench) if bench else []
     if limit is not None and limit < 1:
@@ -44,27 +43,18 @@ def eval_(
     if num_fewshot < 0 or batch_size < 1:
         raise RecipeError("--num-fewshot must be >= 0 and --batch-size >= 1")
     torch.use_deterministic_algorithms(True)
-    em = model_source.load(path, step)
-    log(f"eval: {em.source}")
-    out: dict = {"model": em.source, "num_fewshot": num_fewshot, "limit": limit, "results": {}}
-    lines = [f"model: {em.source}"]
+    lm = load_model(path, step)
+    log(f"eval: {lm.source}")
+    out: dict = {"model": lm.source, "num_fewshot": num_fewshot, "limit": limit, "results": {}}
     if corpus is not None:
-        held = model_source.corpus_loss(em, corpus, batch_size)
-        out["heldout"] = held
-        lines.append(f"held-out loss: {held['val_loss']:.4f} ({held['tokens']:,} tokens of {corpus})")
-    elif em.run_dir is not None:
-        held = model_source.heldout_loss(em, batch_size)
-        out["heldout"] = held
-        lines.append(f"held-out loss: {held['val_loss']:.4f} ({held['tokens']:,} tokens of the run's validation split)")
+        out["heldout"] = corpus_heldout(lm, corpus, batch_size)
+    elif lm.run_dir is not None:
+        out["heldout"] = run_heldout(lm)
+    rows = []
     if names:
-        results, rows, files = evaluate(em.model, em.encode, em.eot_id, em.max_len, names, data_dir, limit,
-                                        num_fewshot, batch_size)
-        out["results"], out["data_files"] = results, files
-        for name, res in results.items():
-            metrics = ", ".join(f"{m} {res[m]:.4f} ± {res[m + '_stderr']:.4f}" for m in ("acc", "acc_norm") if m in res)
-            lines.append(f"{name}: {metrics} (n={res['n']}, {num_fewshot}-shot)")
-            for cat, c in res.get("categories", {}).items():
-                lines.append(f"  {cat}: acc {c['acc']:.4f} ± {c['acc_stderr']:.4f} (n={c['n']})")
-        if samples:
-            samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    emit(out, json_, lines)
+        out["results"], rows, out["data_files"] = evaluate(lm.model, lm.encode, lm.eot_id, lm.max_len, names,
+                                                           data_dir or eval_data_dir(), limit, num_fewshot,
+                                                           batch_size)
+    if samples and names:
+        samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    emit(out, json_, eval_lines(out))

@@ -6,8 +6,10 @@ from pathlib import Path
 import typer
 
 from tstcli import recipe as recipes
-from tstcli.cli.common import JsonOption, SetList, SetOption, emit, ensure_prepared, log
+from tstcli.cli.common import JsonOption, SetList, SetOption, emit, log
+from tstcli.cli.report import coverage_lines
 from tstcli.data import packing, shards
+from tstcli.data.prepare import ensure_prepared
 
 
 def prepare(
@@ -19,7 +21,7 @@ def prepare(
 ):
     """Tokenize the recipe's corpus into shards + manifest and pack the rows each phase reads."""
     r = recipes.load(recipe, set_ or [])
-    data_dir, result = ensure_prepared(r, force=force)
+    data_dir, result = ensure_prepared(r, force=force, log=log)
     manifest = shards.read_manifest(data_dir)
     if result is None:
         log(f"prepare: {data_dir} is up to date with the recipe's sources and tokenizer; nothing to do "
@@ -38,7 +40,7 @@ def prepare(
         out.update(seconds=result.seconds, mb_per_s=mb / result.seconds)
         lines.append(f"time: {result.seconds:.1f} s for {mb:.1f} MB of sources ({mb / result.seconds:.1f} MB/s)")
     lines.append(f"pack: {pack.directory} ({'built' if built else 'existing'})")
-    lines += packing.coverage_lines(pack.info)
+    lines += coverage_lines(pack.info)
     if verify:
         lines.append("verify: every shard matches its sha256 in the manifest")
     emit(out, json_, lines)

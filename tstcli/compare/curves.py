@@ -1,31 +1,36 @@
-"""Held-out loss curves of runs, read from their `metrics.jsonl`, and the equal-loss speed-up between them.
+"""Curves of runs, read from their `metrics.jsonl`, and the equal-quality speed-up between them.
 
-A curve's points are the validation rows (always ordinary next-token loss, so TST and baseline runs compare),
-placed on an x axis: cumulative FLOPs, raw tokens read, optimizer steps or wall time at that step (taken from the
+A curve's points are the validation rows (always ordinary next-token loss, so TST and baseline runs compare) or,
+with a metric such as `hellaswag.acc_norm`, the in-loop benchmark rows of that task (higher is better), placed on
+an x axis: cumulative FLOPs, raw tokens read, optimizer steps or wall time at that step (taken from the
 train row of the same step; 0 at step 0). The point where a run first reaches a target loss is interpolated
 linearly between the two validation points that straddle it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tstcli.errors import CheckpointError
+from tstcli.run import metrics
 
 # axis name -> (train-row field, label)
 AXES = {"flops": ("flops", "FLOPs"), "tokens": ("tokens", "raw tokens"), "steps": ("step", "steps"),
         "time": ("elapsed_s", "wall time (s)")}
 
 
+VAL_LOSS = "val_loss"
+
+
 @dataclass(frozen=True)
 class Curve:
     name: str
-    steps: tuple[int, ...]  # validation steps, ascending
-    losses: tuple[float, ...]
+    steps: tuple[int, ...]  # evaluated steps, ascending
+    losses: tuple[float, ...]  # the metric's values (held-out loss by default)
     at_step: dict  # step -> {axis: x}
     switch_step: int | None  # last phase-1 step (None: no superposition phase)
     label: str  # e.g. "s=4, ratio=0.3" or "baseline"
+    higher_better: bool = False  # benchmark scores; a loss is lower-better
 
     def xs(self, axis: str) -> list[float]:
         return [self.x(axis, s) for s in self.steps]
@@ -38,27 +43,31 @@ class Curve:
         return self.losses[-1]
 
 
-def load_curve(run_dir: Path) -> Curve:
-    path = run_dir / "metrics.jsonl"
+def _points(rows: list[dict], metric: str) -> dict[int, float]:
+    """step -> value of `metric`: `val_loss` from val rows, `TASK.METRIC` (e.g. hellaswag.acc_norm) from bench rows."""
+    if metric == VAL_LOSS:
+        return {row["step"]: row["val_loss"] for row in rows if row.get("kind") == "val"}
+    task, _, name = metric.partition(".")
+    return {row["step"]: row[name] for row in rows
+            if row.get("kind") == "bench" and row.get("task") == task and name in row}
+
+
+def load_curve(run_dir: Path, metric: str = VAL_LOSS) -> Curve:
+    path = run_dir / metrics.METRICS
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: no metrics.jsonl (not a tst run directory)")
-    train, val = {}, {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a kill
-        if row.get("kind") == "train":
-            train[row["step"]] = row
-        elif row.get("kind") == "val":
-            val[row["step"]] = row["val_loss"]
+    rows = metrics.read_rows(run_dir)
+    train = {row["step"]: row for row in rows if row.get("kind") == "train"}
+    val = _points(rows, metric)
     steps = tuple(sorted(s for s in val if s == 0 or s in train))
     if not steps:
-        raise CheckpointError(f"{path}: no held-out evaluations (kind = \"val\" rows) to compare")
+        what = 'held-out evaluations (kind = "val" rows)' if metric == VAL_LOSS else \
+            f'benchmark rows (kind = "bench") with {metric} (recipe key eval.bench)'
+        raise CheckpointError(f"{path}: no {what} to compare")
     at_step = {s: {axis: row[field] for axis, (field, _) in AXES.items()} for s, row in train.items()}
     phase1 = [s for s, row in train.items() if row["phase"] == 1]
     return Curve(run_dir.name, steps, tuple(val[s] for s in steps), at_step, max(phase1) if phase1 else None,
-                 _label(run_dir, bool(phase1)))
+                 _label(run_dir, bool(phase1)), higher_better=metric != VAL_LOSS)
 
 
 def _label(run_dir: Path, has_phase1: bool) -> str:
@@ -77,7 +86,7 @@ def first_reach(curve: Curve, axis: str, target: float) -> float | None:
     """The x at which `curve` first reaches `target` (linear between straddling points); None if it never does."""
     xs, ys = curve.xs(axis), curve.losses
     for i, y in enumerate(ys):
-        if y <= target:
+        if (y >= target if curve.higher_better else y <= target):
             if i == 0:
                 return xs[0]
             x0, y0, x1 = xs[i - 1], ys[i - 1], xs[i]
@@ -99,4 +108,5 @@ def compare(curves: list[Curve], axis: str, reference: int = 0) -> dict:
             "speedup": (ref_reach / reach if reach and ref_reach else None),
             "switch_x": c.x(axis, c.switch_step) if c.switch_step else None,
         })
-    return {"axis": axis, "reference": ref.name, "target_loss": target, "runs": rows}
+    return {"axis": axis, "reference": ref.name, "target_loss": target, "higher_better": ref.higher_better,
+            "runs": rows}

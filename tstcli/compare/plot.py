@@ -9,7 +9,7 @@ from tstcli.compare.curves import AXES, Curve
 from tstcli.errors import RecipeError
 
 
-def plot(curves: list[Curve], result: dict, out: Path) -> None:
+def plot(curves: list[Curve], result: dict, out: Path, ylabel: str = "held-out loss") -> None:
     try:
         import matplotlib
     except ImportError:
@@ -26,13 +26,14 @@ def plot(curves: list[Curve], result: dict, out: Path) -> None:
         if row["switch_x"] is not None:
             ax.axvline(row["switch_x"], color=line.get_color(), linestyle=":", linewidth=1)
     ax.axhline(result["target_loss"], color="grey", linestyle="--", linewidth=0.8,
-               label=f"final loss of {result['reference']}")
+               label=f"final value of {result['reference']}")
     ax.set_xlabel(AXES[axis][1] + ("  (dotted: switch to next-token training)" if any(
         r["switch_x"] is not None for r in result["runs"]) else ""))
-    ax.set_ylabel("held-out next-token loss")
-    low = min(min(c.losses) for c in curves)
-    ax.set_ylim(low - 0.05 * abs(low), min(max(c.losses[min(1, len(c.losses) - 1)] for c in curves) + 0.2,
-                                           max(max(c.losses) for c in curves)) + 0.01)
+    ax.set_ylabel("held-out next-token loss" if ylabel == "held-out loss" else ylabel)
+    if not result.get("higher_better"):  # a loss: leave out the first steep drop so the end is readable
+        low = min(min(c.losses) for c in curves)
+        ax.set_ylim(low - 0.05 * abs(low), min(max(c.losses[min(1, len(c.losses) - 1)] for c in curves) + 0.2,
+                                               max(max(c.losses) for c in curves)) + 0.01)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

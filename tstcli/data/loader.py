@@ -12,6 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from tstcli.data.shards import TokenStore
+from tstcli.recipe import Recipe
 
 
 @lru_cache(maxsize=4)
@@ -53,3 +54,8 @@ def val_rows(store: TokenStore, width: int, count: int) -> np.ndarray:
         starts.append(store.starts[sid] + width * np.arange(k, dtype=np.int64))
     offsets = np.concatenate(starts)[:count] if starts else np.zeros(0, np.int64)
     return store.rows(offsets, width)
+
+
+def heldout_rows(val: TokenStore, r: Recipe) -> np.ndarray:
+    """The rows every held-out evaluation of a run scores, in training and in `tst eval` alike."""
+    return val_rows(val, r.train.seq_len + 1, r.heldout_rows)

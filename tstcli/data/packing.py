@@ -1,4 +1,4 @@
-"""Per-phase packing: which rows of the flat training stream each phase reads (DESIGN.md §4).
+"""Per-phase packing: which rows of the flat training stream each phase reads (docs/design.md, "Data").
 
 The training stream is cut, shard by shard, into *chunks* of `g` consecutive units of `L+1` tokens, where
 `g = s` for the full and input modes (a chunk is exactly one phase-1 row of `s·(L+1)` tokens) and the fewest units
@@ -22,18 +22,13 @@ import numpy as np
 from tstcli.data import shards
 from tstcli.errors import DataError
 from tstcli.recipe import Recipe
+from tstcli.tst.bags import phase_specs
 
 PACKS = "packs"
 
 
-def phase1_units(r: Recipe) -> int:
-    """Units of L+1 tokens in one phase-1 row."""
-    s, L = r.tst.bag_size, r.train.seq_len
-    return s if r.tst.mode in ("full", "input") else math.ceil((L + s) / (L + 1))
-
-
 def row_widths(r: Recipe) -> dict[int, int]:
-    return {1: phase1_units(r) * (r.train.seq_len + 1), 2: r.train.seq_len + 1}
+    return {p: spec.row_width for p, spec in phase_specs(r).items()}
 
 
 @dataclass(frozen=True)
@@ -62,9 +57,9 @@ def _chunk_offsets(manifest: dict, chunk: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def plan(r: Recipe, manifest: dict) -> tuple[dict, dict]:
+def split_phases(r: Recipe, manifest: dict) -> tuple[dict, dict]:
     """Decide the phase split: returns (info, rows) without touching the disk."""
-    L, g = r.train.seq_len, phase1_units(r)
+    L, g = r.train.seq_len, phase_specs(r)[1].units
     unit, chunk = L + 1, g * (L + 1)
     widths = {1: chunk, 2: unit}
     steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
@@ -101,30 +96,20 @@ def plan(r: Recipe, manifest: dict) -> tuple[dict, dict]:
     return info, rows
 
 
-def coverage_lines(info: dict) -> list[str]:
-    lines = []
-    for p in ("1", "2"):
-        ph = info["phases"][p]
-        rep = "no repetition" if ph["epochs"] <= 1 else f"{ph['epochs']:.2f} epochs of its rows (repeats)"
-        lines.append(f"phase {p}: {ph['steps']} steps x rows of {ph['row_width']} tokens -> "
-                     f"{ph['tokens_needed']:,} tokens needed, {ph['tokens_available']:,} available ({rep})")
-    lines.append("corpus covers both phases without repetition" if info["covered_without_repetition"] else
-                 "corpus too small for the recipe: phases re-read their rows in new orders (data.repeat)")
-    return lines
-
-
 def ensure_pack(r: Recipe, data_dir: Path, manifest: dict, manifest_sha: str) -> tuple[Pack, bool]:
     """Load the pack for this recipe, building it if absent. Returns (pack, built_now)."""
     if not r.data.repeat:
-        info, _ = plan(r, manifest)
+        info, _ = split_phases(r, manifest)
         if not info["covered_without_repetition"]:
-            raise DataError(f"{data_dir}: corpus too small for the recipe without repetition "
-                            f"({'; '.join(coverage_lines(info)[:2])}); set data.repeat = true or add data")
+            short = "; ".join(f"phase {p} needs {ph['tokens_needed']:,} tokens, {ph['tokens_available']:,} available"
+                              for p, ph in info["phases"].items())
+            raise DataError(f"{data_dir}: corpus too small for the recipe without repetition ({short}); "
+                            "set data.repeat = true or add data")
     key = pack_key(r, manifest_sha)
     directory = Path(data_dir) / PACKS / key
     built = False
     if not (directory / "pack.json").is_file():
-        info, rows = plan(r, manifest)
+        info, rows = split_phases(r, manifest)
         info["key"] = key
         tmp = directory.with_name(key + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -163,3 +163,12 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
     tmp.rmdir()
     shards.write_json_atomic(data_dir / shards.MANIFEST, manifest)
     return PrepareResult(data_dir, manifest, False, time.perf_counter() - t0, source_bytes)
+
+
+def ensure_prepared(r, force: bool = False, log=print) -> tuple[Path, PrepareResult | None]:
+    """Prepare the recipe's data if it is missing or stale (saying so), else leave it. (data dir, result or None)"""
+    data_dir = Path(r.data_dir)
+    if not force and is_up_to_date(data_dir, r.data):
+        return data_dir, None
+    log(f"prepare: data in {data_dir} is missing or stale; tokenizing {', '.join(r.data.sources)}")
+    return data_dir, prepare(r.data, data_dir, force=True, log=log)

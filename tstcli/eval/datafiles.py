@@ -9,6 +9,12 @@ from tstcli.data import hub
 from tstcli.errors import DataError, RecipeError
 from tstcli.eval.tasks import Task
 
+def default_data_dir(env) -> Path:
+    """Where benchmark files are looked for first: $TST_EVAL_DATA (from the environment mapping `env`), else
+    ~/.cache/tst/eval. Files not there come from the Hugging Face hub."""
+    return Path(env.get("TST_EVAL_DATA") or Path.home() / ".cache" / "tst" / "eval")
+
+
 OFFLINE_HINT = "pass --data-dir with local copies (layout in the README), or run once with network access"
 
 

@@ -14,6 +14,7 @@ from tstcli.eval.scoring import encode_pair, loglikelihoods
 from tstcli.eval.tasks import MMLU_SUBJECTS, Doc, Task, resolve
 
 FEWSHOT_SEED = 1234  # the harness's default fewshot_seed
+DEFAULT_BATCH_SIZE = 32  # sequences per forward pass (`tst eval --batch-size`, in-loop benchmarks)
 
 
 def mean_stderr(xs: list[float]) -> float:
@@ -144,6 +145,14 @@ def _aggregate(task: Task, samples: list[dict]) -> dict:
                                          [m["n"] for m in subjects.values()])
     result["categories"], result["subjects"] = categories, subjects
     return result
+
+
+def check_available(names: list[str], data_dir: Path) -> None:
+    """Find and read every evaluation split the tasks need (local file or the hub) before any scoring: a missing
+    or unreadable one is one DataError line naming it."""
+    for task in resolve(names):
+        for subject in task.subjects or ("",):
+            _docs(task, data_dir, False, subject)
 
 
 def evaluate(model, encode, prefix_id: int, max_len: int, names: list[str], data_dir: Path, limit: int | None,

@@ -39,6 +39,7 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: 
         groups.setdefault(tuple(whole[:-1]), []).append((cont, i))
     order = sorted(groups, key=lambda inp: -len(inp))
     out = [0.0] * len(requests)
+    device = next(model.parameters()).device
     bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not sys.stderr.isatty(), file=sys.stderr)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
@@ -46,7 +47,7 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: 
         ids = torch.zeros((len(batch), width), dtype=torch.long)
         for j, inp in enumerate(batch):
             ids[j, :len(inp)] = torch.tensor(inp, dtype=torch.long)
-        hidden = model(input_ids=ids)
+        hidden = model(input_ids=ids.to(device))
         # Only the positions that predict continuation tokens go through the output head and the log-softmax
         # (most of a request is context): the same numbers for a fraction of the head's work.
         picks, targets, owners = [], [], []
@@ -54,7 +55,7 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: 
             for cont, i in groups[inp]:
                 n = min(len(cont), len(inp))  # a continuation longer than the window: its last tokens only
                 picks.append(hidden[j, len(inp) - n:len(inp)])
-                targets.append(torch.tensor(cont[-n:], dtype=torch.long))
+                targets.append(torch.tensor(cont[-n:], dtype=torch.long, device=device))
                 owners.append(i)
         logp = F.log_softmax(model.logits(torch.cat(picks)).float(), dim=-1)
         scores = logp.gather(-1, torch.cat(targets)[:, None]).squeeze(-1)

@@ -1,8 +1,10 @@
 """A Llama-style decoder: RMSNorm, RoPE (rotate-half, as transformers' Llama), SwiGLU, grouped-query attention,
 optional tied embeddings, no biases. With `qk_norm`, an explicit `head_dim` and `moe_experts` it is the Qwen3-MoE
 architecture (per-head RMSNorm on queries and keys, routed experts in place of the dense SwiGLU: see moe.py).
-It takes token ids or input embeddings and returns final hidden states (and, on request, the routers'
-statistics); `logits()` applies the output head. Nothing here knows about token superposition.
+It takes token ids or input embeddings and returns final hidden states (and, on request, an `AuxOutput`: its own
+auxiliary losses and metrics, e.g. the routers'); `logits()` applies the output head. Nothing here knows about
+token superposition, and nothing here knows about parallelism (activation checkpointing, compile, DDP/FSDP2 are
+applied from outside: `tstcli.parallel.engine`).
 """
 from __future__ import annotations
 
@@ -11,24 +13,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from tstcli.model.layers import AuxOutput, RMSNorm, SwiGLU
 from tstcli.model.moe import MoEFeedForward, RouterStats
 from tstcli.recipe import ModelConfig
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 and scale in the input dtype, like transformers' LlamaRMSNorm.
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,17 +62,6 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
-class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
-        self.w3 = nn.Linear(dim, hidden, bias=False)  # up
-        self.w2 = nn.Linear(hidden, dim, bias=False)  # down
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -118,7 +95,6 @@ class Llama(nn.Module):
         cos, sin = rope_tables(cfg.head_size, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.checkpointed: frozenset[int] = frozenset()  # blocks whose activations are recomputed in backward
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, init_std) for matrices, scaled by 1/sqrt(2·layers) on residual outputs; ones for norms."""
@@ -131,34 +107,34 @@ class Llama(nn.Module):
                 s = std / math.sqrt(2 * self.cfg.n_layers) if residual_out else std
                 nn.init.normal_(p, 0.0, s, generator=generator)
 
-    def set_activation_checkpointing(self, policy: str) -> None:
-        """Recompute block activations in backward: none, selective (every other block) or full (every block)."""
-        step = {"none": 0, "selective": 2, "full": 1}[policy]
-        self.checkpointed = frozenset(range(0, self.cfg.n_layers, step) if step else ())
-
     def get_input_embeddings(self) -> nn.Embedding:
         return self.tok_embeddings
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                router_stats: bool = False):
-        """Final hidden states (B, T, dim) from token ids (B, T) or input embeddings (B, T, dim); with
-        `router_stats`, also the routers' statistics averaged over the MoE blocks (None for a dense model)."""
+                with_aux: bool = False):
+        """Final hidden states (B, T, dim) from token ids (B, T) or input embeddings (B, T, dim); with `with_aux`,
+        also the model's `AuxOutput` (for a mixture of experts: the routers' losses and statistics averaged over
+        its blocks; empty for a dense model)."""
         h = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         T = h.shape[1]
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         total = None
-        for i, layer in enumerate(self.layers):
-            if i in self.checkpointed and torch.is_grad_enabled():
-                h, stats = checkpoint(layer, h, cos, sin, use_reentrant=False)
-            else:
-                h, stats = layer(h, cos, sin)
+        for layer in self.layers:
+            h, stats = layer(h, cos, sin)
             if stats is not None:
                 total = stats if total is None else total + stats
         h = self.norm(h)
-        if not router_stats:
+        if not with_aux:
             return h
-        n = len(self.layers)
-        return h, (None if total is None else RouterStats(total.aux_loss / n, total.z_loss / n, total.load / n))
+        return h, self._aux(total)
+
+    def _aux(self, total: RouterStats | None) -> AuxOutput:
+        if total is None:
+            return AuxOutput()
+        n, m = len(self.layers), self.cfg
+        aux, z, load = total.aux_loss / n, total.z_loss / n, total.load / n
+        return AuxOutput(loss=m.moe_aux_loss_coef * aux + m.moe_z_loss_coef * z,
+                         metrics={"moe_aux_loss": aux.detach(), "moe_z_loss": z.detach(), "expert_load": load})
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(hidden)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tstcli.model.layers import SwiGLU
+
 
 @dataclass
 class RouterStats:
@@ -55,11 +57,7 @@ class MoEFeedForward(nn.Module):
         self.w1 = nn.Parameter(torch.empty(n_experts, dim, ffn_dim))
         self.w3 = nn.Parameter(torch.empty(n_experts, dim, ffn_dim))
         self.w2 = nn.Parameter(torch.empty(n_experts, ffn_dim, dim))
-        self.shared = None
-        if shared_ffn_dim:
-            from tstcli.model.llama import SwiGLU
-
-            self.shared = SwiGLU(dim, shared_ffn_dim)
+        self.shared = SwiGLU(dim, shared_ffn_dim) if shared_ffn_dim else None
 
     def route(self, h: torch.Tensor):
         logits = self.router(h).float()

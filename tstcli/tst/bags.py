@@ -1,4 +1,5 @@
-"""Turn a batch of token rows into (input bags, target bags) — the index conventions of DESIGN.md §2.
+"""Turn a batch of token rows into (input bags, target bags) — the index conventions of docs/design.md ("The
+method"). `PhaseSpec` is also the one place that knows how wide a phase's rows are; the data layer asks it.
 
 Every phase is expressed the same way: inputs (B, L, k) whose k ids are averaged into one latent position, and
 targets (B, L, m) scored with a multi-hot CE. Next-token training is k = m = 1.
@@ -10,9 +11,12 @@ targets (B, L, m) scored with a multi-hot CE. Next-token training is k = m = 1.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from tstcli.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,25 @@ class PhaseSpec:
     @property
     def target_width(self) -> int:
         return 1 if self.mode in ("input", "ntp") else self.bag_size
+
+    @property
+    def units(self) -> int:
+        """Consecutive units of L+1 tokens one row of this phase spans: s for full and input, the fewest covering
+        L+s tokens for output, 1 for next-token rows."""
+        s, L = self.bag_size, self.seq_len
+        if self.mode in ("full", "input"):
+            return s
+        return math.ceil((L + s) / (L + 1)) if self.mode == "output" else 1
+
+    @property
+    def row_width(self) -> int:
+        """Tokens in one row of this phase."""
+        return self.units * (self.seq_len + 1)
+
+
+def phase_specs(r: Recipe) -> dict[int, PhaseSpec]:
+    """The recipe's two phases: superposition (its mode and bag size), then next-token recovery."""
+    return {1: PhaseSpec(r.tst.mode, r.tst.bag_size, r.train.seq_len), 2: PhaseSpec.next_token(r.train.seq_len)}
 
 
 def make_bags(rows: torch.Tensor, spec: PhaseSpec) -> tuple[torch.Tensor, torch.Tensor]:

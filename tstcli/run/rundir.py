@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from tstcli import __version__
 from tstcli.data.shards import write_json_atomic
 from tstcli.errors import CheckpointError, RecipeError
+from tstcli.run.metrics import METRICS
 
-RECIPE, RUN_INFO, METRICS, CHECKPOINTS = "recipe.toml", "run.json", "metrics.jsonl", "checkpoints"
+RECIPE, RUN_INFO, CHECKPOINTS = "recipe.toml", "run.json", "checkpoints"
+TOKENIZER, MANIFEST = "tokenizer.json", "manifest.json"
+# Tracker state (W&B run id, TensorBoard log dir) kept so a resume continues the same tracker runs.
+TRACKERS = "trackers.json"
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -27,8 +30,8 @@ def create(run_dir: Path, recipe_toml: str, data_dir: Path, manifest_sha: str, p
     ensure_new(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RECIPE).write_text(recipe_toml)
-    shutil.copyfile(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
-    shutil.copyfile(data_dir / "manifest.json", run_dir / "manifest.json")
+    shutil.copyfile(data_dir / TOKENIZER, run_dir / TOKENIZER)
+    shutil.copyfile(data_dir / MANIFEST, run_dir / MANIFEST)
     write_json_atomic(run_dir / RUN_INFO, {"data_dir": str(data_dir.resolve()), "manifest_sha256": manifest_sha,
                                           "pack": pack_key, "tst_version": __version__})
 
@@ -45,30 +48,14 @@ def read_info(run_dir: Path) -> dict:
         raise CheckpointError(f"{path}: corrupt run description (expected JSON)") from None
 
 
-def truncate_metrics(run_dir: Path, last_step: int) -> None:
-    """Drop metric rows written after the checkpoint a run resumes from (they are replayed exactly)."""
-    path = run_dir / METRICS
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a kill
-        if row.get("step", 0) <= last_step:
-            kept.append(line)
-    tmp = path.with_name(METRICS + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-
-
 # Recipe keys a user may change between a stop and a resume: they do not change what is computed.
 # The [distributed] keys are here too: how the work is split changes neither the rows nor the math (a checkpoint
 # reshards to any strategy and world size), only floating-point summation order.
+# Side jobs (trackers, in-loop benchmarks, the profiler window) observe the run and change nothing in it.
 NEUTRAL_KEYS = {"train.log_every", "eval.every", "eval.batches", "checkpoint.every", "checkpoint.keep",
                 "distributed.strategy", "distributed.activation_checkpointing", "distributed.backend",
-                "distributed.timeout_s"}
+                "distributed.timeout_s", "train.profile_steps", "eval.bench", "eval.bench_limit",
+                "eval.bench_every", "eval.bench_data_dir", "log.tensorboard", "log.wandb", "log.wandb_project"}
 
 
 def recipe_differences(old: dict, new: dict) -> list[str]:
@@ -102,7 +89,7 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
     manifest_path = data_dir / shards.MANIFEST
     if not manifest_path.is_file():
         raise DataError(f"{manifest_path}: the run's prepared data is gone (run.json names {data_dir})")
-    ours, theirs = run_dir / "tokenizer.json", data_dir / "tokenizer.json"
+    ours, theirs = run_dir / TOKENIZER, data_dir / TOKENIZER
     if not theirs.is_file() or shards.file_sha256(ours) != shards.file_sha256(theirs):
         raise DataError(f"{theirs}: the tokenizer differs from the run's ({ours}); the run cannot continue on it")
     if shards.manifest_sha256(data_dir) != info["manifest_sha256"]:

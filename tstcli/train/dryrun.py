@@ -1,10 +1,16 @@
-"""The plan `tst train --dry-run` prints: sizes, FLOPs, steps and tokens per phase, coverage, memory."""
+"""The dry run's plan (`tst train --dry-run`): sizes, FLOPs, steps and tokens per phase, coverage, memory per
+device. Built on the meta device, so it takes seconds for any model size; `cli/report.py` turns it into text."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
-from tstcli.data import packing
+from tstcli.data import packing, shards
+from tstcli.data.tokenizer import load_tokenizer
+from tstcli.errors import DataError
 from tstcli.model import Llama
+from tstcli.parallel.engine import checkpointed_blocks
 from tstcli.recipe import Recipe
 
 GiB = 2 ** 30
@@ -19,14 +25,13 @@ def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int
     recomputation, 2·mb·L·dim (the block input) for a recomputed block; plus the logits (compute dtype, an fp32
     copy and its gradient) and, in phase 1, the gathered bag embeddings (fp32, s per position).
     """
-    L, d, mb = r.train.seq_len, r.model.dim, r.train.micro_batch_for(world_size)
+    L, d, mb = r.train.seq_len, r.model.dim, r.train.rows_per_micro_batch(world_size)
     act = 2 if r.train.dtype == "bf16" else 4
     sharded = world_size > 1 and r.distributed.strategy == "fsdp"
     state = 16 * params / world_size if sharded else 16 * params
     gathered = 2 * block_params * act if sharded else 0
     full_block = 17 * act * mb * L * d
-    every = {"none": 0, "selective": 2, "full": 1}[r.distributed.activation_checkpointing]
-    recomputed = len(range(0, r.model.n_layers, every)) if every else 0
+    recomputed = len(checkpointed_blocks(r.distributed.activation_checkpointing, r.model.n_layers))
     blocks = (r.model.n_layers - recomputed) * full_block + recomputed * act * mb * L * d + (full_block if recomputed
                                                                                               else 0)
     logits = mb * L * vocab_size * (act + 8)
@@ -48,7 +53,7 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
     steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
     devices = {}
     for n in nprocs or [1]:
-        mb = r.train.micro_batch_for(n)
+        mb = r.train.rows_per_micro_batch(n)
         fits = mb >= 1 and B % (n * mb) == 0
         devices[str(n)] = {
             "strategy": "single process" if n == 1 else r.distributed.strategy,
@@ -73,42 +78,27 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
         "coverage": None,
     }
     if manifest is not None:
-        info, _ = packing.plan(r, manifest)
+        info, _ = packing.split_phases(r, manifest)
         plan["coverage"] = info
     return plan
 
 
-def plan_lines(r: Recipe, p: dict) -> list[str]:
-    lines = [
-        f"model: {p['parameters']:,} parameters ({p['parameters_non_embedding']:,} without the input embedding), "
-        f"vocab {p['vocab_size']:,}, {r.model.n_layers} layers x {r.model.dim} dim"
-        + (f"; mixture of experts: {r.model.moe_experts} experts, top-{r.model.moe_top_k}, "
-           f"{p['parameters_active']:,} active parameters per position" if r.model.moe_experts else ""),
-        f"FLOPs: {p['flops_per_position']:,} per position (6N + 12·layers·heads·head_dim·L, N = active matmul "
-        "parameters), "
-        f"{p['flops_per_step']:.3e} per step, {p['flops_total']:.3e} in all",
-        f"global batch: {p['global_batch_rows']} rows x {p['seq_len']} positions = "
-        f"{p['global_batch_positions']:,} positions per step",
-    ]
-    for ph in ("1", "2"):
-        x = p["phases"][ph]
-        name = f"superposition, s={r.tst.bag_size}, mode={r.tst.mode}" if ph == "1" else "next-token recovery"
-        lines.append(f"phase {ph} ({name}): {x['steps']} steps, rows of {x['row_tokens']} tokens, "
-                     f"{x['tokens']:,} raw tokens, {x['positions']:,} positions")
-    if p["coverage"] is None:
-        lines.append("coverage: unknown until the data is prepared (`tst prepare RECIPE`)")
-    else:
-        lines += ["coverage: " + x for x in packing.coverage_lines(p["coverage"])]
-    for n, d in p["devices"].items():
-        if not d["batch_splits"]:
-            lines.append(f"{n} processes: train.batch_size {p['global_batch_rows']} does not split into {n} ranks x "
-                         f"micro-batches of {d['micro_batch_rows']}: this world size would be refused")
-            continue
-        m = d["memory_gib"]
-        lines.append(f"{n} process{'es' if n != '1' else ''} ({d['strategy']}, activation checkpointing "
-                     f"{p['activation_checkpointing']}): {d['rows_per_device']} rows per device in "
-                     f"{d['accumulation_steps']} micro-batches of {d['micro_batch_rows']}; memory about "
-                     f"{m['total']:.1f} GiB per device (state {m['state']:.1f}, activations {m['activations']:.1f}, "
-                     f"logits {m['logits']:.1f}, bags {m['bags']:.1f}, gathered parameters "
-                     f"{m['gathered_params']:.1f})")
-    return lines
+def plan_vocab_size(r: Recipe, manifest: dict | None) -> tuple[int, str | None]:
+    """The vocabulary a dry run sizes the model for: the prepared data's, the BPE's target size, or the loaded
+    tokenizer's (from a path or the local hub cache; never a network wait), else data.vocab_size with a note."""
+    if manifest:
+        return manifest["vocab_size"], None
+    if r.data.tokenizer == "bpe":
+        return r.data.vocab_size, None
+    try:
+        return load_tokenizer(r.data.tokenizer, local_only=True).get_vocab_size(with_added_tokens=True), None
+    except DataError as e:
+        return r.data.vocab_size, f"vocab: {r.data.vocab_size:,} from data.vocab_size ({e})"
+
+
+def dry_run_plan(r: Recipe, nprocs: list[int]) -> tuple[dict, str | None]:
+    """The plan for the recipe's data (prepared or not) and world sizes, and a note on the vocabulary if guessed."""
+    data_dir = Path(r.data_dir)
+    manifest = shards.read_manifest(data_dir) if (data_dir / shards.MANIFEST).is_file() else None
+    vocab, note = plan_vocab_size(r, manifest)
+    return build_plan(r, vocab, manifest, nprocs), note

@@ -1,19 +1,15 @@
-"""Data parallelism through PyTorch's own engine: DDP or FSDP2 (`fully_shard`), launched by torchrun.
+"""This process's place in the job (launched by torchrun, or alone) and the few collectives the rest of tst uses.
 
-A single process (no torchrun) is world size 1 and uses none of this: the objective runs as it is. Under torchrun
-every rank builds the same model from the same seed, then `parallelize` wraps it: DDP replicates parameters and
-all-reduces gradients; FSDP2 shards parameters, gradients and optimizer state per transformer block. Both reduce
-gradients in fp32. Nothing here knows about TST phases.
+A single process (no torchrun) is world size 1: every collective here is then the identity. Nothing here knows
+about TST phases or the model.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from tstcli.errors import RecipeError
 from tstcli.recipe import DistributedConfig, Recipe, TrainConfig
@@ -75,39 +71,6 @@ def sum_across(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def parallelize(objective: nn.Module, blocks: nn.ModuleList, cfg: DistributedConfig, world: World,
-                amp_dtype: torch.dtype | None, compile_blocks: bool) -> nn.Module:
-    """Wrap the objective for this world. Returns the module a training step calls.
-
-    FSDP2 shards each transformer block, then the root (embedding, final norm, head); with bf16 it gathers
-    parameters in bf16 and reduce-scatters gradients in fp32. With `compile_blocks` each block is compiled on its
-    own before sharding (the pattern torchtitan uses); DDP and the single process compile the whole step instead.
-    """
-    if not world.distributed:
-        return objective
-    if cfg.strategy == "ddp":
-        # broadcast_buffers off: the only buffers are the RoPE tables, identical on every rank.
-        return nn.parallel.DistributedDataParallel(objective, broadcast_buffers=False)
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mp = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
-    for block in blocks:
-        if compile_blocks:
-            block.compile(dynamic=False)
-        fully_shard(block, mp_policy=mp)
-    fully_shard(objective, mp_policy=mp)
-    return objective
-
-
-def gradient_sync(engine: nn.Module, enabled: bool):
-    """Context for one micro-batch: with `enabled` False, gradients accumulate locally (no communication)."""
-    if isinstance(engine, nn.parallel.DistributedDataParallel):
-        return contextlib.nullcontext() if enabled else engine.no_sync()
-    if hasattr(engine, "set_requires_gradient_sync"):  # an FSDP2 module
-        engine.set_requires_gradient_sync(enabled)
-    return contextlib.nullcontext()
-
-
 def full_value(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's global value (e.g. the gradient norm under FSDP2); a plain tensor as it is."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
@@ -124,7 +87,7 @@ def assign_full(param: torch.Tensor, full: torch.Tensor) -> None:
 
 
 def check_batch_split(t: TrainConfig, world_size: int) -> None:
-    mb = t.micro_batch_for(world_size)
+    mb = t.rows_per_micro_batch(world_size)
     if mb < 1 or t.batch_size % (world_size * mb):
         raise RecipeError(f"train.batch_size: {t.batch_size} rows do not split evenly into {world_size} ranks x "
                           f"micro-batches of {mb} (train.micro_batch_size); use a multiple of "

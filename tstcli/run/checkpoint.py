@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_state_dict)
 
 from tstcli.errors import CheckpointError
-from tstcli.train import distributed
+from tstcli.parallel.world import World, barrier, sum_across
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE, RECIPE = "state.json", "recipe.toml"
@@ -96,7 +96,7 @@ def _tmp_dir(root: Path, step: int) -> Path:
 
 
 def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
-         world: distributed.World = distributed.World()) -> Path:
+         world: World = World()) -> Path:
     """Collective under torchrun: every rank calls it at the same step."""
     final, tmp = root / f"step-{step:08d}", _tmp_dir(root, step)
     short = 0
@@ -108,17 +108,17 @@ def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
     # Every rank must take the same decision, or the others would wait in the save below forever.
-    if distributed.sum_across([short])[0]:
+    if sum_across([short])[0]:
         free, need = shutil.disk_usage(root).free, checkpoint_bytes(model)
         raise CheckpointError(f"{root}: {free / 2**20:.0f} MiB free, a checkpoint needs about "
                               f"{need / 2**20:.0f} MiB; free space and run `tst resume`")
-    distributed.barrier()
+    barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     model_sd, _ = _untied(model_sd)
     with _quiet_dcp():
         dcp.save({"model": model_sd, "optim": {"state": optim_sd["state"]}},
                  storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
-    distributed.barrier()
+    barrier()
     if world.main:
         files = sorted(p.name for p in tmp.glob("*.safetensors"))
         (tmp / RECIPE).write_text(recipe_toml)
@@ -131,7 +131,7 @@ def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
             shutil.rmtree(final)
         tmp.rename(final)
         _fsync_dir(root)
-    distributed.barrier()
+    barrier()
     return final
 
 

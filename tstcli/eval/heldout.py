@@ -1,0 +1,48 @@
+"""Held-out loss in `tst eval`, through the same function and on the same rows as training's validation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tstcli.data import shards, sources
+from tstcli.data.loader import heldout_rows
+from tstcli.errors import DataError
+from tstcli.objective import next_token_loss
+from tstcli.run import rundir
+from tstcli.run.load import LoadedModel
+
+
+def run_heldout(lm: LoadedModel) -> dict:
+    """A run's held-out loss as its training measured it: the recipe's held-out rows (eval.batches x
+    train.batch_size rows of seq_len+1 from the start of the validation split), its micro-batch and compute dtype."""
+    r = lm.recipe
+    data_dir = Path(rundir.read_info(lm.run_dir)["data_dir"])
+    manifest = shards.read_manifest(data_dir)
+    shards.verify(data_dir, manifest, full=False)
+    rows = torch.from_numpy(heldout_rows(shards.TokenStore(data_dir, manifest, "val"), r))
+    amp = torch.bfloat16 if r.train.dtype == "bf16" else None
+    h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp)
+    return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens,
+            "scored": "the run's held-out rows, as training's validation scores them"}
+
+
+def corpus_heldout(lm: LoadedModel, corpus: Path, batch_size: int, max_rows: int = 256) -> dict:
+    """Next-token loss on a given corpus (any `tst prepare` source), documents joined by the end-of-text token and
+    cut into rows of the model's context + 1 (at most 1,024), at most `max_rows` of them (fp32)."""
+    L = min(lm.max_len, 1024)
+    width, need = L + 1, max_rows * (L + 1)
+    stream: list[int] = []
+    for f in sources.resolve([str(corpus)]):
+        for doc in sources.iter_documents(f, "text", "blank_line"):
+            stream += lm.encode(doc) + [lm.eot_id]
+            if len(stream) >= need:
+                break
+        if len(stream) >= need:
+            break
+    n = min(len(stream) // width, max_rows)
+    if n == 0:
+        raise DataError(f"--corpus {corpus}: fewer than {width} tokens, not one row of the model's context")
+    rows = torch.tensor(stream[: n * width], dtype=torch.long).view(n, width)
+    h = next_token_loss(lm.model, rows, batch_size)
+    return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens, "corpus": str(corpus)}

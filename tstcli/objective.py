@@ -1,0 +1,70 @@
+"""The training objective and the held-out loss: bags -> superposed embeddings -> model -> multi-hot CE.
+
+`Objective` holds the model and computes one phase's loss as one module's forward, so that a data-parallel wrapper
+(DDP or FSDP2) sees the whole step: FSDP2 gathers the embedding and the head inside that forward, which it could not
+do if the embedding gather ran outside the model's own call. Phase 2 is the same code with bags of one token. The
+model's own auxiliary loss (a mixture of experts' router losses) is added here without naming it.
+
+`heldout_loss` is the one held-out-loss function: training's validation and `tst eval` both call it, on the same
+rows (`Recipe.heldout_rows` rows of seq_len+1 tokens from the start of the validation split), so one checkpoint
+has one held-out loss. It is always ordinary next-token loss, in every phase.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tstcli.model import Llama
+from tstcli.tst import PhaseSpec, make_bags, multi_hot_ce, superposed_embeddings
+
+
+def _scored(model: Llama, rows: torch.Tensor, spec: PhaseSpec, weights, amp_dtype):
+    """(multi-hot CE of the rows, the model's AuxOutput)."""
+    with torch.autocast(rows.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        inputs, targets = make_bags(rows, spec)
+        hidden, aux = model(inputs_embeds=superposed_embeddings(model.get_input_embeddings().weight, inputs),
+                            with_aux=True)
+        return multi_hot_ce(model.logits(hidden), targets, weights), aux
+
+
+def phase_loss(model: Llama, rows: torch.Tensor, spec: PhaseSpec, weights, amp_dtype) -> torch.Tensor:
+    """Loss of one batch of rows in one phase (the CE alone: what held-out loss and the tests measure)."""
+    return _scored(model, rows, spec, weights, amp_dtype)[0]
+
+
+class Objective(nn.Module):
+    def __init__(self, model: Llama, specs: dict[int, PhaseSpec], weights: dict, amp_dtype):
+        super().__init__()
+        self.model, self.specs, self.weights, self.amp_dtype = model, specs, weights, amp_dtype
+
+    def forward(self, rows: torch.Tensor, phase: int) -> tuple[torch.Tensor, dict]:
+        """(loss to differentiate, detached statistics): the statistics hold `ce` (the CE alone, what is logged as
+        the loss) and the model's own metrics; the loss adds the model's auxiliary loss, if any, to the CE."""
+        ce, aux = _scored(self.model, rows, self.specs[phase], self.weights[phase], self.amp_dtype)
+        loss = ce if aux.loss is None else ce + aux.loss
+        return loss, {"ce": ce.detach(), **aux.metrics}
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    val_loss: float
+    rows: int
+    tokens: int  # predicted tokens scored: rows x seq_len
+
+
+@torch.no_grad()
+def heldout_loss(ce_of, rows: torch.Tensor, batch_size: int) -> HeldOut:
+    """Row-weighted mean of `ce_of(batch)` (a next-token CE) over `rows` of L+1 tokens, `batch_size` at a time."""
+    total = 0.0
+    for i in range(0, len(rows), batch_size):
+        part = rows[i:i + batch_size]
+        total += ce_of(part).item() * len(part)
+    return HeldOut(total / len(rows), len(rows), len(rows) * (rows.shape[1] - 1))
+
+
+def next_token_loss(model: Llama, rows: torch.Tensor, batch_size: int, amp_dtype=None) -> HeldOut:
+    """Held-out loss of a plain model (no training engine around it): `tst eval`, tests."""
+    spec = PhaseSpec.next_token(rows.shape[1] - 1)
+    return heldout_loss(lambda part: phase_loss(model, part, spec, None, amp_dtype), rows, batch_size)

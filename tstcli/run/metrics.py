@@ -1,0 +1,67 @@
+"""The metrics log of a run, `metrics.jsonl`: one JSON object per line, each with a `kind`.
+
+The row schema (fields every row of a kind carries; a mixture of experts adds its own metrics to train rows):
+- `train`: one per optimizer step (below, TRAIN_FIELDS); phase-1 rows add `mce_loss`.
+- `val`: held-out next-token loss at step 0, every `eval.every` steps, at the switch and at the end.
+- `bench`: one per benchmark task each `eval.bench_every` steps and at the end (`acc_norm` where the task has it).
+- `skip`: a non-finite step that `train.skip_nonfinite_steps` let pass (nothing applied).
+This module is the one writer and the one reader of the file; `tst compare` and the trackers read rows from here.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+
+TRAIN_FIELDS = ("step", "phase", "loss", "lr", "grad_norm", "tokens", "positions", "flops", "elapsed_s",
+                "step_time_s", "tokens_per_s", "positions_per_s", "mfu", "data_share", "epoch")
+VAL_FIELDS = ("step", "phase", "val_loss", "val_tokens", "elapsed_s")
+BENCH_FIELDS = ("step", "task", "n", "acc")
+SKIP_FIELDS = ("step", "phase", "loss", "grad_norm", "skipped_total")
+SCHEMA = {"train": TRAIN_FIELDS, "val": VAL_FIELDS, "bench": BENCH_FIELDS, "skip": SKIP_FIELDS}
+
+
+def read_rows(run_dir: Path, kind: str | None = None) -> list[dict]:
+    """Every row (of `kind`, if given) in file order; a line torn by a kill is skipped."""
+    path = Path(run_dir) / METRICS
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and (kind is None or row.get("kind") == kind):
+            rows.append(row)
+    return rows
+
+
+def truncate(run_dir: Path, last_step: int) -> None:
+    """Drop rows written after the checkpoint a run resumes from (they are replayed exactly)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    kept = [json.dumps(row) for row in read_rows(run_dir) if row.get("step", 0) <= last_step]
+    tmp = path.with_name(METRICS + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    """Appends rows to `metrics.jsonl`, flushed per row (a reader sees every finished step); `sync` makes them
+    durable before a checkpoint names their step."""
+
+    def __init__(self, run_dir: Path):
+        self._fh = open(Path(run_dir) / METRICS, "a")
+
+    def write(self, row: dict) -> None:
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+
+    def sync(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()

@@ -1,0 +1,49 @@
+"""The data a training run reads: the memory-mapped shards, the recipe's pack (which rows each phase reads), and
+the fixed held-out rows."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tstcli.data import packing, shards
+from tstcli.data.loader import PhaseLoader, heldout_rows
+from tstcli.errors import RecipeError
+from tstcli.recipe import Recipe
+
+
+@dataclass
+class TrainData:
+    data_dir: Path
+    manifest: dict
+    manifest_sha: str
+    pack: packing.Pack
+    train: shards.TokenStore
+    val: shards.TokenStore
+
+    @property
+    def widths(self) -> dict[int, int]:
+        return self.pack.widths
+
+    def loaders(self, r: Recipe) -> dict[int, PhaseLoader]:
+        return {p: PhaseLoader(self.train, self.pack.rows[p], self.widths[p], r.run.seed, p, r.train.batch_size)
+                for p in (1, 2)}
+
+    def heldout_rows(self, r: Recipe) -> np.ndarray:
+        """The rows every held-out evaluation of this run scores (`Recipe.heldout_rows` rows of seq_len+1)."""
+        rows = heldout_rows(self.val, r)
+        if len(rows) == 0:
+            raise RecipeError(f"train.seq_len: the validation split ({self.val.total} tokens) holds no row of "
+                              f"{r.train.seq_len + 1} tokens; lower train.seq_len or raise data.val_fraction")
+        return rows
+
+
+def open_data(r: Recipe, data_dir: Path, full_verify: bool = False) -> tuple[TrainData, bool]:
+    """Memory-map the prepared shards and the recipe's pack (built now if missing). Returns (data, pack_built)."""
+    manifest = shards.read_manifest(data_dir)
+    shards.verify(data_dir, manifest, full=full_verify)
+    sha = shards.manifest_sha256(data_dir)
+    pack, built = packing.ensure_pack(r, data_dir, manifest, sha)
+    return TrainData(data_dir, manifest, sha, pack, shards.TokenStore(data_dir, manifest, "train"),
+                     shards.TokenStore(data_dir, manifest, "val")), built

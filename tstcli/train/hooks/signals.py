@@ -1,0 +1,29 @@
+"""SIGTERM and Ctrl-C ask the run to stop: the flag travels in the step's collective, every rank finishes the step,
+the checkpoint hook saves, and the loop stops (exit 128 + signal). A second signal stops at once."""
+from __future__ import annotations
+
+import os
+import signal
+
+from tstcli.train.hooks import Hook
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class SignalStop(Hook):
+    def __init__(self):
+        self._old: dict = {}
+
+    def on_start(self, t) -> None:
+        def handler(signum, _frame):
+            if t.stop_signal is not None:  # second signal: stop now, the last checkpoint is intact
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            t.stop_signal = signum
+
+        self._old = {s: signal.signal(s, handler) for s in SIGNALS}
+
+    def on_close(self, t) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}

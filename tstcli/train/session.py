@@ -1,0 +1,80 @@
+"""Starting a run the way `tst train` and `tst resume` do, in one process or under torchrun: join the job's world,
+let rank 0 prepare the data and write the run directory while the other ranks wait, then every rank trains. The
+verbs call `train_new` / `resume_run` and print the result."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tstcli import recipe as recipes
+from tstcli.data.prepare import ensure_prepared
+from tstcli.eval.datafiles import default_data_dir
+from tstcli.parallel.world import World, barrier, shutdown, start
+from tstcli.recipe import Recipe
+from tstcli.run import checkpoint, rundir
+from tstcli.train.data import TrainData, open_data
+from tstcli.train.hooks.defaults import default_hooks
+from tstcli.train.trainer import Trainer
+
+
+def _in_world(r: Recipe, env, body) -> tuple[World, dict]:
+    """Join the world (one process without torchrun), run `body(world, device)`, always leave the world."""
+    world, device = start(r, env)
+    try:
+        return world, body(world, device)
+    finally:
+        shutdown()
+
+
+def _trainer(r: Recipe, run_dir: Path, data: TrainData, world, device, eval_data_dir: Path) -> Trainer:
+    return Trainer(r, run_dir, data, world, device, default_hooks(r, world, eval_data_dir))
+
+
+def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[World, dict]:
+    """A new run in `run_dir` (refused if it holds one): prepare data if missing or stale, train both phases."""
+    def body(world, device):
+        rundir.ensure_new(run_dir)
+        barrier()  # every rank has checked before rank 0 creates anything
+        if world.main:
+            data_dir, _ = ensure_prepared(r, log=log)
+            data, built = open_data(r, data_dir)
+            if built:
+                log(f"prepare: packed rows for this recipe in {data.pack.directory}")
+            rundir.create(run_dir, recipes.to_toml(r), data_dir, data.manifest_sha, data.pack.info["key"])
+            log(f"train: run directory {run_dir}" + (f" ({world.size} processes)" if world.distributed else ""))
+        barrier()
+        if not world.main:
+            data, _ = open_data(r, Path(r.data_dir))
+        return _trainer(r, run_dir, data, world, device, eval_data_dir).run()
+
+    return _in_world(r, env, body)
+
+
+def resume_run(run_dir: Path, allow_changed_data: bool, env, eval_data_dir: Path, log) -> tuple[World, dict]:
+    """Continue `run_dir` from its latest complete checkpoint (from the start when there is none)."""
+    info = rundir.read_info(run_dir)
+    r = recipes.load(run_dir / rundir.RECIPE)
+
+    def body(world, device):
+        ckpt = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
+        barrier()  # every rank picked its checkpoint before rank 0 may touch the run directory
+        if world.main:
+            rundir.check_resumable(run_dir, info, r, ckpt, allow_changed_data, log)
+            log(f"resume: {run_dir} from {ckpt.name if ckpt else 'the start (no complete checkpoint yet)'}")
+        barrier()
+        data, _ = open_data(r, Path(rundir.read_info(run_dir)["data_dir"]))
+        return _trainer(r, run_dir, data, world, device, eval_data_dir).run(resume=ckpt)
+
+    return _in_world(r, env, body)
+
+
+def local_trainer(r: Recipe, run_dir: Path, data: TrainData | None = None, hooks: list | None = None,
+                  eval_data_dir: Path | None = None) -> Trainer:
+    """A trainer in this process, outside the CLI (tests, benchmarks, notebooks): the recipe's prepared data and
+    the default hooks without the console, unless given. Joins no process group."""
+    world, device = start(r, {})
+    if data is None:
+        data, _ = open_data(r, Path(r.data_dir))
+    if hooks is None:
+        hooks = default_hooks(r, world, eval_data_dir or default_data_dir({}), console=False)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return Trainer(r, run_dir, data, world, device, hooks)

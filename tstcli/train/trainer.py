@@ -1,0 +1,250 @@
+"""The training loop: the step math and a short loop. Everything else is a hook (`tstcli.train.hooks`).
+
+Each optimizer step asks `recipe.phase_at(step)` which phase it is in, reads its rows from that phase's loader, and
+runs the objective (bags -> superposed embeddings -> model -> multi-hot CE) forward and backward over the
+micro-batches. Phase 2 is the same code with bags of one token, i.e. ordinary next-token training. Model, optimizer
+state and the LR schedule carry straight through the switch unless an ablation hook changes them.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tstcli.errors import DivergedError, Stopped
+from tstcli.model import Llama
+from tstcli.objective import HeldOut, Objective, heldout_loss
+from tstcli.parallel.engine import Engine
+from tstcli.parallel.world import World, full_value, sum_across
+from tstcli.recipe import Recipe
+from tstcli.run import checkpoint, rundir
+from tstcli.train import hardware
+from tstcli.train.data import TrainData
+from tstcli.train.hooks import Hook, Hooks
+from tstcli.train.optim import lr_at, make_optimizer
+from tstcli.tst import phase_specs, target_weights
+
+
+@dataclass
+class TrainState:
+    """The counters a checkpoint carries (with the model, optimizer and RNG)."""
+    step: int = 0
+    elapsed_s: float = 0.0
+    tokens: int = 0
+    positions: int = 0
+    flops: int = 0
+    tokens_phase: dict = field(default_factory=lambda: {"1": 0, "2": 0})
+    val_loss: float | None = None
+    skipped: int = 0  # non-finite steps skipped so far (train.skip_nonfinite_steps)
+
+
+@dataclass
+class StepResult:
+    phase: int
+    loss: float
+    grad_norm: float
+    epoch: int
+    data_s: float  # seconds spent fetching rows
+    metrics: dict  # the model's own metrics, averaged over micro-batches and ranks
+    lr: float | None = None  # None: skipped (non-finite), nothing applied
+
+
+class Trainer:
+    """One rank's training loop. Under torchrun every rank runs it in lock-step; the hooks decide who writes."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, data: TrainData, world: World, device: torch.device,
+                 hooks: list[Hook] = ()):
+        r = self.r = recipe
+        self.run_dir, self.data, self.world, self.device = Path(run_dir), data, world, device
+        if device.type == "cpu":
+            # Bitwise reproducibility (and so exact resume) on CPU: without this, torch.compile lowers the
+            # embedding backward (a scatter-add) to parallel atomic adds, whose order varies run to run.
+            torch.use_deterministic_algorithms(True)
+        if r.train.threads:
+            torch.set_num_threads(r.train.threads)
+        self.micro = r.train.rows_per_micro_batch(world.size)
+        self.amp = torch.bfloat16 if r.train.dtype == "bf16" else None
+        self.model = Llama(r.model, data.manifest["vocab_size"])
+        self.model.init_weights(torch.Generator().manual_seed(r.run.seed))  # the same on every rank
+        self.model.to(device)
+        specs = phase_specs(r)
+        weights = {1: target_weights(specs[1].target_width, r.tst.weighting, r.tst.alpha), 2: None}
+        self.engine = Engine(Objective(self.model, specs, weights, self.amp), r.distributed, world, self.amp,
+                             r.train.compile)
+        self.optimizer = make_optimizer(self.model, r.train)
+        self.loaders = data.loaders(r)
+        self.val_rows = torch.from_numpy(data.heldout_rows(r))
+        self.flops_per_position = self.model.flops_per_position(r.train.seq_len)
+        self.device_name, self.peak_flops = hardware.peak_flops(device, self.amp is not None)
+        self.state = TrainState()
+        self.hooks = Hooks(hooks)
+        self.stop_signal: int | None = None  # set by the signal hook on this rank
+        self.stop_agreed = False  # some rank was asked to stop: every rank saves and stops after this step
+
+    # ---- the step math ----
+    def lr_at(self, step: int) -> float:
+        return lr_at(self.r, step)
+
+    def _accumulate(self, phase: int, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Forward and backward over the micro-batches of this rank's rows (gradients communicated on the last).
+        Returns the mean CE and the mean of the model's own metrics."""
+        n_micro = len(rows) // self.micro
+        step_fn = self.engine.step_fn(phase)
+        ce = torch.zeros((), device=self.device)
+        metrics: dict = {}
+        for i in range(n_micro):
+            with self.engine.gradient_sync(i == n_micro - 1):
+                loss, stats = step_fn(rows[i * self.micro:(i + 1) * self.micro])
+                (loss / n_micro).backward()
+            ce += stats.pop("ce")
+            for name, v in stats.items():
+                metrics[name] = metrics[name] + v if name in metrics else v
+        return ce / n_micro, {name: v / n_micro for name, v in metrics.items()}
+
+    def _agree(self, ce: torch.Tensor, metrics: dict) -> tuple[float, dict]:
+        """One collective for the step's scalars: the mean loss and metrics over ranks, and whether any rank was
+        asked to stop (sets `stop_agreed`: all ranks stop after the same step). A vector metric `v` is reported
+        as `v_min` and `v_max`."""
+        names = sorted(metrics)
+        flat = [x for name in names for x in metrics[name].reshape(-1).tolist()]
+        summed = sum_across([ce.item(), float(self.stop_signal is not None), *flat])
+        W = self.world.size
+        self.stop_agreed = summed[1] > 0
+        out, pos = {}, 2
+        for name in names:
+            n = metrics[name].numel()
+            values = [x / W for x in summed[pos:pos + n]]
+            pos += n
+            out.update({name: values[0]} if metrics[name].ndim == 0 else
+                       {f"{name}_min": min(values), f"{name}_max": max(values)})
+        return summed[0] / W, out
+
+    def train_step(self, step: int) -> StepResult:
+        r, phase = self.r, self.r.phase_at(step)
+        step_in_phase = step - 1 if phase == 1 else step - 1 - r.phase1_steps
+        t0 = time.perf_counter()
+        rows_np, epoch = self.loaders[phase].batch(step_in_phase, self.world.rank, self.world.size)
+        rows = torch.from_numpy(rows_np).to(self.device, non_blocking=True)
+        data_s = time.perf_counter() - t0
+        compiling = self.engine.compiles and not self.engine.built(phase)
+        if compiling:  # say why the terminal goes quiet
+            self.say(f"compiling the phase-{phase} step with torch.compile (once per phase and process; "
+                     "tens of seconds on a CPU)...")
+        loss, metrics = self._agree(*self._accumulate(phase, rows))
+        if compiling:
+            self.say(f"phase-{phase} step compiled and run in {time.perf_counter() - t0:.1f} s")
+        self.hooks.after_backward(self, step)
+        clip = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
+        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)).item()
+        out = StepResult(phase, loss, grad_norm, epoch, data_s, metrics)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
+            if self.state.skipped >= r.train.skip_nonfinite_steps:
+                last = checkpoint.latest(self.run_dir / rundir.CHECKPOINTS)
+                raise DivergedError(f"training diverged at step {step} (phase {phase}): loss {loss}, grad norm "
+                                    f"{grad_norm}; nothing applied; last good checkpoint: {last or 'none'}")
+            self.state.skipped += 1
+            return out
+        out.lr = self.lr_at(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = out.lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    @torch.no_grad()
+    def heldout(self) -> HeldOut:
+        """Ordinary next-token loss on the fixed held-out rows (eager: a few batches, not worth a compile).
+        Under FSDP2 every rank scores the same rows (the sharded forward needs all of them)."""
+        objective = self.engine.objective
+        return heldout_loss(lambda part: objective(part, 2)[1]["ce"], self.val_rows.to(self.device), self.micro)
+
+    # ---- rows, messages, state ----
+    def emit(self, row: dict) -> None:
+        self.hooks.on_row(self, row)
+
+    def say(self, text: str) -> None:
+        self.hooks.on_message(self, text)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._clock
+
+    def checkpoint_state(self) -> dict:
+        s = asdict(self.state)
+        s["elapsed_s"] = self.elapsed()
+        return {**s, "phase": self.r.phase_at(max(self.state.step, 1)),
+                "torch_rng": torch.get_rng_state().tolist()}
+
+    def _restore(self, ckpt: Path) -> list[str]:
+        saved = checkpoint.load(ckpt, self.model, self.optimizer)
+        torch.set_rng_state(torch.tensor(saved.pop("torch_rng"), dtype=torch.uint8))
+        world = saved.pop("world_size", 1)
+        known = TrainState.__dataclass_fields__
+        self.state = TrainState(**{k: v for k, v in saved.items() if k in known})
+        if world == self.world.size:
+            return []
+        return [f"resume: checkpoint written by {world} process(es), continuing on {self.world.size}: state "
+                "resharded; the global batch and its rows are unchanged"]
+
+    def _train_row(self, step: int, out: StepResult, dt: float) -> dict:
+        r, s, phase = self.r, self.state, out.phase
+        tokens, positions = r.train.batch_size * self.data.widths[phase], r.train.batch_size * r.train.seq_len
+        s.tokens += tokens
+        s.tokens_phase[str(phase)] += tokens
+        s.positions += positions
+        s.flops += self.flops_per_position * positions
+        if out.lr is None:  # a non-finite step within train.skip_nonfinite_steps: logged, not applied
+            return {"kind": "skip", "step": step, "phase": phase, "loss": repr(out.loss),
+                    "grad_norm": repr(out.grad_norm), "skipped_total": s.skipped}
+        row = {"kind": "train", "step": step, "phase": phase, "loss": out.loss}
+        if phase == 1:
+            row["mce_loss"] = out.loss  # phase-1 loss: mean of s CEs, floor about log s
+        # Throughput of the whole job; MFU per device against its peak (None when unknown).
+        mfu = (self.flops_per_position * positions / dt / (self.peak_flops * self.world.size)
+               if self.peak_flops else None)
+        row.update(lr=out.lr, grad_norm=out.grad_norm, tokens=s.tokens, positions=s.positions, flops=s.flops,
+                   elapsed_s=self.elapsed(), step_time_s=dt, tokens_per_s=tokens / dt,
+                   positions_per_s=positions / dt, mfu=mfu, data_share=out.data_s / dt, epoch=out.epoch,
+                   **out.metrics)
+        return row
+
+    # ---- the loop ----
+    def run(self, resume: Path | None = None) -> dict:
+        """Train from the start, or from checkpoint `resume`, to `train.steps`; returns the summary."""
+        notes = self._restore(resume) if resume is not None else []
+        self.resumed_from = resume
+        self._clock = time.perf_counter() - self.state.elapsed_s
+        try:
+            self.hooks.on_start(self)
+            for note in notes:
+                self.say(note)
+            for step in range(self.state.step + 1, self.r.train.steps + 1):
+                self.hooks.before_step(self, step)
+                t0 = time.perf_counter()
+                out = self.train_step(step)
+                self.emit(self._train_row(step, out, time.perf_counter() - t0))
+                self.state.step = step
+                self.hooks.after_step(self, step)  # the checkpoint hook has saved if a stop was agreed
+                if self.stop_agreed:
+                    self._stop(step)
+            self.hooks.on_end(self)
+        finally:
+            self.hooks.on_close(self)
+        return self.summary()
+
+    def _stop(self, step: int) -> None:
+        signum = self.stop_signal or signal.SIGTERM  # a rank that was not signalled itself
+        self.say(f"stopped by signal {signum} at step {step}; checkpoint saved; continue with "
+                 f"`tst resume {self.run_dir}`")
+        raise Stopped(signum, step)
+
+    def summary(self) -> dict:
+        s = self.state
+        return {"run_dir": str(self.run_dir), "steps": self.r.train.steps, "final_val_loss": s.val_loss,
+                "tokens": s.tokens, "tokens_phase1": s.tokens_phase["1"], "tokens_phase2": s.tokens_phase["2"],
+                "positions": s.positions, "flops": s.flops, "wall_time_s": self.elapsed(),
+                "checkpoint": str(checkpoint.latest(self.run_dir / rundir.CHECKPOINTS))}
