@@ -1,9 +1,12 @@
-"""Phase-1 vs phase-2 step time at equal latent positions, and raw tokens/s per phase.
+"""Phase-1 vs phase-2 step time at equal latent positions, raw tokens/s per phase, and the hooks' overhead.
 
-Runs the real training step (`Trainer.train_step`: data rows, bags, model, loss, backward, clip, AdamW) for
-phase-1 and phase-2 steps of the same run, alternating blocks of steps so that machine noise hits both phases
-alike, and reports median step times, their ratio and raw tokens/s. Targets (issue #3, CPU): phase-1/phase-2
-step time <= 1.04 and phase-1 raw tokens/s >= 0.96·s × phase 2's.
+Runs the real training loop body for phase-1 and phase-2 steps of the same run — the hooks' `before_step`, the
+training step (`Trainer.train_step`: data rows, bags, model, loss, backward, clip, AdamW), the metrics row through
+every hook (metrics log included), the hooks' `after_step` — alternating blocks of steps so that machine noise hits
+both phases alike. It reports median step times, their ratio, raw tokens/s, and the share of each loop iteration
+spent in the hooks on steps where no side job is due (validation and checkpoints are pushed past the end).
+Targets: phase-1/phase-2 step time <= 1.04, phase-1 raw tokens/s >= 0.96·s × phase 2's (issue #3, CPU);
+hook overhead <= 1% of a step (issue #13).
 
     python benchmarks/bench_step.py                       # tiny + a larger model, compile off and on
     python benchmarks/bench_step.py --models tiny --compile off --rounds 3
@@ -26,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from tstcli import recipe as recipes  # noqa: E402
 from tstcli.data.prepare import prepare  # noqa: E402
-from tstcli.train.loop import Trainer, open_data  # noqa: E402
+from tstcli.train.data import open_data  # noqa: E402
+from tstcli.train.session import local_trainer  # noqa: E402
 
 MODELS = {
     # the default recipe's shape
@@ -46,31 +50,49 @@ class Subject:
 
     def __init__(self, model: str, compile_: bool, data_dir: Path, run_dir: Path):
         sets = MODELS[model] + [f"train.compile={'true' if compile_ else 'false'}", "train.steps=1000",
-                                "tst.ratio=0.5", f'data.dir="{data_dir}"']
+                                "tst.ratio=0.5", f'data.dir="{data_dir}"', "eval.every=1000000",
+                                "checkpoint.every=1000000"]
         self.model, self.compile = model, compile_
         self.r = r = recipes.load(ROOT / "recipes" / "tiny.toml", sets)
         data, _ = open_data(r, data_dir)
-        self.t = Trainer(r, run_dir, data, quiet=True)
+        self.t = local_trainer(r, run_dir, data)  # the default hooks, console aside
+        self.t.hooks.on_start(self.t)  # opens the metrics log, scores step 0
         self.steps = {1: iter(range(1, r.phase1_steps + 1)), 2: iter(range(r.phase1_steps + 1, r.train.steps + 1))}
         t0 = time.perf_counter()
         for phase in (1, 2):  # warm-up: compile both graphs, fill caches
             for _ in range(2):
-                self.t.train_step(next(self.steps[phase]))
+                self.step(next(self.steps[phase]))
         self.warm = time.perf_counter() - t0
-        self.times, self.data_s = {1: [], 2: []}, {1: [], 2: []}
+        self.times, self.data_s, self.hook_s = {1: [], 2: []}, {1: [], 2: []}, {1: [], 2: []}
+
+    def step(self, step: int):
+        """The loop body of `Trainer.run`, timed in parts: (seconds of the step, seconds in hooks, result)."""
+        t = self.t
+        a = time.perf_counter()
+        t.hooks.before_step(t, step)
+        b = time.perf_counter()
+        out = t.train_step(step)
+        c = time.perf_counter()
+        t.emit(t.train_row(step, out, c - b))
+        t.state.step = step
+        t.hooks.after_step(t, step)
+        return c - b, (b - a) + (time.perf_counter() - c), out
 
     def run_block(self, phase: int, block: int) -> None:
         for _ in range(block):
-            a = time.perf_counter()
-            out = self.t.train_step(next(self.steps[phase]))
-            self.times[phase].append(time.perf_counter() - a)
-            self.data_s[phase].append(out["data_s"])
+            dt, hooks, out = self.step(next(self.steps[phase]))
+            self.times[phase].append(dt)
+            self.hook_s[phase].append(hooks)
+            self.data_s[phase].append(out.data_s)
+
+    def close(self) -> None:
+        self.t.hooks.on_close(self.t)
 
     def result(self) -> dict:
         t, r = self.t, self.r
         med = {p: statistics.median(self.times[p]) for p in (1, 2)}
         B, L, s = r.train.batch_size, r.train.seq_len, r.tst.bag_size
-        raw = {p: B * t.widths[p] / med[p] for p in (1, 2)}
+        raw = {p: B * t.data.widths[p] / med[p] for p in (1, 2)}
         return {
             "model": self.model, "compile": self.compile, "params": sum(p.numel() for p in t.model.parameters()),
             "active_params": t.model.active_params(),
@@ -84,6 +106,7 @@ class Subject:
             "device": t.device_name, "peak_flops": t.peak_flops,
             "mfu": {p: (round(t.flops_per_position * B * L / med[p] / t.peak_flops, 4) if t.peak_flops else None)
                     for p in (1, 2)},
+            "hook_overhead": {p: round(statistics.median(self.hook_s[p]) / med[p], 5) for p in (1, 2)},
             "samples": {p: len(self.times[p]) for p in (1, 2)},
         }
 
@@ -109,14 +132,16 @@ def main() -> None:
                     for phase in (1, 2):
                         subject.run_block(phase, args.block)
             for subject in subjects:
+                subject.close()
                 results.append(subject.result())
                 print(json.dumps(results[-1]), flush=True)
     print("\n| model | params | compile | phase-1 step | phase-2 step | ratio | raw tok/s p1 | raw tok/s p2 | "
-          "(p1/p2)/s |\n|---|---|---|---|---|---|---|---|---|")
+          "(p1/p2)/s | hooks p1 / p2 |\n|---|---|---|---|---|---|---|---|---|---|")
     for x in results:
         print(f"| {x['model']} | {x['params'] / 1e6:.1f}M | {'on' if x['compile'] else 'off'} | "
               f"{x['phase1_step_ms']} ms | {x['phase2_step_ms']} ms | {x['step_ratio']} | "
-              f"{x['phase1_raw_tokens_per_s']:,} | {x['phase2_raw_tokens_per_s']:,} | {x['raw_tokens_ratio_over_s']} |")
+              f"{x['phase1_raw_tokens_per_s']:,} | {x['phase2_raw_tokens_per_s']:,} | {x['raw_tokens_ratio_over_s']} | "
+              f"{100 * x['hook_overhead'][1]:.2f}% / {100 * x['hook_overhead'][2]:.2f}% |")
     by_name = {(x["model"], x["compile"]): x for x in results}
     for c in {x["compile"] for x in results}:
         if ("moe8", c) in by_name and ("dense-active", c) in by_name:

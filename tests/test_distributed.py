@@ -67,6 +67,7 @@ def test_two_processes_match_one_process_through_both_phases(one_process, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(2 processes)" in r.stderr
     assert r.stdout.count("final held-out loss") == 1, "results are printed by rank 0 only"
+    assert "FutureWarning" not in r.stderr and "broadcast_buffers" not in r.stderr
     assert_close_runs(one, tmp_path / "two")
     ckpt = tmp_path / "two" / "checkpoints" / "step-00000012"
     assert json.loads((ckpt / "state.json").read_text())["world_size"] == 2
@@ -84,6 +85,24 @@ def test_fsdp_compiled_per_block_bf16_with_activation_checkpointing(one_process,
     assert r.returncode == 0, r.stderr[-3000:]
     # bf16 has ~3 significant digits, and FSDP2 also keeps the norm gains in bf16 where autocast keeps fp32.
     assert_close_runs(tmp_path / "one", tmp_path / "two", tol=5e-3, grad_rtol=3e-2)
+
+
+def test_in_loop_benchmarks_under_fsdp_equal_tst_eval_of_the_checkpoint(one_process, tmp_path):
+    """Under FSDP2 the full weights are gathered for rank 0 to score: the rows equal `tst eval` of the checkpoint."""
+    from conftest import SHARED
+    recipe, _ = one_process
+    run = tmp_path / "run"
+    r = torchrun(2, "train", recipe, "--run-dir", run, "--set", 'distributed.strategy="fsdp"',
+                 "--set", 'eval.bench=["arc_easy"]', "--set", "eval.bench_limit=5", "--set", "eval.bench_every=6",
+                 "--set", f'eval.bench_data_dir="{SHARED}"')
+    assert r.returncode == 0, r.stderr[-3000:]
+    bench = rows(run, "bench")
+    assert sorted(bench) == [6, 12]
+    out = run_cli("eval", run, "--step", 12, "--bench", "arc_easy", "--limit", 5, "--data-dir", SHARED, "--json")
+    assert out.returncode == 0, out.stderr
+    ref = json.loads(out.stdout)["results"]["arc_easy"]
+    assert (bench[12]["n"], bench[12]["acc"], bench[12]["acc_norm"]) == (ref["n"], ref["acc"], ref["acc_norm"]) == \
+        (5, ref["acc"], ref["acc_norm"])
 
 
 def _truncate_to(run, step):

@@ -107,6 +107,8 @@ def test_readme_main_command_in_a_fresh_copy(tmp_path):
     final = float(re.search(r"final held-out loss: ([\d.]+)", r.stdout).group(1))
     assert final < 5.5, r.stdout
     assert (repo / "runs" / "tiny" / "checkpoints" / "step-00000300" / "state.json").is_file()
+    assert "compiling the phase-1 step" in r.stderr and "compiling the phase-2 step" in r.stderr
+    assert re.search(r"^step 300/300 .* eta 0s$", r.stderr, re.M)
     print(f"README main command: {time.time() - t0:.0f} s\n{r.stdout}")
 
 
@@ -140,7 +142,9 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(small_data, tmp_pa
     text = out.decode(errors="replace")
     assert p.returncode == 0, text
     assert "train: 100%" in text and "phase=2" in text and "loss=" in text and "val=" in text and "tok/s=" in text
+    assert "eta=" in text
     plain = run_cli("train", recipe, "--run-dir", tmp_path / "plain")  # stderr is a pipe: plain lines, no bar
     assert "%|" not in plain.stderr and "\r" not in plain.stderr
-    assert re.search(r"^step 12 phase 2 loss [\d.]+ val [\d.]+ lr .* tok/s \d+ pos/s \d+ mfu [\d.]+% data [\d.]+%$",
-                     plain.stderr, re.M)
+    assert re.search(r"^step 12/12 phase 2 loss [\d.]+ lr .* tok/s \d+ pos/s \d+ mfu [\d.]+% data [\d.]+% "
+                     r"elapsed \d+s eta 0s$", plain.stderr, re.M)
+    assert re.search(r"^step 12 val_loss [\d.]+ \(256 held-out tokens\)$", plain.stderr, re.M)

@@ -1,4 +1,4 @@
-"""The TST math against plain references (DESIGN.md §2)."""
+"""The TST math against plain references (docs/design.md, "The method")."""
 import pytest
 import torch
 import torch.nn.functional as F

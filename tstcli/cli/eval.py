@@ -29,32 +29,17 @@ def eval_(
     json_: bool = JsonOption,
 ):
     """Evaluate a run or an export: held-out next-token loss and multiple-choice benchmarks."""
-    import torch
-
     from tstcli.cli.report import eval_lines
-    from tstcli.eval.heldout import corpus_heldout, run_heldout
-    from tstcli.eval.runner import evaluate
+    from tstcli.eval.evaluation import run_evaluation
     from tstcli.eval.tasks import parse_bench
-    from tstcli.run.load import load_model
 
     names = parse_bench(bench) if bench else []
     if limit is not None and limit < 1:
         raise RecipeError(f"--limit {limit}: expected a positive number of items")
     if num_fewshot < 0 or batch_size < 1:
         raise RecipeError("--num-fewshot must be >= 0 and --batch-size >= 1")
-    torch.use_deterministic_algorithms(True)
-    lm = load_model(path, step)
-    log(f"eval: {lm.source}")
-    out: dict = {"model": lm.source, "num_fewshot": num_fewshot, "limit": limit, "results": {}}
-    if corpus is not None:
-        out["heldout"] = corpus_heldout(lm, corpus, batch_size)
-    elif lm.run_dir is not None:
-        out["heldout"] = run_heldout(lm)
-    rows = []
-    if names:
-        out["results"], rows, out["data_files"] = evaluate(lm.model, lm.encode, lm.eot_id, lm.max_len, names,
-                                                           data_dir or eval_data_dir(), limit, num_fewshot,
-                                                           batch_size)
+    out, rows = run_evaluation(path, step, names, limit, num_fewshot, data_dir or eval_data_dir(), batch_size, corpus,
+                               log)
     if samples and names:
         samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     emit(out, json_, eval_lines(out))

@@ -25,6 +25,21 @@ def coverage_lines(info: dict) -> list[str]:
     return lines
 
 
+def prepare_lines(out: dict) -> list[str]:
+    tr, va, vocab = out["train_tokens"], out["val_tokens"], out["vocab_size"]
+    lines = [f"data: {out['data_dir']} ({'up to date' if out['up_to_date'] else 'prepared'})",
+             f"tokens: {tr:,} train ({out['train_documents']:,} documents), {va:,} validation "
+             f"({out['val_documents']:,} documents), vocab {vocab:,}, {out['dtype']}"]
+    if "seconds" in out:
+        lines.append(f"time: {out['seconds']:.1f} s for {out['source_mb']:.1f} MB of sources "
+                     f"({out['mb_per_s']:.1f} MB/s)")
+    lines.append(f"pack: {out['pack']} ({'built' if out['pack_built'] else 'existing'})")
+    lines += coverage_lines(out["coverage"])
+    if out["verified"]:
+        lines.append("verify: every shard matches its sha256 in the manifest")
+    return lines
+
+
 def plan_lines(r, p: dict) -> list[str]:
     lines = [
         f"model: {p['parameters']:,} parameters ({p['parameters_non_embedding']:,} without the input embedding), "

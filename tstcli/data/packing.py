@@ -59,8 +59,8 @@ def _chunk_offsets(manifest: dict, chunk: int) -> np.ndarray:
 
 def split_phases(r: Recipe, manifest: dict) -> tuple[dict, dict]:
     """Decide the phase split: returns (info, rows) without touching the disk."""
-    L, g = r.train.seq_len, phase_specs(r)[1].units
-    unit, chunk = L + 1, g * (L + 1)
+    specs = phase_specs(r)
+    g, unit, chunk = specs[1].units, specs[2].row_width, specs[1].row_width
     widths = {1: chunk, 2: unit}
     steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
     need_rows = {p: steps[p] * r.train.batch_size for p in (1, 2)}

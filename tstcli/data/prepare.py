@@ -172,3 +172,26 @@ def ensure_prepared(r, force: bool = False, log=print) -> tuple[Path, PrepareRes
         return data_dir, None
     log(f"prepare: data in {data_dir} is missing or stale; tokenizing {', '.join(r.data.sources)}")
     return data_dir, prepare(r.data, data_dir, force=True, log=log)
+
+
+def prepare_recipe(r, force: bool = False, verify: bool = False, log=print) -> dict:
+    """`tst prepare`: the recipe's data prepared (if missing, stale or forced), checked, and its rows packed.
+    Returns what it found and did (a JSON-able dict)."""
+    from tstcli.data import packing
+
+    data_dir, result = ensure_prepared(r, force=force, log=log)
+    manifest = shards.read_manifest(data_dir)
+    if result is None:
+        log(f"prepare: {data_dir} is up to date with the recipe's sources and tokenizer; nothing to do "
+            "(--force rebuilds)")
+    shards.verify(data_dir, manifest, full=verify)
+    pack, built = packing.ensure_pack(r, data_dir, manifest, shards.manifest_sha256(data_dir))
+    tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
+    out = {"data_dir": str(data_dir), "up_to_date": result is None, "vocab_size": manifest["vocab_size"],
+           "dtype": manifest["dtype"], "train_tokens": tr["tokens"], "val_tokens": va["tokens"],
+           "train_documents": tr["documents"], "val_documents": va["documents"], "pack": str(pack.directory),
+           "pack_built": built, "coverage": pack.info, "verified": verify}
+    if result is not None:
+        mb = result.source_bytes / 1e6
+        out.update(seconds=result.seconds, mb_per_s=mb / result.seconds, source_mb=mb)
+    return out

@@ -1,4 +1,4 @@
-"""Flat token shards on disk and their manifest (DESIGN.md §4).
+"""Flat token shards on disk and their manifest (docs/design.md, "Data").
 
 A split (train, val) is a list of shard files of raw little-endian token ids (uint16 when the vocabulary fits,
 else uint32), documents separated by the end-of-text token. `manifest.json` records tokenizer hash, vocab size,

@@ -12,6 +12,7 @@ from tstcli.parallel.world import World, barrier, shutdown, start
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, rundir
 from tstcli.train.data import TrainData, open_data
+from tstcli.train.hooks import Hooks
 from tstcli.train.hooks.defaults import default_hooks
 from tstcli.train.trainer import Trainer
 
@@ -25,14 +26,12 @@ def _in_world(r: Recipe, env, body) -> tuple[World, dict]:
         shutdown()
 
 
-def _trainer(r: Recipe, run_dir: Path, data: TrainData, world, device, eval_data_dir: Path) -> Trainer:
-    return Trainer(r, run_dir, data, world, device, default_hooks(r, world, eval_data_dir))
-
-
 def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[World, dict]:
     """A new run in `run_dir` (refused if it holds one): prepare data if missing or stale, train both phases."""
     def body(world, device):
+        hooks = default_hooks(r, world, eval_data_dir)  # checks the side jobs' settings before anything is written
         rundir.ensure_new(run_dir)
+        Hooks(hooks).preflight(world)
         barrier()  # every rank has checked before rank 0 creates anything
         if world.main:
             data_dir, _ = ensure_prepared(r, log=log)
@@ -44,7 +43,7 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
         barrier()
         if not world.main:
             data, _ = open_data(r, Path(r.data_dir))
-        return _trainer(r, run_dir, data, world, device, eval_data_dir).run()
+        return Trainer(r, run_dir, data, world, device, hooks).run()
 
     return _in_world(r, env, body)
 
@@ -55,6 +54,8 @@ def resume_run(run_dir: Path, allow_changed_data: bool, env, eval_data_dir: Path
     r = recipes.load(run_dir / rundir.RECIPE)
 
     def body(world, device):
+        hooks = default_hooks(r, world, eval_data_dir)
+        Hooks(hooks).preflight(world)
         ckpt = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
         barrier()  # every rank picked its checkpoint before rank 0 may touch the run directory
         if world.main:
@@ -62,7 +63,7 @@ def resume_run(run_dir: Path, allow_changed_data: bool, env, eval_data_dir: Path
             log(f"resume: {run_dir} from {ckpt.name if ckpt else 'the start (no complete checkpoint yet)'}")
         barrier()
         data, _ = open_data(r, Path(rundir.read_info(run_dir)["data_dir"]))
-        return _trainer(r, run_dir, data, world, device, eval_data_dir).run(resume=ckpt)
+        return Trainer(r, run_dir, data, world, device, hooks).run(resume=ckpt)
 
     return _in_world(r, env, body)
 

@@ -81,6 +81,8 @@ class Trainer:
         self.flops_per_position = self.model.flops_per_position(r.train.seq_len)
         self.device_name, self.peak_flops = hardware.peak_flops(device, self.amp is not None)
         self.state = TrainState()
+        self.resumed_from: Path | None = None  # the checkpoint this process continued from
+        self._clock = time.perf_counter()  # wall time counts from here, minus the run's earlier elapsed time
         self.hooks = Hooks(hooks)
         self.stop_signal: int | None = None  # set by the signal hook on this rank
         self.stop_agreed = False  # some rank was asked to stop: every rank saves and stops after this step
@@ -190,7 +192,8 @@ class Trainer:
         return [f"resume: checkpoint written by {world} process(es), continuing on {self.world.size}: state "
                 "resharded; the global batch and its rows are unchanged"]
 
-    def _train_row(self, step: int, out: StepResult, dt: float) -> dict:
+    def train_row(self, step: int, out: StepResult, dt: float) -> dict:
+        """Count the step's tokens, positions and FLOPs into the state; its metrics row (train, or skip)."""
         r, s, phase = self.r, self.state, out.phase
         tokens, positions = r.train.batch_size * self.data.widths[phase], r.train.batch_size * r.train.seq_len
         s.tokens += tokens
@@ -226,7 +229,7 @@ class Trainer:
                 self.hooks.before_step(self, step)
                 t0 = time.perf_counter()
                 out = self.train_step(step)
-                self.emit(self._train_row(step, out, time.perf_counter() - t0))
+                self.emit(self.train_row(step, out, time.perf_counter() - t0))
                 self.state.step = step
                 self.hooks.after_step(self, step)  # the checkpoint hook has saved if a stop was agreed
                 if self.stop_agreed:

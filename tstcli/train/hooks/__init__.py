@@ -2,6 +2,7 @@
 hook decides its own timing (`should_save`, `should_validate`, ...). A test injects behaviour by passing a hook.
 
 Points, in the order the loop reaches them:
+- `preflight(world)`        before anything is written: check what the hook needs (files, settings), one-line error
 - `on_start(t)`             before the first step (after a resume has restored the state)
 - `before_step(t, step)`    before the step's rows are read
 - `after_backward(t, step)` gradients of the step are complete (before clipping and the update)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 
 class Hook:
+    def preflight(self, world) -> None: ...
     def on_start(self, t) -> None: ...
     def before_step(self, t, step: int) -> None: ...
     def after_backward(self, t, step: int) -> None: ...

@@ -29,11 +29,12 @@ class Benchmarks(Hook):
     def should_bench(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last_step
 
+    def preflight(self, world) -> None:
+        if world.main:  # rank 0 scores; it may download the files from the hub once, into its cache
+            check_available(self.names, self.data_dir)
+
     def on_start(self, t) -> None:
         self.tokenizer = Tokenizer.from_file(str(t.run_dir / rundir.TOKENIZER))
-        if t.world.main:
-            check_available(self.names, self.data_dir)
-        barrier()
 
     def after_step(self, t, step: int) -> None:
         if self.should_bench(step):

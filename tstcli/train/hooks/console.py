@@ -83,7 +83,8 @@ class Console(Hook):
         left = self.eta.left(self.total - step)
         eta = duration(left) if left is not None else "?"
         if self.bar is not None:
-            self.post.update(phase=phase, loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}", eta=eta)
+            self.post.update({"phase": phase, "loss": f"{row['loss']:.4f}", "tok/s": f"{row['tokens_per_s']:.0f}",
+                              "eta": eta})
             self.bar.set_postfix(self.post, refresh=False)
             self.bar.update(1)
         elif step % self.log_every == 0 or step == self.total:
