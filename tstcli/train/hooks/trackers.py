@@ -9,6 +9,7 @@ seen are replayed with identical values (resume is bitwise), which it ignores.
 from __future__ import annotations
 
 import json
+import uuid
 
 from tstcli import recipe as recipes
 from tstcli.run import rundir
@@ -116,7 +117,7 @@ class WandB(Tracker):
             import wandb
         except ImportError:
             raise TrackerUnavailable("wandb is not installed: pip install 'tst[wandb]'") from None
-        run_id = _state(t.run_dir).get("wandb_run_id") or wandb.util.generate_id()
+        run_id = _state(t.run_dir).get("wandb_run_id") or uuid.uuid4().hex[:16]  # W&B ids: [a-z0-9]
         _save_state(t.run_dir, wandb_run_id=run_id)
         self.run = wandb.init(project=self.project, id=run_id, resume="allow", dir=str(t.run_dir),
                               name=t.run_dir.name, config=recipes.to_dict(t.r),
