@@ -11,7 +11,7 @@ _tst() {
         resume) opts="--allow-changed-data --json --help" ;;
         eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --corpus --samples --json --help" ;;
         export) opts="--out --step --dtype --force --json --help" ;;
-        compare) opts="--x --out --reference --json --help" ;;
+        compare) opts="--x --out --reference --metric --json --help" ;;
     esac
     case "$prev" in
         --data-dir|--out|--run-dir) COMPREPLY=( $(compgen -d -- "$cur") ); return ;;

@@ -100,7 +100,7 @@ def test_loaded_tokenizer_and_missing_eot(small_data, tmp_path):
 def test_packing_phases_are_disjoint_and_cover_the_corpus(small_data):
     r = small_recipe(small_data, **{"train.steps": 40, "tst.ratio": 0.25})
     m = shards.read_manifest(small_data)
-    info, rows = packing.plan(r, m)
+    info, rows = packing.split_phases(r, m)
     w1, w2 = info["widths"][1], info["widths"][2]
     assert (w1, w2) == (3 * 33, 33)
     covered1 = {int(o) + i for o in rows[1] for i in range(w1)}
@@ -115,7 +115,7 @@ def test_packing_phases_are_disjoint_and_cover_the_corpus(small_data):
 def test_packing_reports_repetition_and_can_refuse_it(small_data):
     m = shards.read_manifest(small_data)
     r = small_recipe(small_data, **{"train.steps": 5000, "train.batch_size": 64})
-    info, rows = packing.plan(r, m)
+    info, rows = packing.split_phases(r, m)
     assert not info["covered_without_repetition"]
     assert info["phases"]["1"]["epochs"] > 1 and info["phases"]["2"]["epochs"] > 1
     strict = small_recipe(small_data, **{"train.steps": 5000, "train.batch_size": 64, "data.repeat": False})

@@ -23,7 +23,7 @@ class Benchmarks(Hook):
         try:
             self.names = parse_bench(",".join(bench))
         except RecipeError as e:
-            raise RecipeError(f"eval.bench: {e.message}") from None
+            raise RecipeError(f"eval.bench: {e.message.removeprefix('--bench ')}") from None
         self.limit, self.every, self.last_step, self.data_dir = limit or None, every, last_step, data_dir
 
     def should_bench(self, step: int) -> bool:
