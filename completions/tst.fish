@@ -41,7 +41,7 @@ complete -c tst -n '__fish_seen_subcommand_from export' -l dtype -r -d 'weight d
 complete -c tst -n '__fish_seen_subcommand_from export' -l force -d 'replace a non-empty --out'
 complete -c tst -n '__fish_seen_subcommand_from export' -l json -d 'print one JSON object on stdout instead of text'
 complete -c tst -n '__fish_seen_subcommand_from export' -l help -d 'show help and exit'
-complete -c tst -n __fish_use_subcommand -a compare -d 'Plot and tabulate held-out loss (or a benchmark score) of runs against FLOPs, tokens, steps or time, and the'
+complete -c tst -n __fish_use_subcommand -a compare -d 'Plot and tabulate held-out loss (or a benchmark score) of runs against compute; equal-quality speed-up.'
 complete -c tst -n '__fish_seen_subcommand_from compare' -F
 complete -c tst -n '__fish_seen_subcommand_from compare' -l x -r -d 'x axis - flops, tokens (raw tokens read), steps or time'
 complete -c tst -n '__fish_seen_subcommand_from compare' -l out -r -a '(__fish_complete_directories)' -d 'write the plot here (PNG'

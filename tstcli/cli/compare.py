@@ -26,8 +26,7 @@ def compare_runs(
                                "TASK.METRIC, e.g. hellaswag.acc_norm (recipe key eval.bench)"),
     json_: bool = JsonOption,
 ):
-    """Plot and tabulate held-out loss (or a benchmark score) of runs against FLOPs, tokens, steps or time, and the
-    speed-up to equal quality."""
+    """Plot and tabulate held-out loss (or a benchmark score) of runs against compute; equal-quality speed-up."""
     if x not in AXES:
         raise RecipeError(f"--x {x!r}: expected one of {', '.join(AXES)}")
     if metric != VAL_LOSS and "." not in metric:
