@@ -48,8 +48,8 @@ MODELS = {
 class Subject:
     """One model's trainer, warmed up (graphs compiled), and its step timings per phase."""
 
-    def __init__(self, model: str, compile_: bool, data_dir: Path, run_dir: Path):
-        sets = MODELS[model] + [f"train.compile={'true' if compile_ else 'false'}", "train.steps=1000",
+    def __init__(self, model: str, compile_: bool, data_dir: Path, run_dir: Path, extra: list[str] = ()):
+        sets = MODELS[model] + list(extra) + [f"train.compile={'true' if compile_ else 'false'}", "train.steps=1000",
                                 "tst.ratio=0.5", f'data.dir="{data_dir}"', "eval.every=1000000",
                                 "checkpoint.every=1000000"]
         self.model, self.compile = model, compile_
@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block", type=int, default=4, help="consecutive steps of one phase per round")
     ap.add_argument("--json", type=Path, help="also write results here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for every model, e.g. train.dtype=fp32 (CPUs without bf16 matmuls)")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +128,8 @@ def main() -> None:
         for c in args.compile.split(","):
             # Every model of one compile setting is measured in the same rounds, blocks interleaved, so that
             # machine noise hits them alike and their ratio holds.
-            subjects = [Subject(m, c == "on", data_dir, Path(tmp) / f"run-{m}-{c}") for m in args.models.split(",")]
+            subjects = [Subject(m, c == "on", data_dir, Path(tmp) / f"run-{m}-{c}", args.set)
+                        for m in args.models.split(",")]
             for _ in range(args.rounds):
                 for subject in subjects:
                     for phase in (1, 2):
