@@ -13,7 +13,7 @@ import pytest
 
 from conftest import SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
-from tstcli.run.metrics import read_rows
+from tstcli.run.metrics import SCHEMA, read_rows
 
 BENCH = {"eval.bench": ["arc_easy", "hellaswag"], "eval.bench_limit": 6, "eval.bench_every": 4,
          "eval.bench_data_dir": str(SHARED)}
@@ -37,6 +37,14 @@ def tracked(small_data, tmp_path_factory):
     assert res.returncode == 0, res.stderr
     assert "warning" not in res.stderr, res.stderr
     return res, run
+
+
+def test_every_row_carries_the_documented_fields_of_its_kind(tracked):
+    _, run = tracked
+    rows = read_rows(run)
+    assert {r["kind"] for r in rows} == {"train", "val", "bench"}
+    for r in rows:
+        assert set(SCHEMA[r["kind"]]) <= set(r), r
 
 
 def test_tensorboard_events_hold_the_metrics_rows(tracked):

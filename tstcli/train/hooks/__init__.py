@@ -54,6 +54,3 @@ class Hooks:
                 error = error or e
         if error is not None:
             raise error
-
-    def find(self, kind: type):
-        return next((h for h in self.items if isinstance(h, kind)), None)
