@@ -34,7 +34,8 @@ class Benchmarks(Hook):
             check_available(self.names, self.data_dir)
 
     def on_start(self, t) -> None:
-        self.tokenizer = Tokenizer.from_file(str(t.run_dir / rundir.TOKENIZER))
+        if t.world.main:  # only rank 0 scores
+            self.tokenizer = Tokenizer.from_file(str(t.run_dir / rundir.TOKENIZER))
 
     def after_step(self, t, step: int) -> None:
         if self.should_bench(step):
