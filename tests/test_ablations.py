@@ -14,7 +14,7 @@ ABLATIONS = sorted((ROOT / "recipes" / "ablations").glob("*.toml"))
 def test_the_paper_ablations_are_all_there():
     names = {p.stem for p in ABLATIONS}
     assert {"baseline", "s2", "s4", "s8", "s16", "ratio-0.2", "ratio-0.4", "input-only", "output-only", "weighted",
-            "reinit-embedding", "reinit-head"} <= names
+            "reinit-embedding", "reinit-head", "bce", "hinge"} <= names
 
 
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)

@@ -30,6 +30,8 @@ def assert_one_line_error(r, code, *needles):
     (["train.seq_len=1024"], ["train.seq_len", "model.max_seq_len"]),  # context does not fit the model
     (["model.n_heads=3"], ["model.n_heads"]),
     (["nosection.x=1"], ["nosection"]),
+    (["train.loss_chunk_size=-8"], ["train.loss_chunk_size", "[0, 1048576]"]),
+    (['tst.loss="bce"', 'tst.weighting="power"'], ["tst.weighting", "uniform", "'bce'"]),
 ])
 def test_bad_recipe_values_exit_2(sets, needles, tmp_path):
     args = ["train", TINY, "--run-dir", tmp_path / "run"]

@@ -53,7 +53,9 @@ def assert_close_runs(a, b, tol=TOL, grad_rtol=TOL):
 
 @pytest.fixture(scope="module")
 def one_process(small_data, tmp_path_factory):
-    return train_small(small_data, tmp_path_factory.mktemp("dist"), "one")
+    # the chunked head loss in several chunks per rank (64 positions each): under FSDP2 the head is gathered
+    # inside the objective's forward and the loss applies it chunk by chunk
+    return train_small(small_data, tmp_path_factory.mktemp("dist"), "one", **{"train.loss_chunk_size": 24})
 
 
 @pytest.mark.parametrize("strategy,micro", [("ddp", 0), ("fsdp", 0), ("ddp", 1), ("fsdp", 1)],
@@ -79,12 +81,14 @@ def test_fsdp_compiled_per_block_bf16_with_activation_checkpointing(one_process,
     """The GPU configuration, on the CPU: FSDP2 with bf16 parameters and fp32 gradient reduction, each block
     compiled, every other block recomputed. Compared with one eager bf16 process at bf16 tolerance."""
     _, _ = one_process
-    recipe, _ = train_small(small_data, tmp_path, "one", **{"train.dtype": "bf16"})
+    recipe, _ = train_small(small_data, tmp_path, "one", **{"train.dtype": "bf16", "train.loss_chunk_size": 24})
     r = torchrun(2, "train", recipe, "--run-dir", tmp_path / "two", "--set", 'distributed.strategy="fsdp"',
                  "--set", "train.compile=true", "--set", 'distributed.activation_checkpointing="selective"')
     assert r.returncode == 0, r.stderr[-3000:]
-    # bf16 has ~3 significant digits, and FSDP2 also keeps the norm gains in bf16 where autocast keeps fp32.
-    assert_close_runs(tmp_path / "one", tmp_path / "two", tol=5e-3, grad_rtol=3e-2)
+    # bf16 has ~3 significant digits, and FSDP2 also keeps the norm gains (and here the head, which the chunked
+    # loss applies itself) in bf16 where autocast keeps fp32. Observed: losses within 8e-4; gradient norms within
+    # 1% in phase 1 and up to 2.7% (one chunk) / 4.1% (chunks of 24) on the noisy steps just after the switch.
+    assert_close_runs(tmp_path / "one", tmp_path / "two", tol=5e-3, grad_rtol=6e-2)
 
 
 def test_in_loop_benchmarks_under_fsdp_equal_tst_eval_of_the_checkpoint(one_process, tmp_path):

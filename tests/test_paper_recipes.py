@@ -35,6 +35,9 @@ def test_paper_recipe_settings_and_parameter_count(name):
     assert abs(counted - size) <= 0.1 * size, (name, counted)
     d = plan["devices"]["8"]
     assert d["batch_splits"] and d["strategy"] == "fsdp" and d["memory_gib"]["total"] < 70  # fits an 80 GB GPU
+    mem = d["memory_gib"]  # the chunked loss: a fraction of the full logits' memory
+    assert r.train.loss_chunk_size > 0 and mem["logits"] < 0.5 * mem["logits_full"], mem
+    assert abs(mem["total_full_logits"] - (mem["total"] - mem["logits"] + mem["logits_full"])) < 0.01
 
 
 def test_3b_dry_run_prints_the_parameter_count(tmp_path):

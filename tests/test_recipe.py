@@ -48,6 +48,9 @@ def test_phase_split():
     ("train.dtype=fp16", "train.dtype"),
     ("train.compile=1", "train.compile"),
     ("run.name=a/b", "run.name"),
+    ("train.loss_chunk_size=-1", "train.loss_chunk_size"),
+    ("train.loss_chunk_size=2000000", "train.loss_chunk_size"),
+    ('tst.loss="focal"', "tst.loss"),
 ])
 def test_validation_names_the_key(override, needle):
     with pytest.raises(RecipeError, match=re.escape(needle)):

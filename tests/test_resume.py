@@ -30,7 +30,8 @@ def train_losses(run_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(small_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    recipe = write_recipe(tmp / "r.toml", small_recipe(small_data))
+    # chunks of 48 of the 128 (phase 2) / 128 (phase 1) positions: the chunked loss path, several chunks a step
+    recipe = write_recipe(tmp / "r.toml", small_recipe(small_data, **{"train.loss_chunk_size": 48}))
     run = tmp / "a"
     r = run_cli("train", recipe, "--run-dir", run, "--json")
     assert r.returncode == 0, r.stderr

@@ -17,32 +17,35 @@ import torch
 from torch import nn
 
 from tstcli.model import Llama
-from tstcli.tst import PhaseSpec, make_bags, multi_hot_ce, superposed_embeddings
+from tstcli.recipe import TrainConfig
+from tstcli.tst import LossSpec, PhaseSpec, head_loss, make_bags, superposed_embeddings
 
 
-def _scored(model: Llama, rows: torch.Tensor, spec: PhaseSpec, weights, amp_dtype):
-    """(multi-hot CE of the rows, the model's AuxOutput)."""
+def _scored(model: Llama, rows: torch.Tensor, spec: PhaseSpec, loss: LossSpec, amp_dtype):
+    """(the phase's loss of the rows, the model's AuxOutput). The head is applied by the loss (chunked: the full
+    logits never exist), not by the model."""
     with torch.autocast(rows.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         inputs, targets = make_bags(rows, spec)
         hidden, aux = model(inputs_embeds=superposed_embeddings(model.get_input_embeddings().weight, inputs),
                             with_aux=True)
-        return multi_hot_ce(model.logits(hidden), targets, weights), aux
+        return head_loss(hidden, model.head_weight(), targets, loss), aux
 
 
-def phase_loss(model: Llama, rows: torch.Tensor, spec: PhaseSpec, weights, amp_dtype) -> torch.Tensor:
-    """Loss of one batch of rows in one phase (the CE alone: what held-out loss and the tests measure)."""
-    return _scored(model, rows, spec, weights, amp_dtype)[0]
+def phase_loss(model: Llama, rows: torch.Tensor, spec: PhaseSpec, loss: LossSpec, amp_dtype) -> torch.Tensor:
+    """Loss of one batch of rows in one phase (without the model's auxiliary loss: what held-out loss and the tests
+    measure)."""
+    return _scored(model, rows, spec, loss, amp_dtype)[0]
 
 
 class Objective(nn.Module):
-    def __init__(self, model: Llama, specs: dict[int, PhaseSpec], weights: dict, amp_dtype):
+    def __init__(self, model: Llama, specs: dict[int, PhaseSpec], losses: dict[int, LossSpec], amp_dtype):
         super().__init__()
-        self.model, self.specs, self.weights, self.amp_dtype = model, specs, weights, amp_dtype
+        self.model, self.specs, self.losses, self.amp_dtype = model, specs, losses, amp_dtype
 
     def forward(self, rows: torch.Tensor, phase: int) -> tuple[torch.Tensor, dict]:
-        """(loss to differentiate, detached statistics): the statistics hold `ce` (the CE alone, what is logged as
-        the loss) and the model's own metrics; the loss adds the model's auxiliary loss, if any, to the CE."""
-        ce, aux = _scored(self.model, rows, self.specs[phase], self.weights[phase], self.amp_dtype)
+        """(loss to differentiate, detached statistics): the statistics hold `ce` (the phase's loss alone, what is
+        logged as the loss) and the model's own metrics; the loss adds the model's auxiliary loss, if any."""
+        ce, aux = _scored(self.model, rows, self.specs[phase], self.losses[phase], self.amp_dtype)
         loss = ce if aux.loss is None else ce + aux.loss
         return loss, {"ce": ce.detach(), **aux.metrics}
 
@@ -64,7 +67,8 @@ def heldout_loss(ce_of, rows: torch.Tensor, batch_size: int) -> HeldOut:
     return HeldOut(total / len(rows), len(rows), len(rows) * (rows.shape[1] - 1))
 
 
-def next_token_loss(model: Llama, rows: torch.Tensor, batch_size: int, amp_dtype=None) -> HeldOut:
+def next_token_loss(model: Llama, rows: torch.Tensor, batch_size: int, amp_dtype=None,
+                    chunk_size: int = TrainConfig.loss_chunk_size) -> HeldOut:
     """Held-out loss of a plain model (no training engine around it): `tst eval`, tests."""
-    spec = PhaseSpec.next_token(rows.shape[1] - 1)
-    return heldout_loss(lambda part: phase_loss(model, part, spec, None, amp_dtype), rows, batch_size)
+    spec, loss = PhaseSpec.next_token(rows.shape[1] - 1), LossSpec("mce", None, chunk_size)
+    return heldout_loss(lambda part: phase_loss(model, part, spec, loss, amp_dtype), rows, batch_size)

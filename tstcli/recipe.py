@@ -115,6 +115,9 @@ class TrainConfig:
                                     "(logged as kind=skip); 0 stops the run at the first (exit 5)")
     dtype: str = key("bf16", "compute dtype: bf16 autocast over fp32 weights, or fp32", ("bf16", "fp32"))
     compile: bool = key(True, "torch.compile the training and evaluation steps")
+    loss_chunk_size: int = key(1024, "positions whose logits exist at once in the loss (the head's matmul and the "
+                               "loss run chunk by chunk, never materialising all B x L x V logits); 0 computes the "
+                               "full logits (the reference path)")
     log_every: int = key(10, "steps between progress lines when not on a terminal")
     threads: int = key(0, "CPU threads for torch; 0 leaves torch's default")
     profile_steps: list = key([], "[first, last]: record steps first..last with torch.profiler and write a Chrome "
@@ -135,6 +138,9 @@ class TstConfig:
     weighting: str = key("uniform", "multi-hot target weights: uniform 1/s, or power (j+1)^-alpha normalised",
                          ("uniform", "power"))
     alpha: float = key(1.0, "exponent of the power weighting")
+    loss: str = key("mce", "phase-1 loss: mce (multi-hot cross-entropy); bce (binary CE over the vocabulary) and hinge "
+                    "(multi-label margin) are the paper's negative ablations; phase 2 is always cross-entropy",
+                    ("mce", "bce", "hinge"))
     reinit_embedding: bool = key(False, "ablation: re-initialise the input embedding at the switch")
     reinit_head: bool = key(False, "ablation: re-initialise the output head at the switch")
     reset_optimizer: bool = key(False, "ablation: reset the optimizer state at the switch (patch-level training)")
@@ -302,6 +308,10 @@ def check_values(r: Recipe, where: str) -> None:
     within("tst.ratio", s.ratio, 0, 1, hi_open=True)
     within("tst.bag_size", s.bag_size, 1, 4096)
     within("tst.alpha", s.alpha, 0, 100)
+    if s.loss != "mce":
+        _require(s.weighting == "uniform", where, "tst.weighting", f"uniform with tst.loss = {s.loss!r} (a bag is a "
+                 "set for bce and hinge: only the multi-hot CE weights its targets)", s.weighting)
+    within("train.loss_chunk_size", t.loss_chunk_size, 0, 1 << 20)
     within("train.steps", t.steps, 1, 10 ** 9)
     within("train.batch_size", t.batch_size, 1, 1 << 24)
     within("train.micro_batch_size", t.micro_batch_size, 0, 1 << 24)

@@ -73,7 +73,14 @@ def plan_lines(r, p: dict) -> list[str]:
                      f"{m['total']:.1f} GiB per device (state {m['state']:.1f}, activations {m['activations']:.1f}, "
                      f"logits {m['logits']:.1f}, bags {m['bags']:.1f}, gathered parameters "
                      f"{m['gathered_params']:.1f})")
+        lines.append(f"  loss: {loss_path(r)}: logits {m['logits']:.1f} GiB; full logits would need "
+                     f"{m['logits_full']:.1f} GiB (about {m['total_full_logits']:.1f} GiB per device)")
     return lines
+
+
+def loss_path(r) -> str:
+    chunk = r.train.loss_chunk_size
+    return "full logits (train.loss_chunk_size = 0)" if chunk == 0 else f"chunked, {chunk:,} positions at a time"
 
 
 def eval_lines(out: dict) -> list[str]:

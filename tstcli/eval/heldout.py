@@ -22,7 +22,7 @@ def run_heldout(lm: LoadedModel) -> dict:
     shards.verify(data_dir, manifest, full=False)
     rows = torch.from_numpy(heldout_rows(shards.TokenStore(data_dir, manifest, "val"), r))
     amp = torch.bfloat16 if r.train.dtype == "bf16" else None
-    h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp)
+    h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp, r.train.loss_chunk_size)
     return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens,
             "scored": "the run's held-out rows, as training's validation scores them"}
 

@@ -139,6 +139,11 @@ class Llama(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(hidden)
 
+    def head_weight(self) -> torch.Tensor:
+        """The output head's matrix (V, dim) — the input embedding when tied — for a loss that applies the head
+        itself, chunk by chunk, rather than through `logits()`."""
+        return self.output.weight
+
     def matmul_params(self) -> int:
         """Parameters one position multiplies by (all Linear weights, the output head included; for MoE blocks the
         router, the top-k experts and the shared expert: the *active* parameters)."""

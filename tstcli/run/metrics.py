@@ -1,7 +1,8 @@
 """The metrics log of a run, `metrics.jsonl`: one JSON object per line, each with a `kind`.
 
 The row schema (fields every row of a kind carries; a mixture of experts adds its own metrics to train rows):
-- `train`: one per optimizer step (below, TRAIN_FIELDS); phase-1 rows add `mce_loss`.
+- `train`: one per optimizer step (below, TRAIN_FIELDS); phase-1 rows add `mce_loss` (`bce_loss` or
+  `hinge_loss` under those `tst.loss` ablations).
 - `val`: held-out next-token loss at step 0, every `eval.every` steps, at the switch and at the end.
 - `bench`: one per benchmark task each `eval.bench_every` steps and at the end (`acc_norm` where the task has it).
 - `skip`: a non-finite step that `train.skip_nonfinite_steps` let pass (nothing applied).

@@ -22,8 +22,9 @@ def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int
     State: fp32 weights + grads + two AdamW moments = 16 B/param, all of it on every device under DDP, 1/N of it
     under FSDP2 plus the parameters of the block being computed and the next one (gathered in the compute dtype).
     Activations of one micro-batch (Korthikanti et al.): ~34·mb·L·dim bytes per block in bf16 without
-    recomputation, 2·mb·L·dim (the block input) for a recomputed block; plus the logits (compute dtype, an fp32
-    copy and its gradient) and, in phase 1, the gathered bag embeddings (fp32, s per position).
+    recomputation, 2·mb·L·dim (the block input) for a recomputed block; plus the loss's logits (see `loss_bytes`)
+    and, in phase 1, the gathered bag embeddings (fp32, s per position). `logits` is the recipe's loss path;
+    `logits_full` and `total_full_logits` are what the full-logits path (train.loss_chunk_size = 0) would need.
     """
     L, d, mb = r.train.seq_len, r.model.dim, r.train.rows_per_micro_batch(world_size)
     act = 2 if r.train.dtype == "bf16" else 4
@@ -34,10 +35,25 @@ def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int
     recomputed = len(checkpointed_blocks(r.distributed.activation_checkpointing, r.model.n_layers))
     blocks = (r.model.n_layers - recomputed) * full_block + recomputed * act * mb * L * d + (full_block if recomputed
                                                                                               else 0)
-    logits = mb * L * vocab_size * (act + 8)
-    bags = mb * L * r.tst.bag_size * d * 4
+    positions = mb * L
+    logits = loss_bytes(positions, vocab_size, d, r.train.loss_chunk_size, act)
+    full = loss_bytes(positions, vocab_size, d, 0, act)
+    bags = positions * r.tst.bag_size * d * 4
     parts = {"state": state, "gathered_params": gathered, "activations": blocks, "logits": logits, "bags": bags}
-    return {k: round(v / GiB, 3) for k, v in parts.items()} | {"total": round(sum(parts.values()) / GiB, 3)}
+    total = sum(parts.values())
+    return {k: round(v / GiB, 3) for k, v in parts.items()} | {
+        "total": round(total / GiB, 3), "logits_full": round(full / GiB, 3),
+        "total_full_logits": round((total - logits + full) / GiB, 3)}
+
+
+def loss_bytes(positions: int, vocab_size: int, dim: int, chunk_size: int, act: int) -> int:
+    """Peak bytes of the loss. Full logits (chunk_size 0): the logits in the compute dtype, their fp32 copy and
+    fp32 gradient. Chunked: one chunk's logits (compute dtype, fp32, fp32 softmax, fp32 and compute-dtype
+    gradient) plus what lives from forward to backward: dL/dW (V x dim) and dL/dh (positions x dim) in fp32."""
+    if chunk_size == 0:
+        return positions * vocab_size * (act + 8)
+    chunk = min(chunk_size, positions)
+    return chunk * vocab_size * (2 * act + 12) + 4 * vocab_size * dim + 4 * positions * dim
 
 
 def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[int] | None = None) -> dict:

@@ -26,7 +26,7 @@ from tstcli.train import hardware
 from tstcli.train.data import TrainData
 from tstcli.train.hooks import Hook, Hooks
 from tstcli.train.optim import lr_at, make_optimizer
-from tstcli.tst import phase_specs, target_weights
+from tstcli.tst import loss_specs, phase_specs
 
 
 @dataclass
@@ -71,10 +71,8 @@ class Trainer:
         self.model = Llama(r.model, data.manifest["vocab_size"])
         self.model.init_weights(torch.Generator().manual_seed(r.run.seed))  # the same on every rank
         self.model.to(device)
-        specs = phase_specs(r)
-        weights = {1: target_weights(specs[1].target_width, r.tst.weighting, r.tst.alpha), 2: None}
-        self.engine = Engine(Objective(self.model, specs, weights, self.amp), r.distributed, world, self.amp,
-                             r.train.compile)
+        self.engine = Engine(Objective(self.model, phase_specs(r), loss_specs(r), self.amp), r.distributed, world,
+                             self.amp, r.train.compile)
         self.optimizer = make_optimizer(self.model, r.train)
         self.loaders = data.loaders(r)
         self.val_rows = torch.from_numpy(data.heldout_rows(r))
@@ -205,7 +203,7 @@ class Trainer:
                     "grad_norm": repr(out.grad_norm), "skipped_total": s.skipped}
         row = {"kind": "train", "step": step, "phase": phase, "loss": out.loss}
         if phase == 1:
-            row["mce_loss"] = out.loss  # phase-1 loss: mean of s CEs, floor about log s
+            row[f"{r.tst.loss}_loss"] = out.loss  # mce_loss: mean of s CEs, floor about log s (or bce/hinge_loss)
         # Throughput of the whole job; MFU per device against its peak (None when unknown).
         mfu = (self.flops_per_position * positions / dt / (self.peak_flops * self.world.size)
                if self.peak_flops else None)
