@@ -5,7 +5,10 @@ Each configuration runs in its own child process through the real training objec
 as `tst train` builds it): warm-up steps first (graphs compiled), then glibc's free memory is trimmed, the kernel's
 peak-RSS mark is reset (`echo 5 > /proc/self/clear_refs`) and the measured steps run. Peak memory is the process's
 VmHWM over the measured steps: everything resident — weights, gradients, AdamW moments, activations, logits — the
-honest CPU figure (torch has no CPU allocator statistics). Step time is the median of the measured steps.
+honest CPU figure (torch has no CPU allocator statistics). Children run with MALLOC_MMAP_THRESHOLD_=131072, so
+glibc maps every allocation above 128 KiB separately and returns it when freed: resident memory then tracks live
+tensors instead of what the heap happened to keep from earlier phases of the step. Step time is the median of the
+measured steps.
 
 Targets (CPU, V = 128,256, d = 512, 4,096 positions per micro-batch):
   chunked phase-1 peak <= 1.05 x chunked phase-2 peak
@@ -146,7 +149,8 @@ def main() -> None:
         for phase, path in CONFIGS:
             cfg = {"args": args, "phase": phase, "compile": compile_, "chunk": a.chunk if path == "chunked" else 0}
             out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True,
-                                 text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                                 text=True, env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                                 "MALLOC_MMAP_THRESHOLD_": "131072"})
             if out.returncode != 0:
                 sys.exit(f"configuration {cfg} failed:\n{out.stderr[-3000:]}")
             res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -128,3 +128,23 @@ def test_shared_expert_has_no_standard_form_to_export(small_data, tmp_path):
     r = run_cli("export", run, "--out", tmp_path / "x")
     assert r.returncode == 2 and "model.moe_shared_ffn_dim: Qwen3-MoE has no shared expert" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_model_card_and_push_to_hub_offline_is_one_line_exit_3(run, tmp_path):
+    """The export carries a README model card (TST settings, tokens per phase, final held-out loss); pushing it
+    offline fails with one line and exit 3, leaving the export complete (the upload itself is huggingface-hub's
+    `upload_folder`, which cannot be exercised without a network)."""
+    out = tmp_path / "hf"
+    r = run_cli("export", run, "--out", out, "--push-to-hub", "someone/tiny-tst", "--private",
+                env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
+    assert_one_line_error(r, 3, "--push-to-hub someone/tiny-tst", "untouched")
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= files
+    card = (out / "README.md").read_text()
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    final = [x for x in rows if x["kind"] == "val"][-1]["val_loss"]
+    phase1 = [x["tokens"] for x in rows if x["kind"] == "train" and x["phase"] == 1][-1]
+    assert "bag size s = 3" in card and f"{final:.4f}" in card and f"{phase1:,} in phase 1" in card
+    assert "[tst]" in card and "```toml" in card
+    bad = run_cli("export", run, "--out", tmp_path / "x", "--push-to-hub", "no-slash")
+    assert_one_line_error(bad, 2, "OWNER/NAME")

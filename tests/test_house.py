@@ -11,7 +11,7 @@ LAYERS = [
     {"tstcli.model", "tstcli.tst", "tstcli.data"},
     {"tstcli.objective", "tstcli.parallel"},
     {"tstcli.run"},
-    {"tstcli.eval", "tstcli.compare", "tstcli.export"},
+    {"tstcli.eval", "tstcli.compare", "tstcli.export", "tstcli.sample"},
     {"tstcli.train"},
     {"tstcli.cli", "tstcli.__main__"},
 ]

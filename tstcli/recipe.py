@@ -76,6 +76,9 @@ class ModelConfig:
     moe_shared_ffn_dim: int = key(0, "intermediate size of a shared expert every token also goes through; 0: none")
     moe_aux_loss_coef: float = key(0.001, "weight of the load-balancing loss E·Σ f_e·P_e (Switch/Qwen3 form)")
     moe_z_loss_coef: float = key(0.0, "weight of the router z-loss mean(logsumexp(router logits)^2)")
+    init_from: str = key("", "start from this checkpoint's weights instead of random ones: a Hugging Face Llama / "
+                         "Qwen3 / Qwen3-MoE directory, a tst run or export directory, or a hub repo id; its shape "
+                         "must be the recipe's and its tokenizer the data's")
 
     @property
     def kv_heads(self) -> int:
@@ -115,7 +118,7 @@ class TrainConfig:
                                     "(logged as kind=skip); 0 stops the run at the first (exit 5)")
     dtype: str = key("bf16", "compute dtype: bf16 autocast over fp32 weights, or fp32", ("bf16", "fp32"))
     compile: bool = key(True, "torch.compile the training and evaluation steps")
-    loss_chunk_size: int = key(1024, "positions whose logits exist at once in the loss (the head's matmul and the "
+    loss_chunk_size: int = key(512, "positions whose logits exist at once in the loss (the head's matmul and the "
                                "loss run chunk by chunk, never materialising all B x L x V logits); 0 computes the "
                                "full logits (the reference path)")
     log_every: int = key(10, "steps between progress lines when not on a terminal")

@@ -11,7 +11,7 @@ import typer
 
 from tstcli import __version__
 from tstcli.cli import eval as eval_cmd
-from tstcli.cli import compare, export, prepare, resume, train
+from tstcli.cli import compare, export, prepare, resume, sample, train
 from tstcli.errors import EXIT_INTERNAL, EXIT_USAGE, Stopped, TstError
 
 app = typer.Typer(name="tst", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -38,6 +38,7 @@ VERBS = {
     "resume": (resume.resume, "Continue a run from its latest complete checkpoint."),
     "eval": (eval_cmd.eval_, "Held-out loss and benchmarks of a run or an export."),
     "export": (export.export, "Export a checkpoint as a self-tested Hugging Face model."),
+    "sample": (sample.sample, "Generate text from a run or an export (KV cache, seeded)."),
     "compare": (compare.compare_runs, "Compare runs: loss or score against compute, speed-up."),
 }
 for _name, (_verb, _short) in VERBS.items():

@@ -12,6 +12,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 
 from tstcli.errors import CheckpointError, RecipeError
+from tstcli.export.card import model_card
 from tstcli.model import Llama
 from tstcli.model.hf import hf_config, hf_state_dict
 from tstcli.run.load import LoadedModel
@@ -79,6 +80,7 @@ def export(lm: LoadedModel, out: Path, dtype_name: str, force: bool) -> dict:
                "temperature": 1.0, "top_p": 1.0, "max_length": lm.max_len}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=1) + "\n")
         _tokenizer_files(lm.tokenizer_path, tmp, lm.tokenizer.id_to_token(eot), lm.max_len)
+        (tmp / "README.md").write_text(model_card(lm, config["architectures"][0]))
         diff = self_test(tmp, model, dtype)
         if diff is not None and diff > SELF_TEST_TOLERANCE:
             raise CheckpointError(f"--out {out}: self-test failed: transformers' logits differ from the native "

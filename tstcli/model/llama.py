@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tstcli.model.kv_cache import BlockCache, KVCache
 from tstcli.model.layers import AuxOutput, RMSNorm, SwiGLU
 from tstcli.model.moe import MoEFeedForward, RouterStats
 from tstcli.recipe import ModelConfig
@@ -43,7 +44,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, self.n_kv * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: BlockCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv, self.head_dim)
@@ -54,11 +56,17 @@ class Attention(nn.Module):
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        mask, causal = None, True
+        if cache is not None:  # attend to the cached positions too: query i sits at position S - T + i
+            k, v = cache.append(k, v)
+            S, causal = k.shape[2], False
+            if T > 1:
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -73,9 +81,9 @@ class Block(nn.Module):
                                             cfg.moe_norm_topk, cfg.moe_shared_ffn_dim) if self.moe
                              else SwiGLU(cfg.dim, cfg.intermediate))
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache: BlockCache | None = None):
         """(output, RouterStats of this block or None when dense)."""
-        x = x + self.attention(self.attention_norm(x), cos, sin)
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
         if self.moe:
             y, stats = self.feed_forward(self.ffn_norm(x))
             return x + y, stats
@@ -111,18 +119,21 @@ class Llama(nn.Module):
         return self.tok_embeddings
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                with_aux: bool = False):
+                with_aux: bool = False, cache: KVCache | None = None):
         """Final hidden states (B, T, dim) from token ids (B, T) or input embeddings (B, T, dim); with `with_aux`,
         also the model's `AuxOutput` (for a mixture of experts: the routers' losses and statistics averaged over
-        its blocks; empty for a dense model)."""
+        its blocks; empty for a dense model). With a `cache` (generation), the T positions continue those cached
+        and are appended to it."""
         h = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        T = h.shape[1]
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        start, T = (cache.pos if cache is not None else 0), h.shape[1]
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         total = None
-        for layer in self.layers:
-            h, stats = layer(h, cos, sin)
+        for i, layer in enumerate(self.layers):
+            h, stats = layer(h, cos, sin) if cache is None else layer(h, cos, sin, cache.block(i))
             if stats is not None:
                 total = stats if total is None else total + stats
+        if cache is not None:
+            cache.advance(T)
         h = self.norm(h)
         if not with_aux:
             return h
@@ -138,6 +149,12 @@ class Llama(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(hidden)
+
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch` sequences of up to `max_len` positions (default: the model's context)."""
+        w = self.tok_embeddings.weight
+        return KVCache(len(self.layers), batch, self.cfg.kv_heads, max_len or self.cfg.max_seq_len,
+                       self.cfg.head_size, dtype or w.dtype, w.device)
 
     def head_weight(self) -> torch.Tensor:
         """The output head's matrix (V, dim) — the input embedding when tied — for a loss that applies the head

@@ -48,12 +48,13 @@ def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int
 
 def loss_bytes(positions: int, vocab_size: int, dim: int, chunk_size: int, act: int) -> int:
     """Peak bytes of the loss. Full logits (chunk_size 0): the logits in the compute dtype, their fp32 copy and
-    fp32 gradient. Chunked: one chunk's logits (compute dtype, fp32, fp32 softmax, fp32 and compute-dtype
-    gradient) plus what lives from forward to backward: dL/dW (V x dim) and dL/dh (positions x dim) in fp32."""
+    fp32 gradient. Chunked: one chunk's logits in the compute dtype, the fp32 buffer that becomes their gradient,
+    its compute-dtype copy, plus what lives from forward to backward: dL/dW (V x dim) and dL/dh (positions x dim) in
+    fp32."""
     if chunk_size == 0:
         return positions * vocab_size * (act + 8)
     chunk = min(chunk_size, positions)
-    return chunk * vocab_size * (2 * act + 12) + 4 * vocab_size * dim + 4 * positions * dim
+    return chunk * vocab_size * (2 * act + 4) + 4 * vocab_size * dim + 4 * positions * dim
 
 
 def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[int] | None = None) -> dict:

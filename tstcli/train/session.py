@@ -10,7 +10,8 @@ from tstcli.data.prepare import ensure_prepared
 from tstcli.eval.datafiles import default_data_dir
 from tstcli.parallel.world import World, barrier, shutdown, start
 from tstcli.recipe import Recipe
-from tstcli.run import checkpoint, rundir
+from tstcli.data.shards import write_json_atomic
+from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train.data import TrainData, open_data
 from tstcli.train.hooks import Hooks
 from tstcli.train.hooks.defaults import default_hooks
@@ -38,7 +39,13 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
             data, built = open_data(r, data_dir)
             if built:
                 log(f"prepare: packed rows for this recipe in {data.pack.directory}")
+            start = (init_from.check(r.model.init_from, r.model, data.manifest["vocab_size"],
+                                     data_dir / rundir.TOKENIZER) if r.model.init_from else None)
             rundir.create(run_dir, recipes.to_toml(r), data_dir, data.manifest_sha, data.pack.info["key"])
+            if start is not None:
+                write_json_atomic(run_dir / init_from.INIT_FROM, start)
+                log(f"init: from {start['checkpoint']}" + (f" (revision {start['revision']})"
+                                                           if start["revision"] else ""))
             log(f"train: run directory {run_dir}" + (f" ({world.size} processes)" if world.distributed else ""))
         barrier()
         if not world.main:

@@ -19,9 +19,9 @@ from tstcli.errors import DivergedError, Stopped
 from tstcli.model import Llama
 from tstcli.objective import HeldOut, Objective, heldout_loss
 from tstcli.parallel.engine import Engine
-from tstcli.parallel.world import World, full_value, sum_across
+from tstcli.parallel.world import World, assign_full, full_value, sum_across
 from tstcli.recipe import Recipe
-from tstcli.run import checkpoint, rundir
+from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train import hardware
 from tstcli.train.data import TrainData
 from tstcli.train.hooks import Hook, Hooks
@@ -179,6 +179,16 @@ class Trainer:
         return {**s, "phase": self.r.phase_at(max(self.state.step, 1)),
                 "torch_rng": torch.get_rng_state().tolist()}
 
+    def _initial_weights(self) -> list[str]:
+        """A fresh start from `model.init_from`'s weights (every rank, into its shards), else the random ones."""
+        if not self.r.model.init_from:
+            return []
+        full, where = init_from.weights(self.r.model.init_from)
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():  # activation checkpointing wraps blocks: unwrap names
+                assign_full(param, full[name.replace("_checkpoint_wrapped_module.", "")])
+        return [f"init: weights from {where}"]
+
     def _restore(self, ckpt: Path) -> list[str]:
         saved = checkpoint.load(ckpt, self.model, self.optimizer)
         torch.set_rng_state(torch.tensor(saved.pop("torch_rng"), dtype=torch.uint8))
@@ -216,7 +226,7 @@ class Trainer:
     # ---- the loop ----
     def run(self, resume: Path | None = None) -> dict:
         """Train from the start, or from checkpoint `resume`, to `train.steps`; returns the summary."""
-        notes = self._restore(resume) if resume is not None else []
+        notes = self._restore(resume) if resume is not None else self._initial_weights()
         self.resumed_from = resume
         self._clock = time.perf_counter() - self.state.elapsed_s
         try:

@@ -75,18 +75,21 @@ def reference_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor,
 
 def chunk_loss(kind: str, z: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
                with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(per-position loss (n,), d loss_i / d z_i (n, V) or None without `with_grad`)."""
+    """(per-position loss (n,), d loss_i / d z_i (n, V) or None without `with_grad`). Consumes `z`: the gradient
+    is built in its memory (a chunk's logits are the largest tensor of the step; a second one would double it)."""
     if kind == "mce":
-        lse = torch.logsumexp(z, dim=-1)
         w = _target_weights(targets, weights)
-        loss = lse - (z.gather(-1, targets) * w).sum(-1)
+        target_term = (z.gather(-1, targets) * w).sum(-1)
+        top = z.amax(dim=-1, keepdim=True)
+        total = z.sub_(top).exp_().sum(dim=-1, keepdim=True)  # z now holds exp(z − max): no second (n, V) tensor
+        loss = (total.log() + top).squeeze(-1) - target_term  # logsumexp − Σ_j w_j z[T_j]
         if not with_grad:
             return loss, None
-        return loss, torch.exp(z - lse.unsqueeze(-1)).scatter_add_(-1, targets, -w)
+        return loss, z.div_(total).scatter_add_(-1, targets, -w)  # softmax − Σ_j w_j onehot(T_j)
     if kind == "bce":
         y = _bag_indicator(z, targets)
-        loss = (F.softplus(z) - y * z).sum(-1)
-        return loss, (torch.sigmoid(z) - y if with_grad else None)
+        loss = F.softplus(z).sum(-1) - (y * z).sum(-1)
+        return loss, (z.sigmoid_().sub_(y) if with_grad else None)
     if kind == "hinge":
         return _hinge(z, targets, with_grad)
     raise ValueError(f"unknown loss {kind!r}")

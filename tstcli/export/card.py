@@ -1,0 +1,43 @@
+"""The export's README.md: a Hugging Face model card recording how the model was trained — the recipe, the TST
+settings, raw tokens per phase and the final held-out loss (from the run's metrics log)."""
+from __future__ import annotations
+
+from tstcli import __version__
+from tstcli.run import metrics, rundir
+from tstcli.run.load import LoadedModel
+
+
+def _training_facts(lm: LoadedModel) -> dict:
+    train = metrics.read_rows(lm.run_dir, "train")
+    val = metrics.read_rows(lm.run_dir, "val")
+    p1 = [x["tokens"] for x in train if x["phase"] == 1]
+    total = train[-1]["tokens"] if train else 0
+    return {"steps": train[-1]["step"] if train else 0, "tokens_phase1": p1[-1] if p1 else 0,
+            "tokens_phase2": total - (p1[-1] if p1 else 0), "final_val_loss": val[-1]["val_loss"] if val else None}
+
+
+def model_card(lm: LoadedModel, architecture: str) -> str:
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- tst",
+             "- token-superposition-training", "---", ""]
+    if lm.recipe is None:  # an export of an export: nothing more is known
+        return "\n".join(front + [f"# {architecture} model", "", f"Exported by tst {__version__}.", ""])
+    r, facts = lm.recipe, _training_facts(lm)
+    loss = f"{facts['final_val_loss']:.4f}" if facts["final_val_loss"] is not None else "not measured"
+    recipe = (lm.run_dir / rundir.RECIPE).read_text()
+    body = [
+        f"# {r.run.name}", "",
+        f"A {architecture} model pretrained with [tst](https://arxiv.org/abs/2605.06546) — Token Superposition "
+        "Training: for the first part of training, bags of `s` contiguous tokens are averaged into one position and "
+        "the model predicts the next bag; then plain next-token training. The result is an ordinary autoregressive "
+        "model.", "",
+        "| | |", "|---|---|",
+        f"| TST | bag size s = {r.tst.bag_size}, ratio {r.tst.ratio}, mode `{r.tst.mode}`, loss `{r.tst.loss}`, "
+        f"weighting `{r.tst.weighting}` |",
+        f"| steps | {facts['steps']:,} of {r.train.steps:,} |",
+        f"| raw tokens | {facts['tokens_phase1']:,} in phase 1 (superposition), {facts['tokens_phase2']:,} in "
+        "phase 2 (next-token) |",
+        f"| final held-out loss | {loss} (next-token, the run's validation split) |",
+        f"| checkpoint | `{lm.source}` |",
+        f"| exported by | tst {__version__} |", "",
+        "## Recipe", "", "```toml", recipe.rstrip(), "```", ""]
+    return "\n".join(front + body)

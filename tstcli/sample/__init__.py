@@ -1,0 +1,1 @@
+"""Text generation with the native model (`tst sample`): no transformers needed."""
