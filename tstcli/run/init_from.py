@@ -8,13 +8,13 @@ what every rank loads into its model before the first step.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
+from tstcli.data.shards import file_sha256
 from tstcli.errors import DataError, RecipeError
 from tstcli.recipe import ModelConfig
 from tstcli.run.load import LoadedModel, load_model
@@ -60,14 +60,6 @@ def _first_difference(ours: ModelConfig, theirs: ModelConfig) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _weight_files(lm: LoadedModel) -> list[Path]:
     src = Path(lm.source)
     return sorted(src.glob("*.safetensors")) if src.is_dir() else []
@@ -88,7 +80,7 @@ def check(source: str, model_cfg: ModelConfig, vocab_size: int, tokenizer_path: 
         raise DataError(f"{where}: its tokenizer ({lm.tokenizer_path}) is not the one the data was prepared with "
                         f"({tokenizer_path}); set data.tokenizer to the checkpoint's tokenizer.json")
     return {"source": source, "path": str(path.resolve()), "revision": revision, "checkpoint": lm.source,
-            "sha256": {f.name: _sha256(f) for f in _weight_files(lm)}}
+            "sha256": {f.name: file_sha256(f) for f in _weight_files(lm)}}
 
 
 def weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
