@@ -82,3 +82,22 @@ def test_a_hub_id_offline_and_not_cached_is_one_line_exit_3(small_data, tmp_path
                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert_one_line_error(out, 3, "nobody-here/no-such-model", "offline")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_sharded_checkpoint_loads_whole_and_is_recorded_file_by_file(exported, small_data, tmp_path, monkeypatch):
+    """A Hugging Face checkpoint in several safetensors files (with its index) gives the same weights as the run it
+    came from, and each file's sha256 is recorded."""
+    from tstcli.export import writer
+    from tstcli.run import init_from
+    from tstcli.run.load import from_run
+    run, _ = exported
+    monkeypatch.setattr(writer, "MAX_SHARD", "20KB")
+    res = writer.export(from_run(run, None), tmp_path / "sharded", "fp32", False)
+    shards = [f for f in res["files"] if f.startswith("model-")]
+    assert len(shards) > 2
+    full, _ = init_from.weights(str(tmp_path / "sharded"))
+    ours = from_run(run, None).model.state_dict()
+    assert full.keys() == ours.keys() and all(torch.equal(full[k], ours[k]) for k in ours)
+    r = small_recipe(small_data)
+    record = init_from.check(str(tmp_path / "sharded"), r.model, 512, small_data / "tokenizer.json")
+    assert sorted(record["sha256"]) == sorted(shards)
