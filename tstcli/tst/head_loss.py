@@ -6,7 +6,7 @@ the compute dtype, like the head's matmul under autocast), the chunk's loss in f
 wanted — the loss's analytic gradient with respect to those logits, which it turns at once into the chunk's share
 of dL/dh and dL/dW (accumulated in fp32). Only one chunk's logits and their gradient exist at any time; what
 survives to the backward pass is dL/dh (N, d) and dL/dW (V, d), the sizes of h and W. The backward pass only
-scales them by the incoming gradient.
+scales them by the incoming gradient, in place, so a forward serves one backward (no `retain_graph` reuse).
 
 Why gradients in the forward pass rather than recomputation in the backward: recomputing the logits costs a
 fourth (N·V·d) matmul per step, a tenth or more of a small model's step at V = 128k, and the step-time target is
