@@ -146,5 +146,10 @@ def test_model_card_and_push_to_hub_offline_is_one_line_exit_3(run, tmp_path):
     phase1 = [x["tokens"] for x in rows if x["kind"] == "train" and x["phase"] == 1][-1]
     assert "bag size s = 3" in card and f"{final:.4f}" in card and f"{phase1:,} in phase 1" in card
     assert "[tst]" in card and "```toml" in card
+    early = run_cli("export", run, "--out", tmp_path / "early", "--step", "2")  # the card describes that checkpoint
+    assert early.returncode == 0, early.stderr
+    state = json.loads((run / "checkpoints" / "step-00000002" / "state.json").read_text())
+    card = (tmp_path / "early" / "README.md").read_text()
+    assert "| steps | 2 of " in card and f"{state['tokens_phase']['1']:,} in phase 1" in card
     bad = run_cli("export", run, "--out", tmp_path / "x", "--push-to-hub", "no-slash")
     assert_one_line_error(bad, 2, "OWNER/NAME")

@@ -1,19 +1,19 @@
 """The export's README.md: a Hugging Face model card recording how the model was trained — the recipe, the TST
-settings, raw tokens per phase and the final held-out loss (from the run's metrics log)."""
+settings, raw tokens per phase and the held-out loss, from the exported checkpoint's state."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from tstcli import __version__
-from tstcli.run import metrics, rundir
+from tstcli.run import checkpoint, rundir
 from tstcli.run.load import LoadedModel
 
 
 def _training_facts(lm: LoadedModel) -> dict:
-    train = metrics.read_rows(lm.run_dir, "train")
-    val = metrics.read_rows(lm.run_dir, "val")
-    p1 = [x["tokens"] for x in train if x["phase"] == 1]
-    total = train[-1]["tokens"] if train else 0
-    return {"steps": train[-1]["step"] if train else 0, "tokens_phase1": p1[-1] if p1 else 0,
-            "tokens_phase2": total - (p1[-1] if p1 else 0), "final_val_loss": val[-1]["val_loss"] if val else None}
+    """From the exported checkpoint's own state: `--step` may export one before the run's last metrics row."""
+    state = checkpoint.read_state(Path(lm.source))
+    return {"steps": state["step"], "tokens_phase1": state["tokens_phase"]["1"],
+            "tokens_phase2": state["tokens_phase"]["2"], "final_val_loss": state.get("val_loss")}
 
 
 def model_card(lm: LoadedModel, architecture: str) -> str:
@@ -36,7 +36,7 @@ def model_card(lm: LoadedModel, architecture: str) -> str:
         f"| steps | {facts['steps']:,} of {r.train.steps:,} |",
         f"| raw tokens | {facts['tokens_phase1']:,} in phase 1 (superposition), {facts['tokens_phase2']:,} in "
         "phase 2 (next-token) |",
-        f"| final held-out loss | {loss} (next-token, the run's validation split) |",
+        f"| held-out loss | {loss} (next-token, the run's validation split, latest at this checkpoint) |",
         f"| checkpoint | `{lm.source}` |",
         f"| exported by | tst {__version__} |", "",
         "## Recipe", "", "```toml", recipe.rstrip(), "```", ""]

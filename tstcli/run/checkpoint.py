@@ -135,7 +135,7 @@ def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
     return final
 
 
-def _read_state(path: Path) -> dict:
+def read_state(path: Path) -> dict:
     try:
         state = json.loads((path / STATE).read_text())
     except (OSError, ValueError) as e:
@@ -188,7 +188,7 @@ def _reason(e: BaseException) -> str:
 
 def load(path: Path, model, optimizer) -> dict:
     """Restore model and optimizer in place (resharding to this world); return the training state."""
-    state = _read_state(path)
+    state = read_state(path)
     try:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         model_sd, aliases = _untied(model_sd)
@@ -221,7 +221,7 @@ def find(root: Path, step: int | None) -> Path:
 
 def load_weights(path: Path, model) -> None:
     """Model weights only, into a plain (unsharded) model: export and evaluation."""
-    _read_state(path)
+    read_state(path)
     try:
         sd, aliases = _untied(get_model_state_dict(model))
         with _quiet_dcp():
