@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import MOBY, SHARED, run_cli, small_recipe, write_recipe
+from conftest import MOBY, ROOT, SHARED, run_cli, small_recipe, write_recipe
 from tstcli.data import packing, shards, sources
 from tstcli.data.loader import batch_offsets
 from tstcli.data.prepare import _is_val, prepare
@@ -165,3 +165,43 @@ def test_changing_the_recipe_repacks_without_retokenizing(small_data, tmp_path):
     assert (small_data / "manifest.json").read_bytes() == manifest
     assert {p.name: p.stat().st_mtime_ns for p in small_data.glob("*.bin")} == shard_mtimes
     assert len(list((small_data / "packs").iterdir())) >= 2  # the new pack sits beside the old one
+
+
+def test_a_document_longer_than_a_piece_tokenizes_as_the_whole(small_data, tmp_path):
+    """One document of 2.4M characters (> PIECE_CHARS) is tokenized in pieces, giving exactly the whole's tokens."""
+    from tstcli.data.prepare import PIECE_CHARS, pieces
+
+    text = "\n\n".join(_docs(MOBY)) * 2
+    assert len(text) > 2 * PIECE_CHARS
+    cut = list(pieces(text))
+    assert "".join(cut) == text and len(cut) >= 3 and all(len(p) <= PIECE_CHARS for p in cut)
+    src = tmp_path / "one.jsonl"
+    short = [f"short document number {i}" for i in range(20)]  # so that both splits get documents
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in [text] + short))
+    data = tmp_path / "d"
+    cfg = small_recipe(data, **{"data.sources": [str(src)], "data.tokenizer": str(small_data / "tokenizer.json"),
+                                "data.val_fraction": 0.5}).data
+    prepare(cfg, data, log=lambda *_: None)
+    m = shards.read_manifest(data)
+    split = "val" if _is_val(text, 0.5) else "train"
+    ids = np.concatenate([np.fromfile(data / s["file"], dtype=m["dtype"]) for s in m["splits"][split]["shards"]])
+    tok = Tokenizer.from_file(str(small_data / "tokenizer.json"))
+    whole = tok.encode(text, add_special_tokens=False).ids
+    assert sum(m["splits"][s]["documents"] for s in ("train", "val")) == 21
+    assert ids[:len(whole) + 1].tolist() == whole + [m["tokenizer"]["eot_id"]]
+
+
+def test_invalid_utf8_is_replaced_and_counted_once(tmp_path):
+    src = tmp_path / "bad.txt"
+    src.write_bytes(b"a first document\n\n" + b"caf\xe9 and \xff\xfe twice\n\nthe end\n")
+    r = run_cli("prepare", ROOT / "recipes" / "tiny.toml", "--set", f'data.dir="{tmp_path / "d"}"',
+                "--set", f'data.sources=["{src}"]', "--set", "data.val_fraction=0.4", "--set", "data.vocab_size=300")
+    warnings = [l for l in r.stderr.splitlines() if "not valid UTF-8" in l]
+    assert len(warnings) == 1 and "3 bytes" in warnings[0] and "bad.txt" in warnings[0], r.stderr
+
+
+def test_an_empty_corpus_says_so(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    r = run_cli("prepare", ROOT / "recipes" / "tiny.toml", "--set", f'data.dir="{tmp_path / "d"}"',
+                "--set", f'data.sources=["{tmp_path / "empty.txt"}"]')
+    assert r.returncode == 3 and "hold no documents" in r.stderr and "val_fraction" not in r.stderr, r.stderr

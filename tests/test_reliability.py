@@ -17,7 +17,7 @@ from conftest import run_cli, small_recipe, train_small, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import train_losses
 from tstcli.errors import CheckpointError
-from tstcli.run import checkpoint
+from tstcli.run import checkpoint, integrity
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,14 @@ def test_pickled_checkpoint_is_refused(finished, tmp_path):
             return (os.system, (f"touch {tmp_path}/pwned",))
 
     torch.save({"weights": Evil()}, target)  # a pickle, not safetensors
+    assert_one_line_error(run_cli("resume", run), 4, target.name, "sha256")  # the checksum catches it first
+    state_path = target.parent / "state.json"  # an attacker may rewrite state.json too: still nothing is unpickled
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, "sha256": integrity.checksums(target.parent, state["files"])}))
     assert_one_line_error(run_cli("resume", run), 4, "step-00000006", "cannot load checkpoint")
     assert not (tmp_path / "pwned").exists()
     shutil.copy(finished / "checkpoints" / "step-00000006" / target.name, target)
+    shutil.copy(finished / "checkpoints" / "step-00000006" / "state.json", state_path)
     (target.parent / "shard-00002-model-00001-of-00001.safetensors").write_bytes(pickle.dumps({"state": Evil()}))
     assert_one_line_error(run_cli("resume", run), 4, "step-00000006", "cannot load checkpoint")
     assert not (tmp_path / "pwned").exists()

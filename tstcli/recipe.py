@@ -7,6 +7,8 @@ naming the file and the key. Nothing below the CLI reads TOML.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ class DataConfig:
     text_field: str = key("text", "JSON field holding a document's text in .jsonl sources")
     txt_documents: str = key("blank_line", "how .txt sources split into documents: at blank lines, or one per file",
                              ("blank_line", "file"))
-    dir: str = key("", "where prepared shards live; empty means data/<run.name>")
+    dir: str = key("", "where prepared shards live; empty means data/<run.name>-<hash of the other data keys>")
     tokenizer: str = key("bpe", "bpe (train a byte-level BPE on the corpus), a tokenizer.json path, or a hub repo id")
     vocab_size: int = key(4096, "vocabulary size of a trained BPE tokenizer; with a loaded tokenizer, the size "
                           "`train --dry-run` assumes when that tokenizer is not available locally")
@@ -214,7 +216,13 @@ class Recipe:
 
     @property
     def data_dir(self) -> str:
-        return self.data.dir or f"data/{self.run.name}"
+        """data.dir, or data/<run.name>-<8 hex digits of the keys that decide what is prepared>: recipes with other
+        sources or another tokenizer never share (and so never replace) each other's prepared data."""
+        if self.data.dir:
+            return self.data.dir
+        keys = {k: v for k, v in dataclasses.asdict(self.data).items() if k not in ("dir", "repeat")}
+        digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
+        return f"data/{self.run.name}-{digest}"
 
     @property
     def heldout_rows(self) -> int:
@@ -405,6 +413,15 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recip
         k, v = parse_set(item)
         _apply_override(table, k, v, f"recipe {path} (--set {item})")
     return from_dict(table, f"recipe {path}")
+
+
+def advisories(r: Recipe) -> list[str]:
+    """Settings that are valid but probably not meant (printed as warnings by `tst train`)."""
+    out = []
+    if r.train.warmup_steps >= r.train.steps:
+        out.append(f"train.warmup_steps ({r.train.warmup_steps}) >= train.steps ({r.train.steps}): the learning "
+                   "rate never leaves its warmup (no stable phase, no decay); lower train.warmup_steps")
+    return out
 
 
 def to_dict(r: Recipe) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -12,7 +13,8 @@ import typer
 from tstcli import __version__
 from tstcli.cli import eval as eval_cmd
 from tstcli.cli import compare, export, prepare, resume, sample, train
-from tstcli.errors import EXIT_INTERNAL, EXIT_USAGE, Stopped, TstError
+from tstcli.errors import (EXIT_CHECKPOINT, EXIT_INTERNAL, EXIT_USAGE, Stopped, Terminated, TstError,
+                          describe_os_error, environment_fault)
 
 app = typer.Typer(name="tst", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
@@ -55,31 +57,54 @@ def _internal_error() -> int:
     return EXIT_INTERNAL
 
 
-def main(argv: list[str] | None = None) -> None:
-    command = typer.main.get_command(app)
+def _terminate(signum, _frame):
+    raise Terminated(signum)
+
+
+def _run(command, argv) -> int:
     try:
-        command.main(args=argv, prog_name="tst", standalone_mode=False)
-        code = 0
+        # Typer turns Ctrl-C into Exit(130) and, without standalone mode, *returns* the code: keep it.
+        code = command.main(args=argv, prog_name="tst", standalone_mode=False)
+        code = code if isinstance(code, int) else 0
+        if code == 130:
+            print("error: interrupted", file=sys.stderr)
+        return code
     except typer.Exit as e:
-        code = e.exit_code
+        return e.exit_code
     except typer.Abort:
-        code = 130
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except TstError as e:
         print(f"error: {e.message}", file=sys.stderr)
-        code = e.exit_code
+        return e.exit_code
     except Stopped as e:
-        code = 128 + e.signum
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        code = 130
-    except Exception as e:
+        return 130
+    except Terminated as e:
+        print("error: terminated", file=sys.stderr)
+        return 128 + e.signum
+    except BaseException as e:  # noqa: BLE001 -- torch's CheckpointException is a BaseException
+        if isinstance(e, SystemExit):
+            raise
+        fault = environment_fault(e)
+        if fault is not None:  # read-only, full disk, permission: the environment, not a bug
+            print(f"error: {describe_os_error(fault)}", file=sys.stderr)
+            return EXIT_CHECKPOINT
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `tst`: show the help
             print(e.format_message(), file=sys.stderr)
-            code = EXIT_USAGE
-        elif hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a click usage error (typer may vendor click)
+            return EXIT_USAGE
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a click usage error (typer may vendor click)
             print(f"error: {e.format_message()} (see `tst --help`)", file=sys.stderr)
-            code = e.exit_code or EXIT_USAGE
-        else:
-            code = _internal_error()
+            return e.exit_code or EXIT_USAGE
+        return _internal_error()
+
+
+def main(argv: list[str] | None = None) -> None:
+    command = typer.main.get_command(app)
+    # SIGTERM unwinds like Ctrl-C (temporary files removed, exit 143); the training loop installs its own handler.
+    signal.signal(signal.SIGTERM, _terminate)
+    code = _run(command, argv)
     sys.stdout.flush()
     sys.exit(code)

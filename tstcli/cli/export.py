@@ -23,7 +23,7 @@ def export(
     json_: bool = JsonOption,
 ):
     """Export a checkpoint as a Hugging Face model (config, safetensors, tokenizer) and self-test it."""
-    from tstcli.export.writer import DTYPES, export as write_export
+    from tstcli.export.writer import DTYPES, export as write_export, refuse_overlap
     from tstcli.run import rundir
     from tstcli.run.load import from_run
 
@@ -34,6 +34,7 @@ def export(
     if (private or revision) and push_to_hub is None:
         raise RecipeError("--private and --revision apply to --push-to-hub")
     rundir.read_info(run_dir)
+    refuse_overlap(out, run_dir)  # before loading anything: --force would delete the run
     res = write_export(from_run(run_dir, step), out, dtype, force)
     diff = res["self_test_max_abs_diff"]
     check = (f"self-test: transformers' logits match the native model's (max |diff| {diff:.2e} <= 1e-4, fp32)"

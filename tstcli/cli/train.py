@@ -25,6 +25,8 @@ def train(
     from tstcli.cli.report import plan_lines, summary_lines
 
     r = recipes.load(recipe, set_ or [])
+    for advice in recipes.advisories(r):
+        log(f"warning: {advice}")
     if dry_run:
         from tstcli.train.dryrun import dry_run_plan
 

@@ -4,8 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
+import os
+import socket
+from urllib.parse import urlparse
 
 from tstcli.errors import DataError
+
+
+@functools.lru_cache(maxsize=1)
+def reachable() -> bool:
+    """Whether the hub can be asked at all: not in offline mode and its host name resolves. Without a network (a
+    cluster node, CI) huggingface-hub retries a failed name lookup for half a minute, printing every retry; a
+    failed lookup here answers at once and the cache is used instead."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    from huggingface_hub import constants
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+        return True
+    except OSError:
+        return False
+
+
+def quiet() -> None:
+    """huggingface-hub logs each retry as a warning; our one error line says what failed."""
+    from huggingface_hub.utils import logging as hub_logging
+    hub_logging.set_verbosity_error()
 
 
 @contextlib.contextmanager
@@ -26,13 +51,19 @@ def dataset_file(repo_id: str, filename: str, revision: str | None, what: str, h
     """Local path of `filename` in dataset `repo_id` (downloaded once, then read from the cache, also offline).
     `what` starts the error line (the file, key or benchmark asked for); `hint` says what to do when offline."""
     from huggingface_hub import hf_hub_download
+    quiet()
     with _one_line(what, f"not in the local hub cache and the hub cannot be reached (offline?); {hint}", "download"):
-        return hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision or None)
+        return hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision or None,
+                               local_files_only=not reachable())
 
 
 def matching_files(repo_id: str, pattern: str, revision: str | None, what: str, hint: str) -> list[str]:
     """Names of the dataset's files matching a glob (sorted); listing them needs the hub."""
     from huggingface_hub import HfApi
+    quiet()
+    if not reachable():
+        raise DataError(f"{what}: listing the dataset's files needs the hub, which cannot be reached (offline?); "
+                        f"{hint}")
     with _one_line(what, f"listing the dataset's files needs the hub, which cannot be reached (offline?); {hint}",
                    "listing"):
         names = HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision or None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,28 @@ def split_phases(r: Recipe, manifest: dict) -> tuple[dict, dict]:
     return info, rows
 
 
+def _write_pack(directory: Path, info: dict, rows: dict) -> bool:
+    """Write a pack under a name of this process's own and rename it into place; False when another process
+    (a second rank or run on the same data) put the same pack there first."""
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True)
+        for p in (1, 2):
+            np.save(tmp / f"phase{p}.npy", rows[p])
+        shards.write_json_atomic(tmp / "pack.json", info)
+        if directory.exists() and not (directory / "pack.json").is_file():
+            shutil.rmtree(directory, ignore_errors=True)  # an incomplete pack from before atomic renames
+        try:
+            tmp.rename(directory)
+        except OSError:
+            if not (directory / "pack.json").is_file():
+                raise
+            return False  # someone else's identical pack is in place
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_pack(r: Recipe, data_dir: Path, manifest: dict, manifest_sha: str) -> tuple[Pack, bool]:
     """Load the pack for this recipe, building it if absent. Returns (pack, built_now)."""
     if not r.data.repeat:
@@ -111,15 +134,7 @@ def ensure_pack(r: Recipe, data_dir: Path, manifest: dict, manifest_sha: str) ->
     if not (directory / "pack.json").is_file():
         info, rows = split_phases(r, manifest)
         info["key"] = key
-        tmp = directory.with_name(key + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for p in (1, 2):
-            np.save(tmp / f"phase{p}.npy", rows[p])
-        shards.write_json_atomic(tmp / "pack.json", info)
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-        built = True
+        built = _write_pack(directory, info, rows)
     try:
         info = json.loads((directory / "pack.json").read_text())
         rows = {p: np.load(directory / f"phase{p}.npy", allow_pickle=False) for p in (1, 2)}

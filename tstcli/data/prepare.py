@@ -7,6 +7,7 @@ Re-running with the same inputs finds the manifest up to date and does nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import sys
@@ -18,12 +19,16 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from tstcli.data import shards, sources
+from tstcli import locks
+from tstcli.data import dependents, shards, sources
 from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256, train_bpe
-from tstcli.errors import DataError
+from tstcli.errors import DataError, as_error, environment_fault
 from tstcli.recipe import DataConfig
 
 BATCH_CHARS = 4_000_000  # characters per encode_batch call: large enough to use every core, small enough to stream
+# A document longer than this is tokenized in pieces of at most this many characters, cut where a run of whitespace
+# begins (so the pre-tokenizer sees the same words): memory stays bounded however long one document is.
+PIECE_CHARS = 250_000
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,25 @@ class PrepareResult:
 
 
 def _is_val(text: str, val_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha1(text.encode("utf-8", "replace")).digest()[:8], "little")
-    return h / 2.0 ** 64 < val_fraction
+    h = hashlib.sha1()
+    for start in range(0, len(text), PIECE_CHARS):  # piecewise: the same digest without a copy of a huge text
+        h.update(text[start:start + PIECE_CHARS].encode("utf-8", "replace"))
+    return int.from_bytes(h.digest()[:8], "little") / 2.0 ** 64 < val_fraction
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `size` characters, each cut (where possible) where a run of whitespace
+    begins, so tokenizing the pieces gives the tokens of the whole text."""
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
+        while cut > start + 1 and text[cut - 1].isspace():
+            cut -= 1
+        cut = cut if cut > start else end  # no whitespace in the window: a hard cut
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def _inputs(cfg: DataConfig, files: list[sources.SourceFile]) -> dict:
@@ -71,7 +93,7 @@ def _documents(files, cfg: DataConfig, split: str) -> Iterator[str]:
     for f in files:
         for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents):
             if (split == "val") == _is_val(doc, cfg.val_fraction):
-                yield doc
+                yield from pieces(doc)
 
 
 def _encode(tok, docs: list[str]) -> list[list[int]]:
@@ -79,15 +101,62 @@ def _encode(tok, docs: list[str]) -> list[list[int]]:
     return [e.ids for e in encode(docs, add_special_tokens=False)]
 
 
+@contextlib.contextmanager
+def data_lock(data_dir: Path, log=print):
+    """Hold `data_dir`'s lock: one process at a time prepares, packs or registers a run there; the others wait
+    (then find the data up to date). A directory that cannot be written is used unlocked: nothing can change it."""
+    try:
+        lock = locks.DirLock(data_dir).acquire(
+            wait=True, on_wait=lambda who: log(f"prepare: {data_dir} is in use by {who}; waiting for it"))
+    except OSError as e:
+        if environment_fault(e) is None:
+            raise
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _writable_tmp(data_dir: Path) -> Path:
+    """The temporary folder of this preparation, made before any expensive work: a data.dir that cannot be written
+    fails here, not after training a tokenizer."""
+    tmp = data_dir / ".prepare-tmp"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise as_error(e, DataError, f"data.dir {data_dir} must be writable to prepare data",
+                       path=data_dir) from None
+    return tmp
+
+
 def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> PrepareResult:
+    """Tokenize and shard `cfg`'s sources into `data_dir` (the caller holds `data_lock(data_dir)`)."""
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
     files = sources.resolve(cfg.sources)
     source_bytes = sum(Path(f.path).stat().st_size for f in files)
-    inputs = _inputs(cfg, files)
     if not force and is_up_to_date(data_dir, cfg):
         return PrepareResult(data_dir, shards.read_manifest(data_dir), True, time.perf_counter() - t0, source_bytes)
+    dependents.refuse_replacing(data_dir)
+    tmp = _writable_tmp(data_dir)
+    try:
+        manifest = _tokenize(cfg, files, source_bytes, tmp, log)
+        _install(data_dir, tmp, manifest)
+    except BaseException as e:  # Ctrl-C and SIGTERM included: leave no temporary files behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and environment_fault(e) is not None:
+            raise as_error(e, DataError, f"preparing {data_dir}", path=tmp) from None
+        raise
+    return PrepareResult(data_dir, manifest, False, time.perf_counter() - t0, source_bytes)
 
+
+def _tokenize(cfg: DataConfig, files: list[sources.SourceFile], source_bytes: int, tmp: Path, log) -> dict:
+    """Pass 1 (a trained tokenizer) and pass 2 into `tmp`; returns the manifest."""
+    inputs = _inputs(cfg, files)
     show = sys.stderr.isatty()
     if cfg.tokenizer == "bpe":
         sample = f"a sample of up to {cfg.tokenizer_train_chars:,} characters of " if cfg.tokenizer_train_chars else ""
@@ -99,49 +168,58 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = shards.token_dtype(vocab)
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = data_dir / ".prepare-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     writers = {s: shards.ShardWriter(tmp, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
     docs_per_split = {"train": 0, "val": 0}
     chars = 0
     bar = tqdm(total=source_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not show, file=sys.stderr)
     eot_arr = np.array([eot], dtype=np.int64)
-
-    def encode_and_write(batch: list[str], split: str) -> None:
-        parts = []
-        for doc_ids in _encode(tok, batch):
-            parts += [np.asarray(doc_ids, dtype=np.int64), eot_arr]
-        writers[split].write(np.concatenate(parts))
-        docs_per_split[split] += len(batch)
-
-    batches = {"train": [], "val": []}
+    # Per split: pieces waiting to be encoded, each with whether it ends its document (then an end-of-text follows).
+    batches: dict[str, list[tuple[str, bool]]] = {"train": [], "val": []}
     sizes = {"train": 0, "val": 0}
+
+    def encode_and_write(split: str) -> None:
+        batch = batches[split]
+        parts = []
+        for ids, (_, ends) in zip(_encode(tok, [text for text, _ in batch]), batch):
+            parts.append(np.asarray(ids, dtype=np.int64))
+            if ends:
+                parts.append(eot_arr)
+                docs_per_split[split] += 1
+        writers[split].write(np.concatenate(parts))
+        batches[split], sizes[split] = [], 0
+
+    decode = sources.DecodeStats()
     for f in files:
-        for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents):
+        for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents, decode):
             split = "val" if _is_val(doc, cfg.val_fraction) else "train"
-            batches[split].append(doc)
-            sizes[split] += len(doc)
             chars += len(doc)
-            if sizes[split] >= BATCH_CHARS:
-                encode_and_write(batches[split], split)
-                batches[split], sizes[split] = [], 0
+            rest = pieces(doc)
+            piece = next(rest)
+            while piece is not None:
+                following = next(rest, None)
+                batches[split].append((piece, following is None))
+                sizes[split] += len(piece)
+                if sizes[split] >= BATCH_CHARS:
+                    encode_and_write(split)
+                piece = following
         bar.update(Path(f.path).stat().st_size)
     for split in ("train", "val"):
         if batches[split]:
-            encode_and_write(batches[split], split)
+            encode_and_write(split)
     bar.close()
+    if decode.replaced:
+        log(f"prepare: warning: {decode.summary()}")
     split_shards = {s: w.finish() for s, w in writers.items()}
+    if docs_per_split["train"] + docs_per_split["val"] == 0:
+        raise DataError(f"data.sources: {', '.join(cfg.sources)} hold no documents (every file is empty)")
     for split in ("train", "val"):
         if docs_per_split[split] == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
             what = "no document fell in the validation split: raise data.val_fraction or add documents" \
                 if split == "val" else "no training documents: lower data.val_fraction or add documents"
             raise DataError(f"data.sources: {what}")
 
     tok.save(str(tmp / "tokenizer.json"))
-    manifest = {
+    return {
         "format": shards.FORMAT_VERSION,
         "inputs": inputs,
         "sources": [{"origin": f.origin, "path": f.path, "bytes": Path(f.path).stat().st_size} for f in files],
@@ -153,7 +231,11 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
         "splits": {s: {"documents": docs_per_split[s], "tokens": sum(x["tokens"] for x in split_shards[s]),
                        "shards": split_shards[s]} for s in ("train", "val")},
     }
-    # Replace the previous preparation: drop its manifest first so a crash never leaves a manifest over mixed files.
+
+
+def _install(data_dir: Path, tmp: Path, manifest: dict) -> None:
+    """Replace the previous preparation: drop its manifest first so a crash never leaves a manifest over mixed
+    files."""
     (data_dir / shards.MANIFEST).unlink(missing_ok=True)
     for old in list(data_dir.glob("train-*.bin")) + list(data_dir.glob("val-*.bin")):
         old.unlink()
@@ -162,11 +244,11 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
         p.replace(data_dir / p.name)
     tmp.rmdir()
     shards.write_json_atomic(data_dir / shards.MANIFEST, manifest)
-    return PrepareResult(data_dir, manifest, False, time.perf_counter() - t0, source_bytes)
 
 
 def ensure_prepared(r, force: bool = False, log=print) -> tuple[Path, PrepareResult | None]:
-    """Prepare the recipe's data if it is missing or stale (saying so), else leave it. (data dir, result or None)"""
+    """Prepare the recipe's data if it is missing or stale (saying so), else leave it. (data dir, result or None)
+    The caller holds `data_lock(r.data_dir)`."""
     data_dir = Path(r.data_dir)
     if not force and is_up_to_date(data_dir, r.data):
         return data_dir, None
@@ -179,13 +261,14 @@ def prepare_recipe(r, force: bool = False, verify: bool = False, log=print) -> d
     Returns what it found and did (a JSON-able dict)."""
     from tstcli.data import packing
 
-    data_dir, result = ensure_prepared(r, force=force, log=log)
-    manifest = shards.read_manifest(data_dir)
-    if result is None:
-        log(f"prepare: {data_dir} is up to date with the recipe's sources and tokenizer; nothing to do "
-            "(--force rebuilds)")
-    shards.verify(data_dir, manifest, full=verify)
-    pack, built = packing.ensure_pack(r, data_dir, manifest, shards.manifest_sha256(data_dir))
+    with data_lock(Path(r.data_dir), log):
+        data_dir, result = ensure_prepared(r, force=force, log=log)
+        manifest = shards.read_manifest(data_dir)
+        if result is None:
+            log(f"prepare: {data_dir} is up to date with the recipe's sources and tokenizer; nothing to do "
+                "(--force rebuilds)")
+        shards.verify(data_dir, manifest, full=verify)
+        pack, built = packing.ensure_pack(r, data_dir, manifest, shards.manifest_sha256(data_dir))
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
     out = {"data_dir": str(data_dir), "up_to_date": result is None, "vocab_size": manifest["vocab_size"],
            "dtype": manifest["dtype"], "train_tokens": tr["tokens"], "val_tokens": va["tokens"],

@@ -140,6 +140,8 @@ class TokenStore:
                      np.zeros(0, dtype) for s in shards]
         self.lengths = np.array([s["tokens"] for s in shards], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.paths = [Path(data_dir) / s["file"] for s in shards]
+        self.vocab_size = int(manifest["vocab_size"])
 
     @property
     def total(self) -> int:
@@ -152,4 +154,8 @@ class TokenStore:
         for i, (off, sid) in enumerate(zip(offsets, shard_ids)):
             local = int(off - self.starts[sid])
             out[i] = self.maps[sid][local:local + width]
+            if out[i].max(initial=0) >= self.vocab_size:  # a damaged shard: the embedding would index past V
+                bad = int(out[i].max())
+                raise DataError(f"{self.paths[sid]}: token id {bad} near token {local} is beyond the vocabulary "
+                                f"({self.vocab_size}); the shard is damaged (re-run `tst prepare --force`)")
         return out

@@ -9,10 +9,12 @@ public-domain corpus shipped inside the package. Everything streams: memory does
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -82,14 +84,52 @@ def resolve(sources: list[str]) -> list[SourceFile]:
     return files
 
 
+_bad_bytes = [0]  # bytes replaced by the "tst-replace" handler in this process
+
+
+def _replace_counting(err: UnicodeDecodeError) -> tuple[str, int]:
+    _bad_bytes[0] += err.end - err.start
+    return "\ufffd", err.end  # what errors="replace" does
+
+
+codecs.register_error("tst-replace", _replace_counting)
+
+
+class DecodeStats:
+    """Bytes of input that were not valid UTF-8 (each invalid sequence became U+FFFD), per source file."""
+
+    def __init__(self):
+        self.by_file: dict[str, int] = {}
+
+    @property
+    def replaced(self) -> int:
+        return sum(self.by_file.values())
+
+    def summary(self) -> str:
+        worst = max(self.by_file, key=self.by_file.get)
+        return (f"{self.replaced:,} bytes of input were not valid UTF-8 and became U+FFFD, in "
+                f"{len(self.by_file)} file(s) (most in {worst}: {self.by_file[worst]:,})")
+
+
 def _open_text(path: str) -> io.TextIOBase:
     if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="tst-replace")
+    return open(path, encoding="utf-8", errors="tst-replace")
 
 
-def iter_documents(f: SourceFile, text_field: str, txt_documents: str) -> Iterator[str]:
-    """Yield the documents of one source file, in file order, skipping empty ones."""
+def iter_documents(f: SourceFile, text_field: str, txt_documents: str,
+                   decode: DecodeStats | None = None) -> Iterator[str]:
+    """Yield the documents of one source file, in file order, skipping empty ones (invalid UTF-8 bytes counted in
+    `decode`)."""
+    before = _bad_bytes[0]
+    try:
+        yield from _documents_of(f, text_field, txt_documents)
+    finally:
+        if decode is not None and _bad_bytes[0] > before:
+            decode.by_file[f.origin] = decode.by_file.get(f.origin, 0) + _bad_bytes[0] - before
+
+
+def _documents_of(f: SourceFile, text_field: str, txt_documents: str) -> Iterator[str]:
     try:
         with _open_text(f.path) as fh:
             if f.path.endswith(JSON_LINES):
@@ -98,6 +138,7 @@ def iter_documents(f: SourceFile, text_field: str, txt_documents: str) -> Iterat
                         continue
                     try:
                         text = json.loads(line)[text_field]
+                        line = None  # a huge document's raw line need not live on beside its text
                     except (ValueError, KeyError, TypeError):
                         raise DataError(f"{f.origin}:{lineno}: expected a JSON object with a string "
                                         f"'{text_field}' field (data.text_field)") from None
@@ -119,5 +160,5 @@ def iter_documents(f: SourceFile, text_field: str, txt_documents: str) -> Iterat
                         buf = []
                 if buf:
                     yield "".join(buf).rstrip("\n")
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{f.origin}: cannot read: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # truncated or damaged compressed input, unreadable file
+        raise DataError(f"{f.origin}: cannot read: {type(e).__name__}: {e}".splitlines()[0]) from None

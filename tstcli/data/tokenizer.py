@@ -62,8 +62,11 @@ def load_tokenizer(spec: str, local_only: bool = False) -> Tokenizer:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
+        from tstcli.data import hub
+        hub.quiet()
         try:
-            return Tokenizer.from_file(hf_hub_download(spec, "tokenizer.json", local_files_only=local_only))
+            return Tokenizer.from_file(hf_hub_download(spec, "tokenizer.json",
+                                                       local_files_only=local_only or not hub.reachable()))
         except LocalEntryNotFoundError:
             raise DataError(f"data.tokenizer: {spec}: not in the local hub cache and the hub cannot be reached "
                             "(offline?)") from None

@@ -9,6 +9,7 @@ import csv
 import gzip
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -64,17 +65,29 @@ def _open(path: Path):
                                                                                         newline="")
 
 
+def _read(path: Path, parse):
+    """parse(open file) -> rows; a truncated or damaged file is one DataError naming it (gzip raises EOFError,
+    zlib.error or BadGzipFile; bad bytes UnicodeDecodeError)."""
+    try:
+        with _open(path) as fh:
+            return parse(fh)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the benchmark file ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
 def jsonl(path: Path, _subject: str = "") -> list[dict]:
-    with _open(path) as fh:
+    def parse(fh):
         try:
             return [json.loads(line) for line in fh if line.strip()]
         except ValueError as e:
+            if isinstance(e, UnicodeDecodeError):
+                raise
             raise DataError(f"{path}: not valid JSON lines ({e})") from None
+    return _read(path, parse)
 
 
 def mmlu_csv(path: Path, subject: str) -> list[dict]:
-    with _open(path) as fh:
-        rows = list(csv.reader(fh))
+    rows = _read(path, lambda fh: list(csv.reader(fh)))
     try:
         return [{"question": r[0], "choices": r[1:5], "answer": "ABCD".index(r[5]), "subject": subject}
                 for r in rows if r]

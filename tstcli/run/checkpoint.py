@@ -5,9 +5,11 @@ layout: the sharding of each tensor is recorded in the file's header), so a chec
 FSDP2 loads in M ranks, or in one process, with DCP resharding it. Nothing is pickled: DCP's default layout keeps
 its metadata as a pickle, this one does not. The training state (JSON) and the recipe are written by rank 0.
 
-All of it goes to a temporary directory first; rank 0 writes `state.json` last (it lists the shard files), fsyncs
-and renames the directory into place. A directory named `step-*` whose `state.json` names files that are all
-there is complete; anything else is ignored (and removed by the next prune).
+All of it goes to a temporary directory first; rank 0 writes `state.json` last (it lists the shard files with
+their sha256), fsyncs and renames the directory into place. A directory named `step-*` whose `state.json` names
+files that are all there is complete; anything else is ignored (and removed by the next prune). Loading checks every
+file's sha256 against `state.json` and every weight for non-finite values: a damaged checkpoint is exit 4 naming
+the file, never a silently different model.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
 
-from tstcli.errors import CheckpointError
+from tstcli.errors import CheckpointError, as_error, environment_fault
+from tstcli.run.integrity import check_finite, checksums, file_name_inside, verify_files
 from tstcli.parallel.world import World, barrier, sum_across
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -115,24 +118,52 @@ def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     model_sd, _ = _untied(model_sd)
-    with _quiet_dcp():
-        dcp.save({"model": model_sd, "optim": {"state": optim_sd["state"]}},
-                 storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
-    barrier()
-    if world.main:
-        files = sorted(p.name for p in tmp.glob("*.safetensors"))
-        (tmp / RECIPE).write_text(recipe_toml)
-        (tmp / STATE).write_text(json.dumps({**state, "format": FORMAT, "world_size": world.size, "files": files},
-                                            indent=1, sort_keys=True) + "\n")
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
-        if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
-            shutil.rmtree(final)
-        tmp.rename(final)
-        _fsync_dir(root)
+    try:
+        with _quiet_dcp():
+            dcp.save({"model": model_sd, "optim": {"state": optim_sd["state"]}},
+                     storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
+        barrier()
+        if world.main:
+            _finish(tmp, final, root, state, recipe_toml, world)
+    except (OSError, CheckpointException) as e:  # CheckpointException is a BaseException: `except Exception` misses it
+        shutil.rmtree(tmp, ignore_errors=True)
+        fault = environment_fault(e) or _first_os_error(e)
+        if fault is None:
+            raise CheckpointError(f"{tmp}: cannot write the checkpoint ({_reason(e)})") from None
+        raise as_error(fault, CheckpointError, "writing a checkpoint; the previous checkpoint is intact, free space "
+                                               "and run `tst resume`", path=tmp) from None
     barrier()
     return final
+
+
+def _first_os_error(e: BaseException) -> OSError | None:
+    """The environment fault inside DCP's CheckpointException (it carries each rank's failure)."""
+    if isinstance(e, CheckpointException):
+        for failure in e.failures.values():
+            found = environment_fault(failure[0] if isinstance(failure, tuple) else failure)
+            if found is not None:
+                return found
+    return None
+
+
+def _finish(tmp: Path, final: Path, root: Path, state: dict, recipe_toml: str, world: World) -> None:
+    """Rank 0: recipe and state.json (files and their sha256) into `tmp`, fsync, rename into place."""
+    files = sorted(p.name for p in tmp.glob("*.safetensors"))
+    (tmp / RECIPE).write_text(recipe_toml)
+    (tmp / STATE).write_text(json.dumps({**state, "format": FORMAT, "world_size": world.size, "files": files,
+                                         "sha256": checksums(tmp, files)}, indent=1, sort_keys=True) + "\n")
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    _fsync_dir(tmp)
+    old = None
+    if final.exists():  # a checkpoint of the same step from an earlier attempt: set it aside, atomically
+        old = final.with_name(f".tmp-old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    _fsync_dir(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_state(path: Path) -> dict:
@@ -142,13 +173,25 @@ def read_state(path: Path) -> dict:
         raise CheckpointError(f"{path / STATE}: cannot read the checkpoint's state ({e})".splitlines()[0]) from None
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, this tst reads {FORMAT!r}")
+    bad = [f for f in state.get("files", []) if not file_name_inside(f)]
+    if bad:
+        raise CheckpointError(f"{path / STATE}: names {bad[0]!r}, not a file of the checkpoint's own folder")
+    missing = [f for f in state.get("files", []) if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{path / missing[0]}: missing (named in {path / STATE}); restore it, or delete "
+                              f"{path} to use an earlier checkpoint")
     return state
 
 
+
+
 def _is_complete(p: Path) -> bool:
+    """Renamed into place: `state.json` (written last, then the rename) and the recipe are there. Whether the files
+    it lists are all there and intact is checked when it is loaded, loudly: a damaged checkpoint is refused, never
+    skipped in silence (skipping the only one would restart a run from step 0)."""
     try:
         state = json.loads((p / STATE).read_text())
-        return (p / RECIPE).is_file() and bool(state["files"]) and all((p / f).is_file() for f in state["files"])
+        return (p / RECIPE).is_file() and bool(state["files"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -172,7 +215,7 @@ def prune(root: Path, keep: int) -> None:
     if keep > 0:
         for p in found[:-keep]:
             shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".tmp-step-*"):
+    for p in root.glob(".tmp-*"):  # unfinished saves, and a replaced checkpoint set aside
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -189,6 +232,7 @@ def _reason(e: BaseException) -> str:
 def load(path: Path, model, optimizer) -> dict:
     """Restore model and optimizer in place (resharding to this world); return the training state."""
     state = read_state(path)
+    verify_files(path, state.get("sha256", {}))
     try:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         model_sd, aliases = _untied(model_sd)
@@ -200,7 +244,8 @@ def load(path: Path, model, optimizer) -> dict:
                        optim_state_dict={"state": sd["optim"]["state"], "param_groups": optim_sd["param_groups"]})
     except _LOAD_ERRORS as e:
         raise CheckpointError(f"{path}: cannot load checkpoint ({_reason(e)})") from None
-    for k in ("format", "files"):
+    check_finite(model.named_parameters(), path)
+    for k in ("format", "files", "sha256"):
         state.pop(k, None)
     return state
 
@@ -221,7 +266,7 @@ def find(root: Path, step: int | None) -> Path:
 
 def load_weights(path: Path, model) -> None:
     """Model weights only, into a plain (unsharded) model: export and evaluation."""
-    read_state(path)
+    verify_files(path, read_state(path).get("sha256", {}))
     try:
         sd, aliases = _untied(get_model_state_dict(model))
         with _quiet_dcp():
@@ -230,3 +275,4 @@ def load_weights(path: Path, model) -> None:
         set_model_state_dict(model, sd, options=StateDictOptions(strict=True))
     except _LOAD_ERRORS as e:
         raise CheckpointError(f"{path}: cannot load model weights ({_reason(e)})") from None
+    check_finite(model.named_parameters(), path)

@@ -8,7 +8,6 @@ what every rank loads into its model before the first step.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -40,7 +39,10 @@ def locate(source: str) -> tuple[Path, str | None]:
         raise DataError(f"model.init_from {source!r}: no such directory (and not a hub repo id OWNER/NAME)")
     from huggingface_hub import snapshot_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    from tstcli.data import hub
+
+    hub.quiet()
+    offline = not hub.reachable()
     try:
         local = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors"],
                                        local_files_only=offline))

@@ -15,6 +15,7 @@ from tstcli.errors import CheckpointError, DataError
 from tstcli.model import Llama
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, rundir
+from tstcli.run.integrity import check_finite, verify_files
 
 
 @dataclass
@@ -79,12 +80,20 @@ def from_export(export_dir: Path) -> LoadedModel:
     index = export_dir / "model.safetensors.index.json"
     files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
              else ["model.safetensors"])
+    meta = export_dir / "tst_export.json"  # written by `tst export`: the weight files' sha256
+    if meta.is_file():
+        try:
+            recorded = json.loads(meta.read_text()).get("sha256", {})
+        except (OSError, ValueError, AttributeError):
+            raise CheckpointError(f"{meta}: corrupt export metadata (expected JSON)") from None
+        verify_files(export_dir, recorded)
     hf = {}
     try:
         for f in files:
             hf.update(load_file(str(export_dir / f)))
     except Exception as e:
         raise CheckpointError(f"{export_dir}: cannot load weights ({type(e).__name__}: {e})".splitlines()[0]) from None
+    check_finite(hf.items(), export_dir)
     model = Llama(cfg, vocab)
     try:
         model.load_state_dict({k: v.float() for k, v in native_state_dict(hf, cfg.tie_embeddings).items()})

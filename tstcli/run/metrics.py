@@ -10,9 +10,12 @@ This module is the one writer and the one reader of the file; `tst compare` and 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+
+from tstcli.errors import CheckpointError, as_error, environment_fault
 
 METRICS = "metrics.jsonl"
 
@@ -54,15 +57,32 @@ class MetricsWriter:
     durable before a checkpoint names their step."""
 
     def __init__(self, run_dir: Path):
-        self._fh = open(Path(run_dir) / METRICS, "a")
+        self.path = Path(run_dir) / METRICS
+        self._fh = open(self.path, "a")
 
     def write(self, row: dict) -> None:
-        self._fh.write(json.dumps(row) + "\n")
-        self._fh.flush()
+        with self._naming_the_file():
+            self._fh.write(json.dumps(row) + "\n")
+            self._fh.flush()
 
     def sync(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        with self._naming_the_file():
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    @contextlib.contextmanager
+    def _naming_the_file(self):
+        """A full disk or a vanished mount while logging: a CheckpointError naming metrics.jsonl (write() names
+        no file)."""
+        try:
+            yield
+        except OSError as e:
+            if environment_fault(e) is None:
+                raise
+            raise as_error(e, CheckpointError, "writing the metrics log", path=self.path) from None
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:  # the write that failed was reported already; closing retries the same buffered bytes
+            pass

@@ -5,9 +5,10 @@ import json
 import shutil
 from pathlib import Path
 
-from tstcli import __version__
+from tstcli import __version__, locks
+from tstcli.data import dependents
 from tstcli.data.shards import write_json_atomic
-from tstcli.errors import CheckpointError, RecipeError
+from tstcli.errors import CheckpointError, RecipeError, as_error, environment_fault
 from tstcli.run.metrics import METRICS
 
 RECIPE, RUN_INFO, CHECKPOINTS = "recipe.toml", "run.json", "checkpoints"
@@ -26,7 +27,22 @@ def ensure_new(run_dir: Path) -> None:
                           "or pass another --run-dir")
 
 
+def lock(run_dir: Path) -> locks.DirLock:
+    """The run directory's writer lock (`train`, `resume`; rank 0 under torchrun), held until the process ends.
+    A second writer gets one line naming the holder; a lock whose process died is simply taken over."""
+    try:
+        return locks.DirLock(run_dir).acquire(wait=False)
+    except locks.Busy as e:
+        raise CheckpointError(f"run directory {run_dir} is in use by {e.holder}: wait for it to finish or stop it "
+                              "(Ctrl-C or SIGTERM saves a checkpoint), then `tst resume`") from None
+    except OSError as e:
+        if environment_fault(e) is None:
+            raise
+        raise as_error(e, CheckpointError, f"the run directory {run_dir} must be writable") from None
+
+
 def create(run_dir: Path, recipe_toml: str, data_dir: Path, manifest_sha: str, pack_key: str) -> None:
+    """Write the run's description (the caller holds the run's lock and the data directory's lock)."""
     ensure_new(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RECIPE).write_text(recipe_toml)
@@ -34,6 +50,24 @@ def create(run_dir: Path, recipe_toml: str, data_dir: Path, manifest_sha: str, p
     shutil.copyfile(data_dir / MANIFEST, run_dir / MANIFEST)
     write_json_atomic(run_dir / RUN_INFO, {"data_dir": str(data_dir.resolve()), "manifest_sha256": manifest_sha,
                                           "pack": pack_key, "tst_version": __version__})
+    dependents.register(data_dir, run_dir)
+
+
+def run_data_dir(run_dir: Path, info: dict | None = None) -> Path:
+    """The data directory the run recorded, checked to hold the data it recorded (what `eval` scores and `resume`
+    reads): a replaced or edited preparation is exit 3, never another corpus scored in silence."""
+    from tstcli.data import shards
+    from tstcli.errors import DataError
+
+    info = info or read_info(run_dir)
+    data_dir = Path(info["data_dir"])
+    manifest_path = data_dir / shards.MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path}: the run's prepared data is gone (run.json names {data_dir})")
+    if shards.manifest_sha256(data_dir) != info["manifest_sha256"]:
+        raise DataError(f"{manifest_path}: the prepared data changed since this run started (manifest sha256 "
+                        f"differs from {run_dir / RUN_INFO}): it is not the data this run read")
+    return data_dir
 
 
 def read_info(run_dir: Path) -> dict:
@@ -101,4 +135,5 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
         log(f"resume: continuing on changed data in {data_dir} (--allow-changed-data); every shard's sha256 checked")
         info = {**info, "manifest_sha256": shards.manifest_sha256(data_dir),
                 "data_changes": info.get("data_changes", 0) + 1}
+        shutil.copyfile(manifest_path, run_dir / MANIFEST)
         write_json_atomic(run_dir / RUN_INFO, info)

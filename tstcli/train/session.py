@@ -3,10 +3,11 @@ let rank 0 prepare the data and write the run directory while the other ranks wa
 verbs call `train_new` / `resume_run` and print the result."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tstcli import recipe as recipes
-from tstcli.data.prepare import ensure_prepared
+from tstcli.data.prepare import data_lock, ensure_prepared
 from tstcli.eval.datafiles import default_data_dir
 from tstcli.parallel.world import World, barrier, shutdown, start
 from tstcli.recipe import Recipe
@@ -27,6 +28,25 @@ def _in_world(r: Recipe, env, body) -> tuple[World, dict]:
         shutdown()
 
 
+def _start_run(r: Recipe, run_dir: Path, world: World, log) -> TrainData:
+    """Rank 0, holding the run's lock: prepare the data if needed and pack it, check `model.init_from`, write the
+    run directory (registered on the data under the data directory's lock)."""
+    rundir.ensure_new(run_dir)  # again, under the lock: another process may have started it meanwhile
+    with data_lock(Path(r.data_dir), log):
+        data_dir, _ = ensure_prepared(r, log=log)
+        data, built = open_data(r, data_dir)
+        if built:
+            log(f"prepare: packed rows for this recipe in {data.pack.directory}")
+        start = (init_from.check(r.model.init_from, r.model, data.manifest["vocab_size"],
+                                 data_dir / rundir.TOKENIZER) if r.model.init_from else None)
+        rundir.create(run_dir, recipes.to_toml(r), data_dir, data.manifest_sha, data.pack.info["key"])
+    if start is not None:
+        write_json_atomic(run_dir / init_from.INIT_FROM, start)
+        log(f"init: from {start['checkpoint']}" + (f" (revision {start['revision']})" if start["revision"] else ""))
+    log(f"train: run directory {run_dir}" + (f" ({world.size} processes)" if world.distributed else ""))
+    return data
+
+
 def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[World, dict]:
     """A new run in `run_dir` (refused if it holds one): prepare data if missing or stale, train both phases."""
     def body(world, device):
@@ -34,23 +54,23 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
         rundir.ensure_new(run_dir)
         Hooks(hooks).preflight(world)
         barrier()  # every rank has checked before rank 0 creates anything
-        if world.main:
-            data_dir, _ = ensure_prepared(r, log=log)
-            data, built = open_data(r, data_dir)
-            if built:
-                log(f"prepare: packed rows for this recipe in {data.pack.directory}")
-            start = (init_from.check(r.model.init_from, r.model, data.manifest["vocab_size"],
-                                     data_dir / rundir.TOKENIZER) if r.model.init_from else None)
-            rundir.create(run_dir, recipes.to_toml(r), data_dir, data.manifest_sha, data.pack.info["key"])
-            if start is not None:
-                write_json_atomic(run_dir / init_from.INIT_FROM, start)
-                log(f"init: from {start['checkpoint']}" + (f" (revision {start['revision']})"
-                                                           if start["revision"] else ""))
-            log(f"train: run directory {run_dir}" + (f" ({world.size} processes)" if world.distributed else ""))
+        made = world.main and not run_dir.exists()
+        lock = rundir.lock(run_dir) if world.main else None
+        try:
+            data = _start_run(r, run_dir, world, log) if world.main else None
+        except BaseException:
+            if made and not rundir.holds_run(run_dir):  # the folder was made for the lock only: leave no trace
+                shutil.rmtree(run_dir, ignore_errors=True)
+            lock.release()
+            raise
         barrier()
         if not world.main:
             data, _ = open_data(r, Path(r.data_dir))
-        return Trainer(r, run_dir, data, world, device, hooks).run()
+        try:
+            return Trainer(r, run_dir, data, world, device, hooks).run()
+        finally:
+            if lock is not None:
+                lock.release()
 
     return _in_world(r, env, body)
 
@@ -63,14 +83,22 @@ def resume_run(run_dir: Path, allow_changed_data: bool, env, eval_data_dir: Path
     def body(world, device):
         hooks = default_hooks(r, world, eval_data_dir)
         Hooks(hooks).preflight(world)
-        ckpt = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
-        barrier()  # every rank picked its checkpoint before rank 0 may touch the run directory
-        if world.main:
-            rundir.check_resumable(run_dir, info, r, ckpt, allow_changed_data, log)
-            log(f"resume: {run_dir} from {ckpt.name if ckpt else 'the start (no complete checkpoint yet)'}")
-        barrier()
-        data, _ = open_data(r, Path(rundir.read_info(run_dir)["data_dir"]))
-        return Trainer(r, run_dir, data, world, device, hooks).run(resume=ckpt)
+        lock = rundir.lock(run_dir) if world.main else None  # before reading checkpoints: no writer may be pruning
+        try:
+            ckpt = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
+            barrier()  # every rank picked its checkpoint before rank 0 may touch the run directory
+            if world.main:
+                with data_lock(Path(info["data_dir"]), log):
+                    rundir.check_resumable(run_dir, info, r, ckpt, allow_changed_data, log)
+                    data, _ = open_data(r, Path(info["data_dir"]))
+                log(f"resume: {run_dir} from {ckpt.name if ckpt else 'the start (no complete checkpoint yet)'}")
+            barrier()
+            if not world.main:
+                data, _ = open_data(r, Path(rundir.read_info(run_dir)["data_dir"]))
+            return Trainer(r, run_dir, data, world, device, hooks).run(resume=ckpt)
+        finally:
+            if lock is not None:
+                lock.release()
 
     return _in_world(r, env, body)
 

@@ -15,6 +15,10 @@ class Checkpointing(Hook):
         return step % self.every == 0 or step == self.last_step or t.stop_agreed
 
     def after_step(self, t, step: int) -> None:
+        if t.stop_signal is not None and not t.world.distributed:
+            # One process needs no agreement: a signal during this step's side jobs (the held-out evaluation runs
+            # just before this hook) stops here, not after another step and a second save.
+            t.stop_agreed = True
         if self.should_save(t, step):
             self.save(t, step)
 

@@ -1,0 +1,43 @@
+"""Integrity of what a run wrote: sha256 of each file (recorded when written, checked when read) and weights that
+hold no NaN or infinity. Checkpoints record theirs in `state.json`, exports in `tst_export.json`."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from tstcli.data.shards import file_sha256
+from tstcli.errors import CheckpointError
+
+
+def checksums(directory: Path, files: list[str]) -> dict[str, str]:
+    """{file: sha256}, files hashed in parallel (hashlib releases the GIL: disk speed, see benchmarks/RESULTS.md)."""
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
+        return dict(zip(files, pool.map(lambda f: file_sha256(directory / f), files)))
+
+
+def verify_files(path: Path, recorded: dict[str, str]) -> None:
+    """Every file's sha256 equals the one recorded when it was written (exit 4 naming the first that does not)."""
+    try:
+        found = checksums(path, sorted(recorded))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {e.filename or 'a checkpoint file'} ({e.strerror})") from None
+    for name in sorted(recorded):
+        if found[name] != recorded[name]:
+            raise CheckpointError(f"{path / name}: sha256 differs from the one recorded when it was written (the file "
+                                  "is damaged); restore it, or delete this checkpoint to use an earlier one")
+
+
+def check_finite(named_tensors, where: Path) -> None:
+    """Refuse weights holding NaN or infinity (a flipped exponent bit, a diverged save)."""
+    for name, t in named_tensors:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            raise CheckpointError(f"{where}: weight {name} holds non-finite values (NaN or infinity); the checkpoint "
+                                  "is damaged or was saved after divergence")
+
+
+def file_name_inside(name) -> bool:
+    """A file name state.json may list: a plain name in the checkpoint folder (no path, no '..')."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
