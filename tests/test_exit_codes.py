@@ -68,11 +68,17 @@ def test_ctrl_c_during_eval_exits_130(short_run, tmp_path):
     assert rc == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
 
 
-def test_truncated_gzip_benchmark_file_exits_3(short_run, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "damaged deflate block"])
+def test_truncated_or_damaged_gzip_benchmark_file_exits_3(short_run, tmp_path, damage):
     bench = tmp_path / "bench" / "hellaswag"
     bench.mkdir(parents=True)
-    data = (SHARED / "hellaswag" / "hellaswag_val.jsonl.gz").read_bytes()
-    (bench / "hellaswag_val.jsonl.gz").write_bytes(data[: len(data) // 2])
+    data = bytearray((SHARED / "hellaswag" / "hellaswag_val.jsonl.gz").read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        for i in range(1000, 1008):
+            data[i] ^= 0xFF
+    (bench / "hellaswag_val.jsonl.gz").write_bytes(bytes(data))
     r = run_cli("eval", short_run, "--bench", "hellaswag", "--data-dir", tmp_path / "bench")
     assert_one_line_error(r, 3, "hellaswag_val.jsonl.gz", "cannot read")
 
