@@ -40,9 +40,10 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    sources: list = key(["builtin:sample"], "corpus sources: files (.txt, .txt.gz, .jsonl, .jsonl.gz), directories of "
-                        "them, hf://datasets/OWNER/NAME/PATH hub files, or builtin:sample (shipped with tst)")
-    text_field: str = key("text", "JSON field holding a document's text in .jsonl sources")
+    sources: list = key(["builtin:sample"], "corpus sources: files (.txt[.gz], .jsonl[.gz|.zst], .json[.gz|.zst], "
+                        ".parquet), directories of them, hf://datasets/OWNER/NAME/PATH hub files and globs, or "
+                        "builtin:sample (shipped with tst)")
+    text_field: str = key("text", "JSON field (or Parquet column) holding a document's text")
     txt_documents: str = key("blank_line", "how .txt sources split into documents: at blank lines, or one per file",
                              ("blank_line", "file"))
     dir: str = key("", "where prepared shards live; empty means data/<run.name>-<hash of the other data keys>")

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tstcli import locks
-from tstcli.data import dependents, shards, sources
+from tstcli.data import dependents, readers, shards, sources
 from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256, train_bpe
 from tstcli.errors import DataError, as_error, environment_fault
 from tstcli.recipe import DataConfig
@@ -188,7 +188,7 @@ def _tokenize(cfg: DataConfig, files: list[sources.SourceFile], source_bytes: in
         writers[split].write(np.concatenate(parts))
         batches[split], sizes[split] = [], 0
 
-    decode = sources.DecodeStats()
+    decode = readers.DecodeStats()
     for f in files:
         for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents, decode):
             split = "val" if _is_val(doc, cfg.val_fraction) else "train"

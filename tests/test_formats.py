@@ -1,0 +1,105 @@
+"""Corpus formats: the same documents as txt, jsonl, jsonl.gz, jsonl.zst and Parquet prepare to identical shards;
+damaged files are one line naming them (issue #15)."""
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from conftest import MOBY, ROOT, run_cli, small_recipe
+from test_cli_errors import assert_one_line_error
+from tstcli.data import shards
+from tstcli.data.prepare import prepare
+
+TINY = ROOT / "recipes" / "tiny.toml"
+
+
+def _moby_docs():
+    with gzip.open(MOBY, "rt", encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh if line.strip()]
+
+
+def _write(fmt: str, docs: list[str], where) -> str:
+    """`docs` in format `fmt` under `where`; the source string for data.sources."""
+    lines = "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)).encode()
+    if fmt == "txt":  # one document per file (their text holds blank lines), in sorted order
+        d = where / "txt"
+        d.mkdir()
+        for i, doc in enumerate(docs):
+            (d / f"doc-{i:05d}.txt").write_text(doc, encoding="utf-8")
+        return str(d)
+    path = where / {"jsonl": "c.jsonl", "jsonl.gz": "c.jsonl.gz", "jsonl.zst": "c.jsonl.zst",
+                    "parquet": "c.parquet"}[fmt]
+    if fmt == "jsonl":
+        path.write_bytes(lines)
+    elif fmt == "jsonl.gz":
+        path.write_bytes(gzip.compress(lines))
+    elif fmt == "jsonl.zst":
+        path.write_bytes(zstandard.ZstdCompressor(level=3).compress(lines))
+    else:  # several row groups, as real Parquet files have
+        pq.write_table(pa.table({"id": list(range(len(docs))), "text": docs}), path, row_group_size=40)
+    return str(path)
+
+
+def test_every_format_prepares_to_identical_shards(small_data, tmp_path):
+    docs = _moby_docs()
+    digests = {}
+    for fmt in ("txt", "jsonl", "jsonl.gz", "jsonl.zst", "parquet"):
+        where = tmp_path / fmt.replace(".", "_")
+        where.mkdir()
+        overrides = {"data.sources": [_write(fmt, docs, where)], "data.tokenizer": str(small_data / "tokenizer.json")}
+        if fmt == "txt":
+            overrides["data.txt_documents"] = "file"
+        cfg = small_recipe(where / "data", **overrides).data
+        m = prepare(cfg, where / "data", log=lambda *_: None).manifest
+        digests[fmt] = {s: [(x["tokens"], x["sha256"]) for x in m["splits"][s]["shards"]] for s in ("train", "val")}
+        assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == len(docs)
+    assert all(d == digests["jsonl"] for d in digests.values()), digests
+
+
+def _prepare(tmp_path, source, *sets):
+    args = ["prepare", TINY, "--set", f'data.dir="{tmp_path / "d"}"', "--set", f'data.sources=["{source}"]']
+    for s in sets:
+        args += ["--set", s]
+    return run_cli(*args)
+
+
+def test_damaged_parquet_and_zstd_files_exit_3(tmp_path):
+    docs = _moby_docs()[:50]
+    good = _write("parquet", docs, tmp_path)
+    raw = open(good, "rb").read()
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(raw[: len(raw) // 2])  # truncated: the footer is gone
+    assert_one_line_error(_prepare(tmp_path, bad), 3, "bad.parquet", "Parquet")
+    z = bytearray(open(_write("jsonl.zst", docs, tmp_path), "rb").read())
+    for i in range(len(z) // 2, len(z) // 2 + 16):
+        z[i] ^= 0xFF
+    badz = tmp_path / "bad.jsonl.zst"
+    badz.write_bytes(bytes(z))
+    assert_one_line_error(_prepare(tmp_path, badz), 3, "bad.jsonl.zst")
+    assert not (tmp_path / "d" / ".prepare-tmp").exists() and not (tmp_path / "d" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("column,needles", [("body", ["no column 'text'", "data.text_field", "body"]),
+                                            ("text", ["column 'text'", "not text"])])
+def test_parquet_without_a_text_column_exits_3(tmp_path, column, needles):
+    values = ["some text"] * 10 if column == "body" else list(range(10))
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({column: values}), path)
+    assert_one_line_error(_prepare(tmp_path, path), 3, "c.parquet", *needles)
+
+
+@pytest.mark.parametrize("module,fmt", [("zstandard", "jsonl.zst"), ("pyarrow", "parquet")])
+def test_a_missing_optional_reader_names_the_extra(tmp_path, module, fmt):
+    import subprocess
+    import sys
+
+    source = _write(fmt, _moby_docs()[:5], tmp_path)
+    code = (f"import sys; sys.modules[{module!r}] = None\n"  # as if not installed: importing it raises ImportError
+            "from tstcli.cli.app import main\n"
+            f"main(['prepare', {str(TINY)!r}, '--set', 'data.dir=\"{tmp_path / 'd'}\"', "
+            f"'--set', 'data.sources=[\"{source}\"]'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert_one_line_error(r, 3, source.split("/")[-1], module, "tst[data]")
