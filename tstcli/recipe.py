@@ -55,6 +55,12 @@ class DataConfig:
     eot_token: str = key("<|endoftext|>", "end-of-text token separating documents (must exist in a loaded tokenizer)")
     val_fraction: float = key(0.02, "fraction of documents held out for validation (split by document)")
     shard_tokens: int = key(1 << 26, "tokens per shard file")
+    token_files: list = key([], "already tokenized training data: flat token files (nanoGPT's train.bin: raw "
+                            "uint16/uint32 ids, documents separated by data.eot_token), registered without "
+                            "re-tokenizing; needs data.tokenizer (not bpe); data.sources is then unused")
+    token_val_files: list = key([], "with data.token_files: the validation split's token files (nanoGPT's val.bin); "
+                                "empty takes the last data.val_fraction of data.token_files, cut at a document end")
+    token_dtype: str = key("uint16", "with data.token_files: the files' token type", ("uint16", "uint32"))
     repeat: bool = key(True, "allow a phase to re-read its rows (new epoch, new order) when the corpus is too short")
 
 
@@ -373,6 +379,11 @@ def check_values(r: Recipe, where: str) -> None:
     _require(d.eot_token != "", where, "data.eot_token", "a non-empty token", d.eot_token)
     _require(d.text_field != "", where, "data.text_field", "a non-empty field name", d.text_field)
     _require(all(x.strip() for x in d.sources), where, "data.sources", "a list of non-empty paths", d.sources)
+    _require(not d.token_files or d.tokenizer != "bpe", where, "data.tokenizer",
+             "the tokenizer that made data.token_files (a tokenizer.json path or a hub repo id), not 'bpe'",
+             d.tokenizer)
+    _require(not d.token_val_files or bool(d.token_files), where, "data.token_val_files",
+             "empty unless data.token_files is set", d.token_val_files)
     within("data.vocab_size", d.vocab_size, 256, 1 << 22)
     within("data.tokenizer_train_chars", d.tokenizer_train_chars, 0, big)
     within("data.val_fraction", d.val_fraction, 0, 1, lo_open=True, hi_open=True)

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tstcli import locks
-from tstcli.data import dependents, readers, shards, sources
+from tstcli.data import dependents, readers, shards, sources, token_files
 from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256, train_bpe
 from tstcli.errors import DataError, as_error, environment_fault
 from tstcli.recipe import DataConfig
@@ -81,12 +81,27 @@ def _inputs(cfg: DataConfig, files: list[sources.SourceFile]) -> dict:
     }
 
 
+def _token_inputs(cfg: DataConfig, train: list[dict], val: list[dict]) -> dict:
+    inputs = _inputs(cfg, [])
+    del inputs["sources"], inputs["text_field"], inputs["txt_documents"]
+    return {**inputs, "token_files": [{"origin": f["origin"], "fingerprint": f["fingerprint"]} for f in train],
+            "token_val_files": [{"origin": f["origin"], "fingerprint": f["fingerprint"]} for f in val],
+            "token_dtype": cfg.token_dtype, "val_fraction": None if val else cfg.val_fraction}
+
+
+def _current_inputs(cfg: DataConfig) -> dict:
+    if cfg.token_files:
+        return _token_inputs(cfg, token_files.files(cfg.token_files, "data.token_files"),
+                             token_files.files(cfg.token_val_files, "data.token_val_files"))
+    return _inputs(cfg, sources.resolve(cfg.sources))
+
+
 def is_up_to_date(data_dir: Path, cfg: DataConfig) -> bool:
     """True when `data_dir` holds a preparation of exactly these inputs (its shards are verified separately, so a
     corrupt shard is reported as such rather than silently rebuilt)."""
     if not (data_dir / shards.MANIFEST).is_file():
         return False
-    return shards.read_manifest(data_dir).get("inputs") == _inputs(cfg, sources.resolve(cfg.sources))
+    return shards.read_manifest(data_dir).get("inputs") == _current_inputs(cfg)
 
 
 def _documents(files, cfg: DataConfig, split: str) -> Iterator[str]:
@@ -137,14 +152,20 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
     """Tokenize and shard `cfg`'s sources into `data_dir` (the caller holds `data_lock(data_dir)`)."""
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
-    files = sources.resolve(cfg.sources)
-    source_bytes = sum(Path(f.path).stat().st_size for f in files)
+    if cfg.token_files:
+        train, val = (token_files.files(cfg.token_files, "data.token_files"),
+                      token_files.files(cfg.token_val_files, "data.token_val_files"))
+        source_bytes = sum(f["bytes"] for f in train + val)
+    else:
+        files = sources.resolve(cfg.sources)
+        source_bytes = sum(Path(f.path).stat().st_size for f in files)
     if not force and is_up_to_date(data_dir, cfg):
         return PrepareResult(data_dir, shards.read_manifest(data_dir), True, time.perf_counter() - t0, source_bytes)
     dependents.refuse_replacing(data_dir)
     tmp = _writable_tmp(data_dir)
     try:
-        manifest = _tokenize(cfg, files, source_bytes, tmp, log)
+        manifest = (token_files.register(cfg, train, val, tmp, _token_inputs(cfg, train, val)) if cfg.token_files
+                    else _tokenize(cfg, files, source_bytes, tmp, log))
         _install(data_dir, tmp, manifest)
     except BaseException as e:  # Ctrl-C and SIGTERM included: leave no temporary files behind
         shutil.rmtree(tmp, ignore_errors=True)
@@ -219,18 +240,9 @@ def _tokenize(cfg: DataConfig, files: list[sources.SourceFile], source_bytes: in
             raise DataError(f"data.sources: {what}")
 
     tok.save(str(tmp / "tokenizer.json"))
-    return {
-        "format": shards.FORMAT_VERSION,
-        "inputs": inputs,
-        "sources": [{"origin": f.origin, "path": f.path, "bytes": Path(f.path).stat().st_size} for f in files],
-        "tokenizer": {"file": "tokenizer.json", "sha256": tokenizer_sha256(tok), "spec": cfg.tokenizer,
-                      "eot_token": cfg.eot_token, "eot_id": eot},
-        "vocab_size": vocab,
-        "dtype": dtype.str,
-        "characters": chars,
-        "splits": {s: {"documents": docs_per_split[s], "tokens": sum(x["tokens"] for x in split_shards[s]),
-                       "shards": split_shards[s]} for s in ("train", "val")},
-    }
+    return shards.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path, "bytes": Path(f.path).stat().st_size}
+                                             for f in files], tokenizer_sha256(tok), eot, vocab, chars, docs_per_split,
+                               split_shards)
 
 
 def _install(data_dir: Path, tmp: Path, manifest: dict) -> None:
@@ -252,7 +264,9 @@ def ensure_prepared(r, force: bool = False, log=print) -> tuple[Path, PrepareRes
     data_dir = Path(r.data_dir)
     if not force and is_up_to_date(data_dir, r.data):
         return data_dir, None
-    log(f"prepare: data in {data_dir} is missing or stale; tokenizing {', '.join(r.data.sources)}")
+    what = (f"registering the token files {', '.join(r.data.token_files + r.data.token_val_files)}"
+            if r.data.token_files else f"tokenizing {', '.join(r.data.sources)}")
+    log(f"prepare: data in {data_dir} is missing or stale; {what}")
     return data_dir, prepare(r.data, data_dir, force=True, log=log)
 
 

@@ -68,6 +68,23 @@ class ShardWriter:
         return self.shards
 
 
+def new_manifest(cfg, inputs: dict, sources: list[dict], tokenizer_sha: str, eot: int, vocab: int, chars: int,
+                 docs: dict, split_shards: dict) -> dict:
+    """The manifest of a preparation (cfg: the recipe's DataConfig)."""
+    return {
+        "format": FORMAT_VERSION,
+        "inputs": inputs,
+        "sources": sources,
+        "tokenizer": {"file": "tokenizer.json", "sha256": tokenizer_sha, "spec": cfg.tokenizer,
+                      "eot_token": cfg.eot_token, "eot_id": eot},
+        "vocab_size": vocab,
+        "dtype": token_dtype(vocab).str,
+        "characters": chars,
+        "splits": {s: {"documents": docs[s], "tokens": sum(x["tokens"] for x in split_shards[s]),
+                       "shards": split_shards[s]} for s in ("train", "val")},
+    }
+
+
 def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
