@@ -131,3 +131,15 @@ def test_eval_refuses_a_run_whose_data_changed(small_data, tmp_path):
     assert_one_line_error(run_cli("eval", run), 3, "manifest.json", "changed", "run.json")
     os.remove(data / "manifest.json")
     assert_one_line_error(run_cli("eval", run), 3, "manifest.json", "gone")
+
+
+def test_a_new_data_key_at_its_default_keeps_the_data_dir(monkeypatch):
+    """Only keys set away from their defaults name the directory: adding a key to tst keeps users' data dirs."""
+    import dataclasses
+
+    tiny = recipes.load(ROOT / "recipes" / "tiny.toml")
+    before = tiny.data_dir
+    extended = dataclasses.make_dataclass("DataConfig", [("future_key", int, dataclasses.field(default=7))],
+                                          bases=(recipes.DataConfig,), frozen=True)
+    monkeypatch.setattr(recipes, "DataConfig", extended)
+    assert dataclasses.replace(tiny, data=extended(**dataclasses.asdict(tiny.data))).data_dir == before

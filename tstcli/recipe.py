@@ -227,7 +227,10 @@ class Recipe:
         sources or another tokenizer never share (and so never replace) each other's prepared data."""
         if self.data.dir:
             return self.data.dir
-        keys = {k: v for k, v in dataclasses.asdict(self.data).items() if k not in ("dir", "repeat")}
+        # Only keys that differ from their defaults: a later tst adding a data key keeps today's directories.
+        defaults = dataclasses.asdict(DataConfig())
+        keys = {k: v for k, v in dataclasses.asdict(self.data).items()
+                if k not in ("dir", "repeat") and v != defaults[k]}
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"data/{self.run.name}-{digest}"
 
