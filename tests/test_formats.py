@@ -31,12 +31,12 @@ def _write(fmt: str, docs: list[str], where) -> str:
             (d / f"doc-{i:05d}.txt").write_text(doc, encoding="utf-8")
         return str(d)
     path = where / {"jsonl": "c.jsonl", "jsonl.gz": "c.jsonl.gz", "jsonl.zst": "c.jsonl.zst",
-                    "parquet": "c.parquet"}[fmt]
+                    "jsonl.zstd": "c_processed.jsonl.zstd", "parquet": "c.parquet"}[fmt]
     if fmt == "jsonl":
         path.write_bytes(lines)
     elif fmt == "jsonl.gz":
         path.write_bytes(gzip.compress(lines))
-    elif fmt == "jsonl.zst":
+    elif fmt in ("jsonl.zst", "jsonl.zstd"):
         path.write_bytes(zstandard.ZstdCompressor(level=3).compress(lines))
     else:  # several row groups, as real Parquet files have
         pq.write_table(pa.table({"id": list(range(len(docs))), "text": docs}), path, row_group_size=40)
@@ -46,7 +46,7 @@ def _write(fmt: str, docs: list[str], where) -> str:
 def test_every_format_prepares_to_identical_shards(small_data, tmp_path):
     docs = _moby_docs()
     digests = {}
-    for fmt in ("txt", "jsonl", "jsonl.gz", "jsonl.zst", "parquet"):
+    for fmt in ("txt", "jsonl", "jsonl.gz", "jsonl.zst", "jsonl.zstd", "parquet"):
         where = tmp_path / fmt.replace(".", "_")
         where.mkdir()
         overrides = {"data.sources": [_write(fmt, docs, where)], "data.tokenizer": str(small_data / "tokenizer.json")}

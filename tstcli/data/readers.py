@@ -17,7 +17,8 @@ from typing import Iterator
 from tstcli.errors import DataError
 
 TEXT = (".txt", ".txt.gz")
-JSON_LINES = (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
+ZSTD = (".zst", ".zstd")  # DCLM-baseline's files end in .jsonl.zstd
+JSON_LINES = (".jsonl", ".jsonl.gz", ".json.gz") + tuple(f"{base}{z}" for base in (".jsonl", ".json") for z in ZSTD)
 PARQUET = (".parquet",)
 SUFFIXES = TEXT + JSON_LINES + PARQUET
 PARQUET_BATCH_ROWS = 1024  # documents per batch read from a Parquet file
@@ -59,7 +60,7 @@ def _extra(module: str, what: str):
 def _open_text(path: str, origin: str) -> io.TextIOBase:
     if path.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="tst-replace")
-    if path.endswith(".zst"):
+    if path.endswith(ZSTD):
         zstd = _extra("zstandard", origin)
         raw = open(path, "rb")
         return io.TextIOWrapper(zstd.ZstdDecompressor().stream_reader(raw, closefd=True), encoding="utf-8",
@@ -104,7 +105,7 @@ def _parquet(path: str, origin: str, text_field: str) -> Iterator[str]:
 
 
 def _text_documents(path: str, origin: str, text_field: str, txt_documents: str) -> Iterator[str]:
-    zstd_error = _extra("zstandard", origin).ZstdError if path.endswith(".zst") else zlib.error
+    zstd_error = _extra("zstandard", origin).ZstdError if path.endswith(ZSTD) else zlib.error
     try:
         with _open_text(path, origin) as fh:
             if path.endswith(JSON_LINES):
