@@ -6,10 +6,10 @@ FSDP2 loads in M ranks, or in one process, with DCP resharding it. Nothing is pi
 its metadata as a pickle, this one does not. The training state (JSON) and the recipe are written by rank 0.
 
 All of it goes to a temporary directory first; rank 0 writes `state.json` last (it lists the shard files with
-their sha256), fsyncs and renames the directory into place. A directory named `step-*` whose `state.json` names
-files that are all there is complete; anything else is ignored (and removed by the next prune). Loading checks every
-file's sha256 against `state.json` and every weight for non-finite values: a damaged checkpoint is exit 4 naming
-the file, never a silently different model.
+their sha256), fsyncs and renames the directory into place. A directory named `step-*` holding `state.json` and
+the recipe is complete; temporary directories are ignored (and removed by the next prune). Loading checks that every
+listed file is there with its recorded sha256 and that no weight is NaN or infinite: a damaged checkpoint is exit 4
+naming the file, never a silently different model, and never skipped in silence.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_state_dict)
 
 from tstcli.errors import CheckpointError, as_error, environment_fault
-from tstcli.run.integrity import check_finite, checksums, file_name_inside, verify_files
 from tstcli.parallel.world import World, barrier, sum_across
+from tstcli.run.integrity import check_finite, checksums, file_name_inside, verify_files
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE, RECIPE = "state.json", "recipe.toml"
@@ -181,8 +181,6 @@ def read_state(path: Path) -> dict:
         raise CheckpointError(f"{path / missing[0]}: missing (named in {path / STATE}); restore it, or delete "
                               f"{path} to use an earlier checkpoint")
     return state
-
-
 
 
 def _is_complete(p: Path) -> bool:

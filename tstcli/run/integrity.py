@@ -19,6 +19,9 @@ def checksums(directory: Path, files: list[str]) -> dict[str, str]:
 
 def verify_files(path: Path, recorded: dict[str, str]) -> None:
     """Every file's sha256 equals the one recorded when it was written (exit 4 naming the first that does not)."""
+    outside = [name for name in recorded if not file_name_inside(name)]
+    if outside:
+        raise CheckpointError(f"{path}: the recorded checksums name {outside[0]!r}, not a file of this folder")
     try:
         found = checksums(path, sorted(recorded))
     except OSError as e:
