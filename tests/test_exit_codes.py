@@ -3,6 +3,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -24,19 +25,24 @@ def short_run(small_data, tmp_path_factory):
 
 
 def _signal_when(args, ready, signum, settle=1.0):
-    """Start `tst ARGS`, wait until ready() holds, send `signum`, return (code, stderr)."""
-    p = subprocess.Popen([sys.executable, "-m", "tstcli", *map(str, args)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not ready():
-        assert p.poll() is None, p.communicate()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(settle)
-    assert p.poll() is None, "finished before the signal: give it more work"
-    p.send_signal(signum)
-    _, err = p.communicate(timeout=300)
-    return p.returncode, err
+    """Start `tst ARGS`, wait until ready(stderr so far) holds, send `signum`, return (code, stderr)."""
+    with tempfile.TemporaryFile("w+") as errf:
+        p = subprocess.Popen([sys.executable, "-m", "tstcli", *map(str, args)], stdout=subprocess.DEVNULL,
+                             stderr=errf, text=True, stdin=subprocess.DEVNULL)
+
+        def err():
+            errf.seek(0)
+            return errf.read()
+        deadline = time.time() + 300
+        while not ready(err()):
+            assert p.poll() is None, err()
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(settle)
+        assert p.poll() is None, "finished before the signal: give it more work"
+        p.send_signal(signum)
+        p.wait(timeout=300)
+        return p.returncode, err()
 
 
 def _big_prepare(data_dir):
@@ -47,7 +53,7 @@ def _big_prepare(data_dir):
 @pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_during_prepare_exits_128_plus_signum_and_cleans_up(tmp_path, signum, code, word):
     data = tmp_path / "data"
-    rc, err = _signal_when(_big_prepare(data), lambda: (data / ".prepare-tmp").exists(), signum)
+    rc, err = _signal_when(_big_prepare(data), lambda _: (data / ".prepare-tmp").exists(), signum)
     assert rc == code, err
     assert err.strip().splitlines()[-1] == f"error: {word}" and "Traceback" not in err
     assert not (data / ".prepare-tmp").exists() and not (data / "manifest.json").exists()
@@ -56,15 +62,14 @@ def test_a_signal_during_prepare_exits_128_plus_signum_and_cleans_up(tmp_path, s
 def test_ctrl_c_while_train_prepares_exits_130_and_leaves_no_run_dir(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     args = ["train", *_big_prepare(data)[1:], "--run-dir", run]
-    rc, err = _signal_when(args, lambda: (data / ".prepare-tmp").exists(), signal.SIGINT)
+    rc, err = _signal_when(args, lambda _: (data / ".prepare-tmp").exists(), signal.SIGINT)
     assert rc == 130 and "error: interrupted" in err and "Traceback" not in err, err
     assert not run.exists() and not (data / ".prepare-tmp").exists()
 
 
 def test_ctrl_c_during_eval_exits_130(short_run, tmp_path):
     args = ["eval", short_run, "--bench", "hellaswag", "--data-dir", SHARED]
-    started = time.time()
-    rc, err = _signal_when(args, lambda: time.time() - started > 6, signal.SIGINT, settle=0)
+    rc, err = _signal_when(args, lambda err: "eval: " in err, signal.SIGINT)  # in the evaluation, past imports
     assert rc == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
 
 
@@ -103,7 +108,7 @@ def test_sigterm_during_the_held_out_evaluation_stops_at_that_step(small_data, t
     run = tmp_path / "run"
     metrics = run / "metrics.jsonl"
 
-    def step_5_trained():
+    def step_5_trained(_):
         return metrics.exists() and '"step": 5,' in metrics.read_text()
     rc, err = _signal_when(["train", recipe, "--run-dir", run], step_5_trained, signal.SIGTERM, settle=0)
     assert rc == 143, err
