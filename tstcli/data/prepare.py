@@ -89,19 +89,10 @@ def _token_inputs(cfg: DataConfig, train: list[dict], val: list[dict]) -> dict:
             "token_dtype": cfg.token_dtype, "val_fraction": None if val else cfg.val_fraction}
 
 
-def _current_inputs(cfg: DataConfig) -> dict:
-    if cfg.token_files:
-        return _token_inputs(cfg, token_files.files(cfg.token_files, "data.token_files"),
-                             token_files.files(cfg.token_val_files, "data.token_val_files"))
-    return _inputs(cfg, sources.resolve(cfg.sources))
-
-
-def is_up_to_date(data_dir: Path, cfg: DataConfig) -> bool:
-    """True when `data_dir` holds a preparation of exactly these inputs (its shards are verified separately, so a
-    corrupt shard is reported as such rather than silently rebuilt)."""
-    if not (data_dir / shards.MANIFEST).is_file():
-        return False
-    return shards.read_manifest(data_dir).get("inputs") == _current_inputs(cfg)
+def _holds(data_dir: Path, inputs: dict) -> bool:
+    """`data_dir` holds a preparation of exactly these inputs (its shards are verified separately, so a corrupt
+    shard is reported as such rather than silently rebuilt)."""
+    return (data_dir / shards.MANIFEST).is_file() and shards.read_manifest(data_dir).get("inputs") == inputs
 
 
 def _documents(files, cfg: DataConfig, split: str) -> Iterator[str]:
@@ -156,16 +147,21 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
         train, val = (token_files.files(cfg.token_files, "data.token_files"),
                       token_files.files(cfg.token_val_files, "data.token_val_files"))
         source_bytes = sum(f["bytes"] for f in train + val)
+        inputs = _token_inputs(cfg, train, val)
     else:
-        files = sources.resolve(cfg.sources)
+        files = sources.resolve(cfg.sources)  # once: hub sources are listed and fetched here
         source_bytes = sum(Path(f.path).stat().st_size for f in files)
-    if not force and is_up_to_date(data_dir, cfg):
+        inputs = _inputs(cfg, files)
+    if not force and _holds(data_dir, inputs):
         return PrepareResult(data_dir, shards.read_manifest(data_dir), True, time.perf_counter() - t0, source_bytes)
+    what = (f"registering the token files {', '.join(cfg.token_files + cfg.token_val_files)}" if cfg.token_files
+            else f"tokenizing {', '.join(cfg.sources)}")
+    log(f"prepare: data in {data_dir} is {'rebuilt (--force)' if force else 'missing or stale'}; {what}")
     dependents.refuse_replacing(data_dir)
     tmp = _writable_tmp(data_dir)
     try:
-        manifest = (token_files.register(cfg, train, val, tmp, _token_inputs(cfg, train, val)) if cfg.token_files
-                    else _tokenize(cfg, files, source_bytes, tmp, log))
+        manifest = (token_files.register(cfg, train, val, tmp, inputs) if cfg.token_files
+                    else _tokenize(cfg, files, inputs, source_bytes, tmp, log))
         _install(data_dir, tmp, manifest)
     except BaseException as e:  # Ctrl-C and SIGTERM included: leave no temporary files behind
         shutil.rmtree(tmp, ignore_errors=True)
@@ -175,9 +171,9 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
     return PrepareResult(data_dir, manifest, False, time.perf_counter() - t0, source_bytes)
 
 
-def _tokenize(cfg: DataConfig, files: list[sources.SourceFile], source_bytes: int, tmp: Path, log) -> dict:
+def _tokenize(cfg: DataConfig, files: list[sources.SourceFile], inputs: dict, source_bytes: int, tmp: Path,
+              log) -> dict:
     """Pass 1 (a trained tokenizer) and pass 2 into `tmp`; returns the manifest."""
-    inputs = _inputs(cfg, files)
     show = sys.stderr.isatty()
     if cfg.tokenizer == "bpe":
         sample = f"a sample of up to {cfg.tokenizer_train_chars:,} characters of " if cfg.tokenizer_train_chars else ""
@@ -262,12 +258,8 @@ def ensure_prepared(r, force: bool = False, log=print) -> tuple[Path, PrepareRes
     """Prepare the recipe's data if it is missing or stale (saying so), else leave it. (data dir, result or None)
     The caller holds `data_lock(r.data_dir)`."""
     data_dir = Path(r.data_dir)
-    if not force and is_up_to_date(data_dir, r.data):
-        return data_dir, None
-    what = (f"registering the token files {', '.join(r.data.token_files + r.data.token_val_files)}"
-            if r.data.token_files else f"tokenizing {', '.join(r.data.sources)}")
-    log(f"prepare: data in {data_dir} is missing or stale; {what}")
-    return data_dir, prepare(r.data, data_dir, force=True, log=log)
+    result = prepare(r.data, data_dir, force=force, log=log)
+    return data_dir, (None if result.up_to_date else result)
 
 
 def prepare_recipe(r, force: bool = False, verify: bool = False, log=print) -> dict:

@@ -171,8 +171,10 @@ class TokenStore:
         for i, (off, sid) in enumerate(zip(offsets, shard_ids)):
             local = int(off - self.starts[sid])
             out[i] = self.maps[sid][local:local + width]
-            if out[i].max(initial=0) >= self.vocab_size:  # a damaged shard: the embedding would index past V
-                bad = int(out[i].max())
-                raise DataError(f"{self.paths[sid]}: token id {bad} near token {local} is beyond the vocabulary "
-                                f"({self.vocab_size}); the shard is damaged (re-run `tst prepare --force`)")
+        if out.size and out.max() >= self.vocab_size:  # a damaged shard: the embedding would index past V
+            i = int(np.argmax(out.max(axis=1) >= self.vocab_size))
+            sid, bad = int(shard_ids[i]), int(out[i].max())
+            raise DataError(f"{self.paths[sid]}: token id {bad} near token {int(offsets[i] - self.starts[sid])} is "
+                            f"beyond the vocabulary ({self.vocab_size}); the shard is damaged (re-run `tst prepare "
+                            "--force`)")
         return out

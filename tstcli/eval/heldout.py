@@ -17,7 +17,7 @@ def run_heldout(lm: LoadedModel) -> dict:
     """A run's held-out loss as its training measured it: the recipe's held-out rows (eval.batches x
     train.batch_size rows of seq_len+1 from the start of the validation split), its micro-batch and compute dtype."""
     r = lm.recipe
-    data_dir = rundir.run_data_dir(lm.run_dir)  # exit 3 if it no longer holds the data the run recorded
+    data_dir, _ = rundir.run_data_dir(lm.run_dir)  # exit 3 if it no longer holds the data the run recorded
     manifest = shards.read_manifest(data_dir)
     shards.verify(data_dir, manifest, full=False)
     rows = torch.from_numpy(heldout_rows(shards.TokenStore(data_dir, manifest, "val"), r))

@@ -53,9 +53,9 @@ def create(run_dir: Path, recipe_toml: str, data_dir: Path, manifest_sha: str, p
     dependents.register(data_dir, run_dir)
 
 
-def run_data_dir(run_dir: Path, info: dict | None = None) -> Path:
-    """The data directory the run recorded, checked to hold the data it recorded (what `eval` scores and `resume`
-    reads): a replaced or edited preparation is exit 3, never another corpus scored in silence."""
+def run_data_dir(run_dir: Path, info: dict | None = None, allow_changed: bool = False) -> tuple[Path, bool]:
+    """(data directory the run recorded, whether its manifest changed since): what `eval` scores and `resume`
+    reads. Gone data is exit 3; changed data too unless `allow_changed` — never another corpus used in silence."""
     from tstcli.data import shards
     from tstcli.errors import DataError
 
@@ -64,10 +64,12 @@ def run_data_dir(run_dir: Path, info: dict | None = None) -> Path:
     manifest_path = data_dir / shards.MANIFEST
     if not manifest_path.is_file():
         raise DataError(f"{manifest_path}: the run's prepared data is gone (run.json names {data_dir})")
-    if shards.manifest_sha256(data_dir) != info["manifest_sha256"]:
+    changed = shards.manifest_sha256(data_dir) != info["manifest_sha256"]
+    if changed and not allow_changed:
         raise DataError(f"{manifest_path}: the prepared data changed since this run started (manifest sha256 "
-                        f"differs from {run_dir / RUN_INFO}): it is not the data this run read")
-    return data_dir
+                        f"differs from {run_dir / RUN_INFO}): it is not the data this run read "
+                        "(`tst resume --allow-changed-data` continues a run on the new data)")
+    return data_dir, changed
 
 
 def read_info(run_dir: Path) -> dict:
@@ -119,18 +121,14 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
         if diff:
             raise CheckpointError(f"{run_dir / RECIPE}: differs from the recipe of {ckpt.name} in {', '.join(diff)}; "
                                   f"that changes results: restore it (the original is {ckpt / RECIPE})")
-    data_dir = Path(info["data_dir"])
-    manifest_path = data_dir / shards.MANIFEST
-    if not manifest_path.is_file():
-        raise DataError(f"{manifest_path}: the run's prepared data is gone (run.json names {data_dir})")
+    data_dir, changed = run_data_dir(run_dir, info, allow_changed=True)
     ours, theirs = run_dir / TOKENIZER, data_dir / TOKENIZER
     if not theirs.is_file() or shards.file_sha256(ours) != shards.file_sha256(theirs):
         raise DataError(f"{theirs}: the tokenizer differs from the run's ({ours}); the run cannot continue on it")
-    if shards.manifest_sha256(data_dir) != info["manifest_sha256"]:
+    if changed:
         if not allow_changed_data:
-            raise DataError(f"{manifest_path}: the prepared data changed since this run started (manifest sha256 "
-                            f"differs from {run_dir / RUN_INFO}); resuming would read different rows "
-                            "(--allow-changed-data continues on the new data)")
+            run_data_dir(run_dir, info)  # raises the changed-data error
+        manifest_path = data_dir / shards.MANIFEST
         shards.verify(data_dir, shards.read_manifest(data_dir), full=True)
         log(f"resume: continuing on changed data in {data_dir} (--allow-changed-data); every shard's sha256 checked")
         info = {**info, "manifest_sha256": shards.manifest_sha256(data_dir),
