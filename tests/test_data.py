@@ -9,7 +9,8 @@ from tokenizers import Tokenizer
 from conftest import MOBY, ROOT, SHARED, run_cli, small_recipe, write_recipe
 from tstcli.data import packing, shards, sources
 from tstcli.data.loader import batch_offsets
-from tstcli.data.prepare import _is_val, prepare
+from tstcli.data.encode import _is_val
+from tstcli.data.prepare import prepare
 from tstcli.errors import DataError
 
 
@@ -169,7 +170,7 @@ def test_changing_the_recipe_repacks_without_retokenizing(small_data, tmp_path):
 
 def test_a_document_longer_than_a_piece_tokenizes_as_the_whole(small_data, tmp_path):
     """One document of 2.4M characters (> PIECE_CHARS) is tokenized in pieces, giving exactly the whole's tokens."""
-    from tstcli.data.prepare import PIECE_CHARS, pieces
+    from tstcli.data.encode import PIECE_CHARS, pieces
 
     text = "\n\n".join(_docs(MOBY)) * 2
     assert len(text) > 2 * PIECE_CHARS

@@ -9,7 +9,8 @@ from conftest import run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_formats import _moby_docs
 from tstcli.data import shards
-from tstcli.data.prepare import _is_val, prepare
+from tstcli.data.encode import _is_val
+from tstcli.data.prepare import prepare
 
 
 def _nanogpt_pair(tok_path, where, val_fraction=0.05):

@@ -13,7 +13,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +36,25 @@ class RunConfig:
     name: str = key("run", "run name; the default run directory is runs/<name>")
     seed: int = key(0, "seed for initialisation, the phase split of the data and the row order")
     device: str = key("auto", "auto (cuda when available, else cpu), cpu or cuda", ("auto", "cpu", "cuda"))
+
+
+NAME_CHARS = "letters, digits, '_', '-' and '.'"
+
+
+@dataclass(frozen=True)
+class MixEntry:
+    """One `[[data.mix]]` table: a named group of sources and its share of each phase's tokens."""
+    REQUIRED: ClassVar[tuple] = ("name", "sources", "weight")
+    name: str = key("", "the entry's name: in shard file names, the coverage report and `mix_tokens` (" + NAME_CHARS + ")")
+    sources: list = key([], "this entry's corpus sources, as data.sources takes them")
+    weight: float = key(1.0, "share of every phase's tokens (weights are normalised over the entries; > 0)")
+    phase1_weight: float | None = key(None, "share of phase 1's tokens instead of weight (>= 0; 0 leaves the entry "
+                                      "out of phase 1)")
+    phase2_weight: float | None = key(None, "share of phase 2's tokens instead of weight (>= 0)")
+
+    def weight_in(self, phase: int) -> float:
+        w = self.phase1_weight if phase == 1 else self.phase2_weight
+        return self.weight if w is None else w
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,8 @@ class DataConfig:
                                 "empty takes the last data.val_fraction of data.token_files, cut at a document end")
     token_dtype: str = key("uint16", "with data.token_files: the files' token type", ("uint16", "uint32"))
     repeat: bool = key(True, "allow a phase to re-read its rows (new epoch, new order) when the corpus is too short")
+    mix: list = key([], "weighted mixture: [[data.mix]] tables (keys below), each a named group of sources with a "
+                    "share of every phase's tokens; data.sources is then unused", item=MixEntry)
 
 
 @dataclass(frozen=True)
@@ -221,6 +242,10 @@ class Recipe:
         """Phase of optimizer step `step` (1-based)."""
         return 1 if step <= self.phase1_steps else 2
 
+    def step_in_phase(self, step: int) -> int:
+        """0-based index of optimizer step `step` (1-based) within its phase."""
+        return step - 1 if step <= self.phase1_steps else step - 1 - self.phase1_steps
+
     @property
     def data_dir(self) -> str:
         """data.dir, or data/<run.name>-<8 hex digits of the keys that decide what is prepared>: recipes with other
@@ -231,6 +256,8 @@ class Recipe:
         defaults = dataclasses.asdict(DataConfig())
         keys = {k: v for k, v in dataclasses.asdict(self.data).items()
                 if k not in ("dir", "repeat") and v != defaults[k]}
+        if "mix" in keys:  # weights decide the packing, not what is tokenized: a new weight re-packs the same data
+            keys["mix"] = [{"name": e["name"], "sources": e["sources"]} for e in keys["mix"]]
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"data/{self.run.name}-{digest}"
 
@@ -244,14 +271,42 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
 _SECTION_CLASSES = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Recipe)}
 
 
+_TABLE_LISTS = {name: {f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.metadata.get("item"))}
+                for name, cls in _SECTION_CLASSES.items()}
+
+
 def _type_name(t, item=str) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
             list: f"a list of {'strings' if item is str else 'integers'}"}[t]
 
 
+def _tables(where: str, name: str, cls: type, value: Any) -> list:
+    """A list of TOML tables (`[[data.mix]]`), each parsed into a `cls`; keys without a default are required."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise RecipeError(f"{where}: key '{name}' must be a list of [[{name}]] tables, got {value!r}")
+    if not value:
+        raise RecipeError(f"{where}: key '{name}' is empty: give at least one [[{name}]] table ("
+                          f"{', '.join(cls.REQUIRED)}) or leave {name} out")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = []
+    for i, table in enumerate(value):
+        for k in table:
+            if k not in fields:
+                raise RecipeError(f"{where}: unknown key '{name}[{i}].{k}' (known keys in [[{name}]]: "
+                                  f"{', '.join(fields)})")
+        for k in cls.REQUIRED:
+            if k not in table:
+                raise RecipeError(f"{where}: [[{name}]] table {i} ({table.get('name', 'unnamed')!r}) lacks key "
+                                  f"'{name}[{i}].{k}'")
+        out.append(cls(**{k: _coerce(where, f"{name}[{i}].{k}", fields[k], v) for k, v in table.items()}))
+    return out
+
+
 def _coerce(where: str, name: str, f: dataclasses.Field, value: Any) -> Any:
-    t = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[f.type]
     item = f.metadata.get("item", str)
+    if dataclasses.is_dataclass(item):
+        return _tables(where, name, item, value)
+    t = {"int": int, "float": float, "bool": bool, "str": str, "list": list}[f.type.removesuffix(" | None")]
     is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     ok = (isinstance(value, bool) if t is bool else
           is_int(value) if t is int else
@@ -391,6 +446,7 @@ def check_values(r: Recipe, where: str) -> None:
     within("data.tokenizer_train_chars", d.tokenizer_train_chars, 0, big)
     within("data.val_fraction", d.val_fraction, 0, 1, lo_open=True, hi_open=True)
     within("data.shard_tokens", d.shard_tokens, 1024, 1 << 36)
+    _check_mix(r, where)
     within("eval.every", r.eval.every, 1, 10 ** 9)
     within("eval.batches", r.eval.batches, 1, 1 << 20)
     within("checkpoint.every", r.checkpoint.every, 1, 10 ** 9)
@@ -400,6 +456,30 @@ def check_values(r: Recipe, where: str) -> None:
     within("run.seed", r.run.seed, 0, (1 << 63) - 1)
     within("distributed.timeout_s", r.distributed.timeout_s, 1, 10 ** 7)
     _check_side_jobs(r, where)
+
+
+def _check_mix(r: Recipe, where: str) -> None:
+    mix = r.data.mix
+    if not mix:
+        return
+    _require(not r.data.token_files, where, "data.mix", "left out with data.token_files (a mixture tokenizes its "
+             "sources)", "[[data.mix]] tables")
+    names = [e.name for e in mix]
+    for i, e in enumerate(mix):
+        k = f"data.mix[{i}]"
+        _require(e.name != "" and e.name[0].isalnum() and all(c.isalnum() and c.isascii() or c in "_-." for c in e.name)
+                 and len(e.name) <= 64, where, f"{k}.name", f"a name of at most 64 {NAME_CHARS}, starting with a "
+                 "letter or digit", e.name)
+        _require(names.count(e.name) == 1, where, f"{k}.name", "unique among the [[data.mix]] tables", e.name)
+        _require(1 <= len(e.sources) <= 100_000 and all(x.strip() for x in e.sources), where, f"{k}.sources",
+                 "a non-empty list of sources", e.sources)
+        _require(e.weight > 0, where, f"{k}.weight", "a number > 0", e.weight)
+        for p in (1, 2):
+            w = getattr(e, f"phase{p}_weight")
+            _require(w is None or w >= 0, where, f"{k}.phase{p}_weight", "a number >= 0", w)
+    for p, steps in ((1, r.phase1_steps), (2, r.train.steps - r.phase1_steps)):
+        _require(steps == 0 or sum(e.weight_in(p) for e in mix) > 0, where, f"data.mix[].phase{p}_weight",
+                 f"> 0 for at least one entry (phase {p} has {steps} steps to fill)", [e.weight_in(p) for e in mix])
 
 
 def _check_side_jobs(r: Recipe, where: str) -> None:
@@ -452,6 +532,8 @@ def _toml_value(v: Any) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table; None means "not set"
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
     raise TypeError(v)
 
 
@@ -460,7 +542,9 @@ def to_toml(r: Recipe) -> str:
     out = []
     for section, values in to_dict(r).items():
         out.append(f"[{section}]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        # An unset list of tables is left out: written as [], it would read as an empty mixture.
+        out += [f"{k} = {_toml_value(v)}" for k, v in values.items() if not (k in _TABLE_LISTS.get(section, ()) and
+                                                                               v == [])]
         out.append("")
     return "\n".join(out)
 
@@ -476,6 +560,13 @@ def key_table() -> str:
                 doc += f" (one of: {', '.join(f.metadata['choices'])})"
             cells = [f"`{section}.{f.name}`", f.type, f"`{_toml_value(default)}`", doc]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            item = f.metadata.get("item")
+            if dataclasses.is_dataclass(item):  # the keys of each table in the list
+                for g in dataclasses.fields(item):
+                    need = ("required" if g.name in item.REQUIRED else "`weight`" if g.default is None else
+                            f"`{_toml_value(g.default)}`")
+                    cells = [f"`{section}.{f.name}[].{g.name}`", g.type, need, g.metadata["doc"]]
+                    rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 
 

@@ -20,8 +20,20 @@ def coverage_lines(info: dict) -> list[str]:
         rep = "no repetition" if ph["epochs"] <= 1 else f"{ph['epochs']:.2f} epochs of its rows (repeats)"
         lines.append(f"phase {p}: {ph['steps']} steps x rows of {ph['row_width']} tokens -> "
                      f"{ph['tokens_needed']:,} tokens needed, {ph['tokens_available']:,} available ({rep})")
-    lines.append("corpus covers both phases without repetition" if info["covered_without_repetition"] else
-                 "corpus too small for the recipe: phases re-read their rows in new orders (data.repeat)")
+    for e in info.get("mix", []):
+        for p in ("1", "2"):
+            ph = e["phases"][p]
+            if ph["steps"] == 0:
+                continue
+            rep = "no repetition" if ph["epochs"] <= 1 else f"{ph['epochs']:.2f} epochs (repeats)"
+            lines.append(f"mix {e['name']}: phase {p} weight {ph['weight']:.3f}: {ph['tokens_needed']:,} tokens "
+                         f"needed, {ph['tokens_available']:,} available ({rep})")
+    short = [e["name"] for e in info.get("mix", []) if not e["covered_without_repetition"]]
+    if short:
+        lines.append(f"mixture entries too small for their weights, repeated (data.repeat): {', '.join(short)}")
+    else:
+        lines.append("corpus covers both phases without repetition" if info["covered_without_repetition"] else
+                     "corpus too small for the recipe: phases re-read their rows in new orders (data.repeat)")
     return lines
 
 

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from tstcli.data.packing import proportional_split
 from tstcli.data.shards import TokenStore
 from tstcli.recipe import Recipe
 
@@ -45,17 +46,39 @@ class PhaseLoader:
         offsets, epoch = batch_offsets(self.rows, self.seed, self.phase, step_in_phase, self.batch_size, rank, world)
         return self.store.rows(offsets, self.width), epoch
 
+    def tokens_by_range(self, step_in_phase: int, starts: np.ndarray) -> np.ndarray:
+        """Raw tokens the whole step (every rank) reads from each token range [starts[i], starts[i+1]) — a
+        mixture's entries. A pure function of the step, like the rows themselves."""
+        offsets, _ = batch_offsets(self.rows, self.seed, self.phase, step_in_phase, self.batch_size)
+        which = np.searchsorted(starts, offsets, side="right") - 1
+        return np.bincount(which, minlength=len(starts)) * self.width
+
 
 def val_rows(store: TokenStore, width: int, count: int) -> np.ndarray:
     """The fixed held-out rows: consecutive rows of `width` tokens from the start of the validation split."""
-    starts = []
-    for sid, length in enumerate(store.lengths):
-        k = int(length) // width
-        starts.append(store.starts[sid] + width * np.arange(k, dtype=np.int64))
-    offsets = np.concatenate(starts)[:count] if starts else np.zeros(0, np.int64)
+    offsets = _entry_val_rows(store, width, {"first": 0, "count": len(store.lengths)})[:count]
     return store.rows(offsets, width)
 
 
-def heldout_rows(val: TokenStore, r: Recipe) -> np.ndarray:
-    """The rows every held-out evaluation of a run scores, in training and in `tst eval` alike."""
-    return val_rows(val, r.train.seq_len + 1, r.heldout_rows)
+def heldout_rows(val: TokenStore, r: Recipe, mix: list[dict] | None = None) -> np.ndarray:
+    """The rows every held-out evaluation of a run scores, in training and in `tst eval` alike. With a mixture
+    (`mix`: the manifest's layout), each entry gives rows from the start of its own validation shards in proportion
+    to its `weight`, so the held-out loss measures the mixture the run aims at."""
+    width, count = r.train.seq_len + 1, r.heldout_rows
+    if not r.data.mix or not mix:
+        return val_rows(val, width, count)
+    layout = {m["name"]: m["val"] for m in mix}
+    pools = [_entry_val_rows(val, width, layout[e.name]) for e in r.data.mix]
+    want = proportional_split(count, [e.weight for e in r.data.mix])
+    take = [min(k, len(p)) for k, p in zip(want, pools)]
+    for i, pool in enumerate(pools):  # an entry with too few held-out rows: the others make up the difference
+        extra = min(count - sum(take), len(pool) - take[i])
+        take[i] += max(extra, 0)
+    parts = [pool[:k] for pool, k in zip(pools, take)]
+    return val.rows(np.concatenate(parts), width) if parts else np.zeros((0, width), np.int64)
+
+
+def _entry_val_rows(val: TokenStore, width: int, m: dict) -> np.ndarray:
+    starts = [val.starts[sid] + width * np.arange(int(val.lengths[sid]) // width, dtype=np.int64)
+              for sid in range(m["first"], m["first"] + m["count"])]
+    return np.concatenate(starts) if starts else np.zeros(0, np.int64)

@@ -46,54 +46,137 @@ class Pack:
 def pack_key(r: Recipe, manifest_sha: str) -> str:
     spec = {"manifest": manifest_sha, "s": r.tst.bag_size, "L": r.train.seq_len, "mode": r.tst.mode,
             "steps": r.train.steps, "phase1_steps": r.phase1_steps, "batch": r.train.batch_size, "seed": r.run.seed}
+    if r.data.mix:  # only then: the packs of runs without a mixture keep their names
+        spec["mix"] = [[e.name, e.weight_in(1), e.weight_in(2)] for e in r.data.mix]
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _chunk_offsets(manifest: dict, chunk: int) -> np.ndarray:
-    out, start = [], 0
-    for shard in manifest["splits"]["train"]["shards"]:
+def _chunk_offsets(shard_list: list[dict], chunk: int, start: int = 0) -> np.ndarray:
+    """Start offsets of the whole chunks in consecutive shards whose first token is at global offset `start`."""
+    out = []
+    for shard in shard_list:
         n = shard["tokens"] // chunk
         out.append(start + chunk * np.arange(n, dtype=np.int64))
         start += shard["tokens"]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def _divide(n: int, need: dict, rng: np.random.Generator) -> tuple[dict, bool]:
+    """Deal `n` chunks to the two phases (disjoint sets of chunk indices) for `need` = {phase: chunks}; and whether
+    they cover both needs without repetition."""
+    wanted = need[1] + need[2]
+    if n >= wanted:
+        # Enough data: phase 1 takes exactly what it needs, phase 2 everything else (no token read twice).
+        c1 = need[1]
+    else:
+        # Too little: split in proportion to need, each phase repeats within its own part.
+        c1 = round(n * need[1] / wanted) if wanted else 0
+        c1 = min(max(c1, 1 if need[1] else 0), n - (1 if need[2] else 0))
+    perm = rng.permutation(n)
+    return {1: np.sort(perm[:c1]), 2: np.sort(perm[c1:])}, n >= wanted
+
+
+def _rows(offsets: np.ndarray, chunks: dict, g: int, unit: int) -> dict:
+    """Row offsets of each phase: a phase-1 row is a chunk, a chunk gives `g` phase-2 rows of `unit` tokens."""
+    return {1: offsets[chunks[1]],
+            2: (offsets[chunks[2]][:, None] + unit * np.arange(g, dtype=np.int64)[None, :]).reshape(-1)}
+
+
+def _phase_info(steps: int, width: int, rows: int, rows_needed: int) -> dict:
+    return {"steps": steps, "row_width": width, "rows": rows, "rows_needed": rows_needed,
+            "tokens_needed": rows_needed * width, "tokens_available": rows * width,
+            "epochs": (rows_needed / rows) if rows else 0.0}
+
+
 def split_phases(r: Recipe, manifest: dict) -> tuple[dict, dict]:
     """Decide the phase split: returns (info, rows) without touching the disk."""
+    if r.data.mix:
+        return split_mixture(r, manifest)
     specs = phase_specs(r)
     g, unit, chunk = specs[1].units, specs[2].row_width, specs[1].row_width
     widths = {1: chunk, 2: unit}
     steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
     need_rows = {p: steps[p] * r.train.batch_size for p in (1, 2)}
     need_chunks = {1: need_rows[1], 2: math.ceil(need_rows[2] / g)}
-    offsets = _chunk_offsets(manifest, chunk)
+    offsets = _chunk_offsets(manifest["splits"]["train"]["shards"], chunk)
     n = len(offsets)
-    wanted = need_chunks[1] + need_chunks[2]
     if n < (need_chunks[1] > 0) + (need_chunks[2] > 0):
         raise DataError(f"training split has {manifest['splits']['train']['tokens']} tokens, fewer than one row of "
                         f"{chunk} tokens per phase: add data or lower train.seq_len / tst.bag_size")
-    if n >= wanted:
-        # Enough data: phase 1 takes exactly what it needs, phase 2 everything else (no token read twice).
-        c1 = need_chunks[1]
-    else:
-        # Too little: split in proportion to need, each phase repeats within its own part.
-        c1 = round(n * need_chunks[1] / wanted) if wanted else 0
-        c1 = min(max(c1, 1 if need_chunks[1] else 0), n - (1 if need_chunks[2] else 0))
-    perm = np.random.default_rng([r.run.seed, 0x7057]).permutation(n)
-    chunks = {1: np.sort(perm[:c1]), 2: np.sort(perm[c1:])}
-    rows = {1: offsets[chunks[1]],
-            2: (offsets[chunks[2]][:, None] + unit * np.arange(g, dtype=np.int64)[None, :]).reshape(-1)}
-    phases = {}
-    for p in (1, 2):
-        avail = len(rows[p])
-        phases[str(p)] = {
-            "steps": steps[p], "row_width": widths[p], "rows": avail, "rows_needed": need_rows[p],
-            "tokens_needed": need_rows[p] * widths[p], "tokens_available": avail * widths[p],
-            "epochs": (need_rows[p] / avail) if avail else 0.0,
-        }
+    chunks, covered = _divide(n, need_chunks, np.random.default_rng([r.run.seed, 0x7057]))
+    rows = _rows(offsets, chunks, g, unit)
+    phases = {str(p): _phase_info(steps[p], widths[p], len(rows[p]), need_rows[p]) for p in (1, 2)}
     info = {"widths": widths,
             "phases": phases, "train_tokens": manifest["splits"]["train"]["tokens"],
-            "covered_without_repetition": n >= wanted}
+            "covered_without_repetition": covered}
+    return info, rows
+
+
+def proportional_split(total: int, weights: list[float]) -> list[int]:
+    """`total` split in proportion to `weights`, in whole numbers that sum to `total` (largest remainder)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if total == 0 or w.sum() == 0:
+        return [0] * len(weights)
+    exact = total * w / w.sum()
+    out = np.floor(exact).astype(np.int64)
+    out[np.argsort(-(exact - out), kind="stable")[:total - int(out.sum())]] += 1
+    return out.tolist()
+
+
+def _draw(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Exactly `k` of `rows`: a seeded subset when there are enough, else whole copies plus a seeded subset."""
+    n = len(rows)
+    if k == 0 or n == 0:
+        return np.zeros(0, np.int64)
+    whole, rest = divmod(k, n)
+    return np.concatenate([np.tile(rows, whole), np.sort(rows[rng.permutation(n)[:rest]])])
+
+
+def split_mixture(r: Recipe, manifest: dict) -> tuple[dict, dict]:
+    """The phase split of a weighted mixture. Phase p's R_p rows are dealt to the entries in proportion to their
+    phase-p weights (rows of a phase have one width, so row shares are token shares); each entry splits its own
+    chunks between the phases as a corpus without a mixture does (disjoint), and its part holds exactly its rows,
+    repeated in whole copies when short. A phase reads its pack once (one loader epoch), so the rows a run reads
+    realise the weights to within one row per entry."""
+    specs = phase_specs(r)
+    g, unit, chunk = specs[1].units, specs[2].row_width, specs[1].row_width
+    widths = {1: chunk, 2: unit}
+    steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
+    need_rows = {p: steps[p] * r.train.batch_size for p in (1, 2)}
+    layout = {m["name"]: m for m in manifest.get("mix", [])}
+    if [e.name for e in r.data.mix] != [m["name"] for m in manifest.get("mix", [])]:
+        raise DataError("data.mix: the prepared data holds other mixture entries "
+                        f"({', '.join(layout) or 'none'}); re-run `tst prepare RECIPE`")
+    train_shards = manifest["splits"]["train"]["shards"]
+    starts = np.concatenate([[0], np.cumsum([x["tokens"] for x in train_shards])]).astype(np.int64)
+    share = {p: proportional_split(need_rows[p], [e.weight_in(p) for e in r.data.mix]) for p in (1, 2)}
+    rows: dict = {1: [], 2: []}
+    entries, covered = [], True
+    for i, e in enumerate(r.data.mix):
+        m = layout[e.name]["train"]
+        offsets = _chunk_offsets(train_shards[m["first"]:m["first"] + m["count"]], chunk, int(starts[m["first"]]))
+        need = {p: share[p][i] for p in (1, 2)}
+        need_chunks = {1: need[1], 2: math.ceil(need[2] / g)}
+        if len(offsets) < (need_chunks[1] > 0) + (need_chunks[2] > 0):
+            raise DataError(f"data.mix[{i}] ({e.name!r}): {m['tokens']} training tokens, fewer than one row of "
+                            f"{chunk} tokens per phase it takes part in: add data, lower its weight or lower "
+                            "train.seq_len / tst.bag_size")
+        chunks, enough = _divide(len(offsets), need_chunks, np.random.default_rng([r.run.seed, 0x7057, i + 1]))
+        own = _rows(offsets, chunks, g, unit)
+        phases = {}
+        for p in (1, 2):
+            rows[p].append(_draw(own[p], need[p], np.random.default_rng([r.run.seed, 0x7058, i + 1, p])))
+            phases[str(p)] = {"weight": need[p] / need_rows[p] if need_rows[p] else 0.0,
+                              **_phase_info(steps[p], widths[p], len(own[p]), need[p])}
+        covered &= enough
+        entries.append({"name": e.name, "train_tokens": m["tokens"], "start": int(starts[m["first"]]),
+                        "end": int(starts[m["first"] + m["count"]]), "covered_without_repetition": enough,
+                        "phases": phases})
+    rows = {p: np.concatenate(rows[p]) for p in (1, 2)}
+    phases = {str(p): _phase_info(steps[p], widths[p], sum(x["phases"][str(p)]["rows"] for x in entries),
+                                  need_rows[p]) for p in (1, 2)}
+    info = {"widths": widths, "phases": phases, "train_tokens": manifest["splits"]["train"]["tokens"],
+            "covered_without_repetition": covered, "mix": entries}
     return info, rows
 
 
@@ -119,15 +202,23 @@ def _write_pack(directory: Path, info: dict, rows: dict) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _shortfall(info: dict) -> str:
+    """What runs short, for the error of data.repeat = false."""
+    def needs(phases: dict) -> str:
+        return "; ".join(f"phase {p} needs {ph['tokens_needed']:,} tokens, {ph['tokens_available']:,} available"
+                         for p, ph in phases.items())
+    if "mix" in info:
+        return "; ".join(f"data.mix entry {e['name']!r} is too small for its weight without repetition "
+                         f"({needs(e['phases'])})" for e in info["mix"] if not e["covered_without_repetition"])
+    return f"corpus too small for the recipe without repetition ({needs(info['phases'])})"
+
+
 def ensure_pack(r: Recipe, data_dir: Path, manifest: dict, manifest_sha: str) -> tuple[Pack, bool]:
     """Load the pack for this recipe, building it if absent. Returns (pack, built_now)."""
     if not r.data.repeat:
         info, _ = split_phases(r, manifest)
         if not info["covered_without_repetition"]:
-            short = "; ".join(f"phase {p} needs {ph['tokens_needed']:,} tokens, {ph['tokens_available']:,} available"
-                              for p, ph in info["phases"].items())
-            raise DataError(f"{data_dir}: corpus too small for the recipe without repetition ({short}); "
-                            "set data.repeat = true or add data")
+            raise DataError(f"{data_dir}: {_shortfall(info)}; set data.repeat = true or add data")
     key = pack_key(r, manifest_sha)
     directory = Path(data_dir) / PACKS / key
     built = False

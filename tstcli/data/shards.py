@@ -24,7 +24,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class ShardWriter:
-    """Appends token arrays to `<split>-NNNNN.bin` files, rolling over every `shard_tokens` tokens."""
+    """Appends token arrays to `<split>-NNNNN.bin` files, rolling over every `shard_tokens` tokens (`split` may carry
+    a mixture entry's name: `train-dclm`)."""
 
     def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int):
         self.dir, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
@@ -83,6 +84,20 @@ def new_manifest(cfg, inputs: dict, sources: list[dict], tokenizer_sha: str, eot
         "splits": {s: {"documents": docs[s], "tokens": sum(x["tokens"] for x in split_shards[s]),
                        "shards": split_shards[s]} for s in ("train", "val")},
     }
+
+
+def mix_layout(entries: list[tuple[str, dict, dict]]) -> list[dict]:
+    """Where each mixture entry's shards sit in the splits' shard lists: [(name, {split: shards}, {split: documents})]
+    -> [{name, train: {first, count, tokens, documents}, val: {...}}] (entries' shards are listed in entry order)."""
+    out, first = [], {"train": 0, "val": 0}
+    for name, split_shards, docs in entries:
+        row = {"name": name}
+        for s in ("train", "val"):
+            row[s] = {"first": first[s], "count": len(split_shards[s]), "documents": docs[s],
+                      "tokens": sum(x["tokens"] for x in split_shards[s])}
+            first[s] += len(split_shards[s])
+        out.append(row)
+    return out
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:

@@ -33,49 +33,50 @@ def _is_corpus_file(p: Path) -> bool:
     return p.name.endswith(SUFFIXES)
 
 
-def _local(path: Path, origin: str) -> list[SourceFile]:
+def _local(path: Path, origin: str, key: str) -> list[SourceFile]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _is_corpus_file(p))
         if not files:
-            raise DataError(f"data.sources: directory {path} holds no {', '.join(SUFFIXES)} files")
-        return [f for p in files for f in _local(p, f"{origin}/{p.relative_to(path)}")]
+            raise DataError(f"{key}: directory {path} holds no {', '.join(SUFFIXES)} files")
+        return [f for p in files for f in _local(p, f"{origin}/{p.relative_to(path)}", key)]
     if not path.exists():
-        raise DataError(f"data.sources: {origin}: no such file or directory")
+        raise DataError(f"{key}: {origin}: no such file or directory")
     if not _is_corpus_file(path):
-        raise DataError(f"data.sources: {origin}: unsupported file type (expected {', '.join(SUFFIXES)})")
+        raise DataError(f"{key}: {origin}: unsupported file type (expected {', '.join(SUFFIXES)})")
     st = path.stat()
     return [SourceFile(str(path), origin, f"{st.st_size}:{st.st_mtime_ns}")]
 
 
-def _hub(spec: str) -> list[SourceFile]:
+def _hub(spec: str, key: str) -> list[SourceFile]:
     # hf://datasets/OWNER/NAME/PATH/IN/REPO[@REVISION]
     rest = spec[len("hf://datasets/"):]
     rest, _, revision = rest.partition("@")
     parts = rest.split("/")
     if len(parts) < 3:
-        raise DataError(f"data.sources: {spec}: expected hf://datasets/OWNER/NAME/PATH")
+        raise DataError(f"{key}: {spec}: expected hf://datasets/OWNER/NAME/PATH")
     repo_id, pattern = "/".join(parts[:2]), "/".join(parts[2:])
-    what, hint = f"data.sources: {spec}", "download it on a networked machine or use a local copy"
+    what, hint = f"{key}: {spec}", "download it on a networked machine or use a local copy"
     if any(c in pattern for c in "*?["):
         return [f for name in hub.matching_files(repo_id, pattern, revision, what, hint)
-                for f in _hub(f"hf://datasets/{repo_id}/{name}" + (f"@{revision}" if revision else ""))]
+                for f in _hub(f"hf://datasets/{repo_id}/{name}" + (f"@{revision}" if revision else ""), key)]
     local = hub.dataset_file(repo_id, pattern, revision, what, hint)
     if not _is_corpus_file(Path(local)):
-        raise DataError(f"data.sources: {spec}: unsupported file type (expected {', '.join(SUFFIXES)})")
+        raise DataError(f"{key}: {spec}: unsupported file type (expected {', '.join(SUFFIXES)})")
     return [SourceFile(local, spec, f"hub:{revision or 'main'}:{os.path.getsize(local)}")]
 
 
-def resolve(sources: list[str]) -> list[SourceFile]:
+def resolve(sources: list[str], key: str = "data.sources") -> list[SourceFile]:
+    """The files of `sources` (the recipe's `key`, named in errors), in order."""
     files: list[SourceFile] = []
     for spec in sources:
         if spec == "builtin:sample":
-            files += _local(BUILTIN_DIR, "builtin:sample")
+            files += _local(BUILTIN_DIR, "builtin:sample", key)
         elif spec.startswith("hf://"):
             if not spec.startswith("hf://datasets/"):
-                raise DataError(f"data.sources: {spec}: only dataset files are supported (hf://datasets/...)")
-            files += _hub(spec)
+                raise DataError(f"{key}: {spec}: only dataset files are supported (hf://datasets/...)")
+            files += _hub(spec, key)
         else:
-            files += _local(Path(spec).expanduser(), spec)
+            files += _local(Path(spec).expanduser(), spec, key)
     return files
 
 

@@ -30,9 +30,18 @@ class TrainData:
         return {p: PhaseLoader(self.train, self.pack.rows[p], self.widths[p], r.run.seed, p, r.train.batch_size)
                 for p in (1, 2)}
 
+    def mix_tokens(self, loaders: dict[int, PhaseLoader], phase: int, step_in_phase: int) -> dict[str, int]:
+        """Raw tokens the step reads from each mixture entry ({} without a mixture)."""
+        entries = self.pack.info.get("mix")
+        if not entries:
+            return {}
+        starts = np.array([e["start"] for e in entries], dtype=np.int64)
+        counts = loaders[phase].tokens_by_range(step_in_phase, starts)
+        return {e["name"]: int(c) for e, c in zip(entries, counts)}
+
     def heldout_rows(self, r: Recipe) -> np.ndarray:
         """The rows every held-out evaluation of this run scores (`Recipe.heldout_rows` rows of seq_len+1)."""
-        rows = heldout_rows(self.val, r)
+        rows = heldout_rows(self.val, r, self.manifest.get("mix"))
         if len(rows) == 0:
             raise RecipeError(f"train.seq_len: the validation split ({self.val.total} tokens) holds no row of "
                               f"{r.train.seq_len + 1} tokens; lower train.seq_len or raise data.val_fraction")

@@ -40,6 +40,7 @@ class TrainState:
     tokens_phase: dict = field(default_factory=lambda: {"1": 0, "2": 0})
     val_loss: float | None = None
     skipped: int = 0  # non-finite steps skipped so far (train.skip_nonfinite_steps)
+    mix_tokens: dict = field(default_factory=dict)  # raw tokens read so far per data.mix entry name
 
 
 @dataclass
@@ -125,7 +126,7 @@ class Trainer:
 
     def train_step(self, step: int) -> StepResult:
         r, phase = self.r, self.r.phase_at(step)
-        step_in_phase = step - 1 if phase == 1 else step - 1 - r.phase1_steps
+        step_in_phase = r.step_in_phase(step)
         t0 = time.perf_counter()
         rows_np, epoch = self.loaders[phase].batch(step_in_phase, self.world.rank, self.world.size)
         rows = torch.from_numpy(rows_np).to(self.device, non_blocking=True)
@@ -208,6 +209,8 @@ class Trainer:
         s.tokens_phase[str(phase)] += tokens
         s.positions += positions
         s.flops += self.flops_per_position * positions
+        for name, n in self.data.mix_tokens(self.loaders, phase, r.step_in_phase(step)).items():
+            s.mix_tokens[name] = s.mix_tokens.get(name, 0) + n
         if out.lr is None:  # a non-finite step within train.skip_nonfinite_steps: logged, not applied
             return {"kind": "skip", "step": step, "phase": phase, "loss": repr(out.loss),
                     "grad_norm": repr(out.grad_norm), "skipped_total": s.skipped}
@@ -221,6 +224,8 @@ class Trainer:
                    elapsed_s=self.elapsed(), step_time_s=dt, tokens_per_s=tokens / dt,
                    positions_per_s=positions / dt, mfu=mfu, data_share=out.data_s / dt, epoch=out.epoch,
                    **out.metrics)
+        if s.mix_tokens:
+            row["mix_tokens"] = dict(s.mix_tokens)
         return row
 
     # ---- the loop ----

@@ -24,7 +24,10 @@ def scalars(row: dict) -> dict[str, float]:
     """A row's numbers under tracker tags: `train/loss`, `val/val_loss`, `bench/hellaswag/acc_norm`, ..."""
     kind = row["kind"]
     prefix = f"bench/{row['task']}/" if kind == "bench" else f"{kind}/"
-    return {prefix + k: float(v) for k, v in row.items()
+    flat = {}
+    for k, v in row.items():  # a dict of numbers (mix_tokens) becomes one tag per key: train/mix_tokens/dclm
+        flat.update({f"{k}/{name}": x for name, x in v.items()} if isinstance(v, dict) else {k: v})
+    return {prefix + k: float(v) for k, v in flat.items()
             if k not in ("kind", "step", "task") and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 

@@ -1,0 +1,150 @@
+"""Tokenizing a corpus into shards (the work of `tst prepare` for text sources).
+
+Pass 1 (only for a trained tokenizer) streams the training documents into the BPE trainer. Pass 2 streams every
+document, sends it to the validation or training split by a hash of its text (a split by document, stable under
+reordering of sources), tokenizes in batches and appends to the shard writers. Memory is bounded by one batch and
+one piece of a document. A mixture's entries (`data.mix`) get shards of their own and share the tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from tstcli.data import readers, shards, sources
+from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256, train_bpe
+from tstcli.errors import DataError
+from tstcli.recipe import DataConfig
+
+Groups = list[tuple[str | None, list[sources.SourceFile]]]  # (mixture entry name or None, its files)
+
+BATCH_CHARS = 4_000_000  # characters per encode_batch call: large enough to use every core, small enough to stream
+# A document longer than this is tokenized in pieces of at most this many characters, cut where a run of whitespace
+# begins (so the pre-tokenizer sees the same words): memory stays bounded however long one document is.
+PIECE_CHARS = 250_000
+
+
+def _is_val(text: str, val_fraction: float) -> bool:
+    h = hashlib.sha1()
+    for start in range(0, len(text), PIECE_CHARS):  # piecewise: the same digest without a copy of a huge text
+        h.update(text[start:start + PIECE_CHARS].encode("utf-8", "replace"))
+    return int.from_bytes(h.digest()[:8], "little") / 2.0 ** 64 < val_fraction
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `size` characters, each cut (where possible) where a run of whitespace
+    begins, so tokenizing the pieces gives the tokens of the whole text."""
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
+        while cut > start + 1 and text[cut - 1].isspace():
+            cut -= 1
+        cut = cut if cut > start else end  # no whitespace in the window: a hard cut
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _documents(files, cfg: DataConfig, split: str) -> Iterator[str]:
+    for f in files:
+        for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents):
+            if (split == "val") == _is_val(doc, cfg.val_fraction):
+                yield from pieces(doc)
+
+
+def _encode(tok, docs: list[str]) -> list[list[int]]:
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(docs, add_special_tokens=False)]
+
+
+def tokenize(cfg: DataConfig, groups: Groups, inputs: dict, source_bytes: int, tmp: Path, log) -> dict:
+    """Pass 1 (a trained tokenizer) and pass 2 into `tmp`; returns the manifest. Each mixture entry gets shards of
+    its own (`train-<name>-NNNNN.bin`), so the packer can deal rows by entry; the tokenizer is shared."""
+    show = sys.stderr.isatty()
+    all_files = [f for _, files in groups for f in files]
+    if cfg.tokenizer == "bpe":
+        sample = f"a sample of up to {cfg.tokenizer_train_chars:,} characters of " if cfg.tokenizer_train_chars else ""
+        log(f"prepare: training a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on {sample}the training documents")
+        tok = train_bpe(_documents(all_files, cfg, "train"), cfg.vocab_size, cfg.eot_token, show,
+                        cfg.tokenizer_train_chars)
+    else:
+        tok = load_tokenizer(cfg.tokenizer)
+    eot = eot_id(tok, cfg.eot_token, "data.eot_token")
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    dtype = shards.token_dtype(vocab)
+    bar = tqdm(total=source_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not show, file=sys.stderr)
+    decode = readers.DecodeStats()
+    parts = [_tokenize_group(cfg, name, files, tok, eot, dtype, tmp, bar, decode) for name, files in groups]
+    bar.close()
+    if decode.replaced:
+        log(f"prepare: warning: {decode.summary()}")
+    for i, (name, part) in enumerate(zip((n for n, _ in groups), parts)):
+        if name is not None and part["documents"]["train"] == 0:
+            raise DataError(f"data.mix[{i}].sources: entry {name!r} has no training documents (empty, or every "
+                            "document fell in the validation split)")
+    docs = {s: sum(p["documents"][s] for p in parts) for s in ("train", "val")}
+    if docs["train"] + docs["val"] == 0:
+        raise DataError(f"data.sources: {', '.join(cfg.sources)} hold no documents (every file is empty)")
+    for split in ("train", "val"):
+        if docs[split] == 0:
+            what = "no document fell in the validation split: raise data.val_fraction or add documents" \
+                if split == "val" else "no training documents: lower data.val_fraction or add documents"
+            raise DataError(f"data.sources: {what}")
+
+    tok.save(str(tmp / "tokenizer.json"))
+    manifest = shards.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path,
+                                                  "bytes": Path(f.path).stat().st_size} for f in all_files],
+                                   tokenizer_sha256(tok), eot, vocab, sum(p["characters"] for p in parts), docs,
+                                   {s: [x for p in parts for x in p["shards"][s]] for s in ("train", "val")})
+    if cfg.mix:
+        manifest["mix"] = shards.mix_layout([(name, p["shards"], p["documents"]) for (name, _), p
+                                             in zip(groups, parts)])
+    return manifest
+
+
+def _tokenize_group(cfg: DataConfig, name: str | None, files: list[sources.SourceFile], tok, eot: int, dtype,
+                    tmp: Path, bar, decode: readers.DecodeStats) -> dict:
+    """Pass 2 over one group's files into its own train/val shard writers: {shards, documents, characters}."""
+    prefix = "" if name is None else f"-{name}"
+    writers = {s: shards.ShardWriter(tmp, s + prefix, dtype, cfg.shard_tokens) for s in ("train", "val")}
+    docs_per_split = {"train": 0, "val": 0}
+    chars = 0
+    eot_arr = np.array([eot], dtype=np.int64)
+    # Per split: pieces waiting to be encoded, each with whether it ends its document (then an end-of-text follows).
+    batches: dict[str, list[tuple[str, bool]]] = {"train": [], "val": []}
+    sizes = {"train": 0, "val": 0}
+
+    def encode_and_write(split: str) -> None:
+        batch = batches[split]
+        parts = []
+        for ids, (_, ends) in zip(_encode(tok, [text for text, _ in batch]), batch):
+            parts.append(np.asarray(ids, dtype=np.int64))
+            if ends:
+                parts.append(eot_arr)
+                docs_per_split[split] += 1
+        writers[split].write(np.concatenate(parts))
+        batches[split], sizes[split] = [], 0
+
+    for f in files:
+        for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents, decode):
+            split = "val" if _is_val(doc, cfg.val_fraction) else "train"
+            chars += len(doc)
+            rest = pieces(doc)
+            piece = next(rest)
+            while piece is not None:
+                following = next(rest, None)
+                batches[split].append((piece, following is None))
+                sizes[split] += len(piece)
+                if sizes[split] >= BATCH_CHARS:
+                    encode_and_write(split)
+                piece = following
+        bar.update(Path(f.path).stat().st_size)
+    for split in ("train", "val"):
+        if batches[split]:
+            encode_and_write(split)
+    return {"shards": {s: w.finish() for s, w in writers.items()}, "documents": docs_per_split, "characters": chars}
