@@ -75,7 +75,8 @@ class DataConfig:
     val_fraction: float = key(0.02, "fraction of documents held out for validation (split by document)")
     shard_tokens: int = key(1 << 26, "tokens per shard file")
     token_files: list = key([], "already tokenized training data: flat token files (nanoGPT's train.bin: raw "
-                            "uint16/uint32 ids, documents separated by data.eot_token), registered without "
+                            "uint16/uint32 ids, documents separated by data.eot_token; datatrove's X.ds, documents "
+                            "ended by its X.ds.index), registered without "
                             "re-tokenizing; needs data.tokenizer (not bpe); data.sources is then unused")
     token_val_files: list = key([], "with data.token_files: the validation split's token files (nanoGPT's val.bin); "
                                 "empty takes the last data.val_fraction of data.token_files, cut at a document end")
