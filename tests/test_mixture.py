@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import MOBY, SHARED, run_cli, small_recipe, write_recipe
+from conftest import MOBY, ROOT, SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import assert_same_tensors, train_losses
 from tstcli.data import packing, shards
@@ -205,3 +205,26 @@ def test_an_empty_entry_is_named_and_leaves_nothing_behind(small_data, tmp_path)
     assert_one_line_error(out, 3, "data.mix[1].sources", "'blank'")
     assert not (tmp_path / "data" / "manifest.json").exists()
     assert not list((tmp_path / "data").glob("*.bin")) and not (tmp_path / "data" / ".prepare-tmp").exists()
+
+
+def test_the_example_recipe_trains_on_the_shipped_corpus(tmp_path):
+    """recipes/mixture.toml: two files of the sample corpus inside the package, weighted per phase."""
+    sets = ["data.vocab_size=512", f'data.dir="{tmp_path / "data"}"', "train.steps=20", "train.batch_size=4",
+            "train.compile=false", "eval.every=20", "checkpoint.every=20", "model.dim=32", "model.n_layers=1"]
+    args = [a for s in sets for a in ("--set", s)]
+    out = run_cli("train", ROOT / "recipes" / "mixture.toml", "--run-dir", tmp_path / "run", *args)
+    assert out.returncode == 0, out.stderr
+    rows = [r for r in _rows(tmp_path / "run") if r["kind"] == "train"]
+    assert len(rows) == 20 and all(set(r["mix_tokens"]) == {"moby", "bible"} for r in rows)
+    last = rows[-1]["mix_tokens"]
+    assert last["moby"] > last["bible"] > 0  # phase 2 reads Moby-Dick 80/20
+
+
+def test_builtin_sample_file_names_one_file_or_fails_naming_it(tmp_path):
+    from tstcli.data import sources
+    assert [f.origin for f in sources.resolve(["builtin:sample/kjv.txt.gz"])] == ["builtin:sample/kjv.txt.gz"]
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[data]\ndir = "{tmp_path / "d"}"\n[[data.mix]]\nname = "a"\n'
+                      'sources = ["builtin:sample/nope.txt"]\nweight = 1\n')
+    assert_one_line_error(run_cli("prepare", recipe), 3, "data.mix[0].sources", "builtin:sample/nope.txt",
+                          "kjv.txt.gz")

@@ -58,6 +58,11 @@ def test_10b_a1b_dry_run_total_and_active_parameters(tmp_path):
     assert (r.tst.bag_size, r.tst.ratio, r.train.lr, r.train.schedule) == (16, 0.25, 3e-4, "wsd")
     assert r.train.batch_size * r.train.seq_len == 8 * 2 ** 20  # 8M-token global batches
     assert r.model.qk_norm and r.model.moe_experts == 128 and r.model.moe_norm_topk
+    # The paper's MoE data: DCLM and FineWeb-Edu 50/50 by tokens, in both phases, from the hub.
+    assert [(e.name, e.weight_in(1), e.weight_in(2)) for e in r.data.mix] == [("dclm", 0.5, 0.5),
+                                                                            ("fineweb-edu", 0.5, 0.5)]
+    assert all(s.startswith("hf://datasets/") for e in r.data.mix for s in e.sources)
+    assert r.data.mix[1].sources[0].endswith(".parquet") and ".jsonl.zst" in r.data.mix[0].sources[0]
     out = run_cli("train", path, "--dry-run", "--json", "--nproc", "64",
                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}, timeout=120)
     assert out.returncode == 0, out.stderr

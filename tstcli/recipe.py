@@ -61,7 +61,7 @@ class MixEntry:
 class DataConfig:
     sources: list = key(["builtin:sample"], "corpus sources: files (.txt[.gz], .jsonl[.gz|.zst], .json[.gz|.zst], "
                         ".parquet), directories of them, hf://datasets/OWNER/NAME/PATH hub files and globs, or "
-                        "builtin:sample (shipped with tst)")
+                        "builtin:sample (shipped with tst; builtin:sample/FILE one of its files)")
     text_field: str = key("text", "JSON field (or Parquet column) holding a document's text")
     txt_documents: str = key("blank_line", "how .txt sources split into documents: at blank lines, or one per file",
                              ("blank_line", "file"))

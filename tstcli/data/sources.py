@@ -6,7 +6,7 @@ configurable field), `.jsonl.zst` and `.json.zst` (DCLM's layout), `.parquet` (F
 directories of those (sorted, recursive), Hugging Face hub files (`hf://datasets/OWNER/NAME/PATH[@REVISION]`, where PATH may be
 a glob such as `en/c4-train.000[0-4]?-of-01024.json.gz`, downloaded through huggingface-hub), and
 `builtin:sample`, the
-public-domain corpus shipped inside the package. Everything streams: memory does not grow with the corpus.
+public-domain corpus shipped inside the package (`builtin:sample/FILE`: one of its files). Everything streams: memory does not grow with the corpus.
 """
 from __future__ import annotations
 
@@ -71,6 +71,12 @@ def resolve(sources: list[str], key: str = "data.sources") -> list[SourceFile]:
     for spec in sources:
         if spec == "builtin:sample":
             files += _local(BUILTIN_DIR, "builtin:sample", key)
+        elif spec.startswith("builtin:sample/"):  # one file of it: mixture examples weigh them against each other
+            name = spec[len("builtin:sample/"):]
+            if name not in {p.name for p in BUILTIN_DIR.iterdir()}:
+                raise DataError(f"{key}: {spec}: no such file in the sample corpus (it holds "
+                                f"{', '.join(sorted(p.name for p in BUILTIN_DIR.iterdir() if _is_corpus_file(p)))})")
+            files += _local(BUILTIN_DIR / name, spec, key)
         elif spec.startswith("hf://"):
             if not spec.startswith("hf://datasets/"):
                 raise DataError(f"{key}: {spec}: only dataset files are supported (hf://datasets/...)")
