@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 from conftest import MOBY, ROOT, SHARED, run_cli, small_recipe, write_recipe
 from tstcli.data import packing, shards, sources
 from tstcli.data.loader import batch_offsets
+from tstcli.data.rows import materialise
 from tstcli.data.encode import _is_val
 from tstcli.data.prepare import prepare
 from tstcli.errors import DataError
@@ -101,7 +102,8 @@ def test_loaded_tokenizer_and_missing_eot(small_data, tmp_path):
 def test_packing_phases_are_disjoint_and_cover_the_corpus(small_data):
     r = small_recipe(small_data, **{"train.steps": 40, "tst.ratio": 0.25})
     m = shards.read_manifest(small_data)
-    info, rows = packing.split_phases(r, m)
+    info, sets = packing.split_phases(r, m)
+    rows = {p: materialise(sets[p]) for p in (1, 2)}
     w1, w2 = info["widths"][1], info["widths"][2]
     assert (w1, w2) == (3 * 33, 33)
     covered1 = {int(o) + i for o in rows[1] for i in range(w1)}

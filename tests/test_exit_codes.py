@@ -1,4 +1,5 @@
 """Every exit path returns its documented code, with one line and no temporary files left (issue #17)."""
+import json
 import shutil
 import signal
 import subprocess
@@ -53,18 +54,37 @@ def _big_prepare(data_dir):
 @pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_during_prepare_exits_128_plus_signum_and_cleans_up(tmp_path, signum, code, word):
     data = tmp_path / "data"
-    rc, err = _signal_when(_big_prepare(data), lambda _: (data / ".prepare-tmp").exists(), signum)
+    # signalled once a unit (a file) is finished, while the next is being tokenized
+    rc, err = _signal_when(_big_prepare(data), lambda _: any((data / ".prepare-work" / "units").glob("*.json")),
+                           signum, settle=0.2)
     assert rc == code, err
     assert err.strip().splitlines()[-1] == f"error: {word}" and "Traceback" not in err
-    assert not (data / ".prepare-tmp").exists() and not (data / "manifest.json").exists()
+    assert not (data / "manifest.json").exists()
+    kept = assert_only_finished_units(data / ".prepare-work")
+    assert kept, "the finished units are kept for the re-run"
+    again = run_cli(*_big_prepare(data))  # finishes the remaining units only
+    assert again.returncode == 0, again.stderr
+    assert f"tokenizing {6 - kept} of 6 work units" in again.stderr and not (data / ".prepare-work").exists()
+
+
+def assert_only_finished_units(work) -> int:
+    """What an interrupted preparation leaves: the shards of finished units (each listed in its unit's record, and
+    kept for the re-run), never a partly written one. Returns how many units are finished."""
+    if not work.exists():
+        return 0
+    records = [json.loads(rec.read_text()) for rec in (work / "units").glob("*.json")]
+    listed = {x["file"] for rec in records for split in rec["shards"].values() for x in split}
+    assert {p.name for p in work.glob("*.bin")} == listed
+    return len(records)
 
 
 def test_ctrl_c_while_train_prepares_exits_130_and_leaves_no_run_dir(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     args = ["train", *_big_prepare(data)[1:], "--run-dir", run]
-    rc, err = _signal_when(args, lambda _: (data / ".prepare-tmp").exists(), signal.SIGINT)
+    rc, err = _signal_when(args, lambda e: "work units" in e, signal.SIGINT)
     assert rc == 130 and "error: interrupted" in err and "Traceback" not in err, err
-    assert not run.exists() and not (data / ".prepare-tmp").exists()
+    assert not run.exists() and not (data / "manifest.json").exists()
+    assert_only_finished_units(data / ".prepare-work")
 
 
 def test_ctrl_c_during_eval_exits_130(short_run, tmp_path):
@@ -96,7 +116,7 @@ def test_corrupt_gzip_member_in_a_corpus_exits_3(tmp_path):
     bad.write_bytes(bytes(data))
     r = run_cli("prepare", TINY, "--set", f'data.dir="{tmp_path / "d"}"', "--set", f'data.sources=["{bad}"]')
     assert_one_line_error(r, 3, "bad.jsonl.gz", "cannot read")
-    assert not (tmp_path / "d" / ".prepare-tmp").exists()
+    assert not (tmp_path / "d" / ".prepare-work").exists()
 
 
 def test_sigterm_during_the_held_out_evaluation_stops_at_that_step(small_data, tmp_path):

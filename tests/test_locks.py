@@ -79,7 +79,7 @@ def test_two_prepares_on_one_empty_data_dir_both_succeed(tmp_path):
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     shards.verify(data, shards.read_manifest(data), full=True)
-    assert not list(data.glob(".prepare-tmp*")) and not list((data / "packs").glob("*.tmp*"))
+    assert not list(data.glob(".prepare-work*")) and not list((data / "packs").glob("*.tmp*"))
 
 
 def test_runs_with_the_same_name_and_other_data_get_their_own_data_dirs():

@@ -12,6 +12,7 @@ from test_cli_errors import assert_one_line_error
 from test_resume import assert_same_tensors, train_losses
 from tstcli.data import packing, shards
 from tstcli.data.loader import heldout_rows
+from tstcli.data.rows import materialise
 from tstcli.recipe import from_dict, to_dict
 
 KJV = SHARED / "corpus" / "kjv_sample.txt"
@@ -84,20 +85,21 @@ def test_rows_read_realise_the_weights_per_phase_and_phases_are_disjoint(mix_dat
     # The counts agree with the pack, read independently: each phase reads its pack's rows exactly once.
     manifest = shards.read_manifest(data)
     pack, _ = packing.ensure_pack(r, data, manifest, shards.manifest_sha256(data))
+    rows = {p: materialise(pack.rows[p]) for p in (1, 2)}
     for p in (1, 2):
-        counts = np.bincount(_entry_of(pack.rows[p], pack.info), minlength=2) * pack.widths[p]
+        counts = np.bincount(_entry_of(rows[p], pack.info), minlength=2) * pack.widths[p]
         assert {e["name"]: int(c) for e, c in zip(pack.info["mix"], counts)} == tokens[p]
 
     # Disjoint: no training token is in a phase-1 row and a phase-2 row.
     covered = {p: np.zeros(manifest["splits"]["train"]["tokens"], bool) for p in (1, 2)}
     for p in (1, 2):
-        for o in np.unique(pack.rows[p]):
+        for o in np.unique(rows[p]):
             covered[p][o:o + pack.widths[p]] = True
     assert not (covered[1] & covered[2]).any()
     # and each entry's rows lie inside its own shards
     for p in (1, 2):
         ends = np.array([e["end"] for e in pack.info["mix"]])
-        assert (pack.rows[p] + pack.widths[p] <= ends[_entry_of(pack.rows[p], pack.info)]).all()
+        assert (rows[p] + pack.widths[p] <= ends[_entry_of(rows[p], pack.info)]).all()
 
 
 def test_mixture_resume_is_bitwise(mix_data, tmp_path):
@@ -204,7 +206,7 @@ def test_an_empty_entry_is_named_and_leaves_nothing_behind(small_data, tmp_path)
     out = run_cli("prepare", write_recipe(tmp_path / "r.toml", r))
     assert_one_line_error(out, 3, "data.mix[1].sources", "'blank'")
     assert not (tmp_path / "data" / "manifest.json").exists()
-    assert not list((tmp_path / "data").glob("*.bin")) and not (tmp_path / "data" / ".prepare-tmp").exists()
+    assert not list((tmp_path / "data").glob("*.bin")) and not (tmp_path / "data" / ".prepare-work").exists()
 
 
 def test_the_example_recipe_trains_on_the_shipped_corpus(tmp_path):

@@ -1,14 +1,36 @@
-"""`tst prepare RECIPE`: tokenize and shard the corpus, pack rows for the recipe's phases."""
+"""`tst prepare RECIPE`: tokenize and shard the corpus, pack rows for the recipe's phases; as one worker of many
+(`--worker I --workers N`, then `--workers N --merge`) or as every rank of a torchrun job."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 from tstcli import recipe as recipes
 from tstcli.cli.common import JsonOption, SetList, SetOption, emit, log
-from tstcli.cli.report import prepare_lines
+from tstcli.cli.report import prepare_lines, worker_lines
 from tstcli.data.prepare import prepare_recipe
+from tstcli.data.work import Worker
+from tstcli.errors import RecipeError
+from tstcli.parallel.world import world_from_env
+
+
+def _worker(worker: int | None, workers: int | None, merge: bool, force: bool) -> Worker:
+    world = world_from_env(os.environ)
+    if worker is None and workers is None and not merge:
+        # Under torchrun the ranks are the workers: rank 0 merges once every unit is finished.
+        return Worker(world.rank, world.size, merge=world.main, wait=True) if world.distributed else Worker()
+    if workers is None or workers < 1:
+        raise RecipeError("--workers N (N >= 1) is needed with --worker and --merge")
+    if worker is not None and not 0 <= worker < workers:
+        raise RecipeError(f"--worker {worker}: must be in [0, {workers - 1}] with --workers {workers}")
+    if worker is None and not merge:
+        raise RecipeError("--workers N needs --worker I (tokenize worker I's units) or --merge (write the manifest)")
+    if force and workers > 1:
+        raise RecipeError(f"--force with --workers {workers}: --force rebuilds with one worker only; delete the "
+                          "data directory to restart N workers")
+    return Worker(worker or 0, workers, tokenize=worker is not None, merge=merge)
 
 
 def prepare(
@@ -16,8 +38,14 @@ def prepare(
     set_: SetList = SetOption,
     force: bool = typer.Option(False, "--force", help="re-tokenize even if the data is up to date"),
     verify: bool = typer.Option(False, "--verify", help="check every shard's sha256 against the manifest"),
+    worker: int = typer.Option(None, "--worker", help="tokenize only the work units of worker I (0-based) of "
+                               "--workers N (e.g. $SLURM_ARRAY_TASK_ID); finished units are kept and not redone"),
+    workers: int = typer.Option(None, "--workers", help="how many workers share the work units"),
+    merge: bool = typer.Option(False, "--merge", help="write the manifest once every unit is finished (else exit 3 "
+                               "naming the unfinished ones)"),
     json_: bool = JsonOption,
 ):
     """Tokenize the recipe's corpus into shards + manifest and pack the rows each phase reads."""
-    out = prepare_recipe(recipes.load(recipe, set_ or []), force=force, verify=verify, log=log)
-    emit(out, json_, prepare_lines(out))
+    how = _worker(worker, workers, merge, force)
+    out = prepare_recipe(recipes.load(recipe, set_ or []), force=force, verify=verify, log=log, worker=how)
+    emit(out, json_, prepare_lines(out) if how.merge else worker_lines(out))

@@ -52,6 +52,18 @@ def prepare_lines(out: dict) -> list[str]:
     return lines
 
 
+def worker_lines(out: dict) -> list[str]:
+    """A worker that does not merge: what it did and what is left."""
+    u = out.get("units")
+    if out["up_to_date"] or not u:
+        return [f"data: {out['data_dir']} ({'up to date' if out['up_to_date'] else 'prepared'})"]
+    left = u["unfinished"]
+    return [f"worker {out['worker']} of {out['workers']}: tokenized {u['tokenized_here']} work units; "
+            f"{left} of {u['total']} units unfinished overall",
+            "next: " + ("wait for the other workers, then " if left else "") +
+            f"`tst prepare RECIPE --workers {out['workers']} --merge` writes the manifest"]
+
+
 def plan_lines(r, p: dict) -> list[str]:
     lines = [
         f"model: {p['parameters']:,} parameters ({p['parameters_non_embedding']:,} without the input embedding), "

@@ -2,8 +2,8 @@
 
 Pass 1 (only for a trained tokenizer) streams the training documents into the BPE trainer. Pass 2 streams every
 document, sends it to the validation or training split by a hash of its text (a split by document, stable under
-reordering of sources), tokenizes in batches and appends to the shard writers. Memory is bounded by one batch and
-one piece of a document. A mixture's entries (`data.mix`) get shards of their own and share the tokenizer.
+reordering of sources), tokenizes in batches and appends to the shard writers, one work unit (`units.py`) at a
+time. Memory is bounded by one batch and one piece of a document. A mixture's entries share the tokenizer.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from tstcli.data import readers, shards, sources
-from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256, train_bpe
+from tstcli.data.tokenizer import eot_id, load_tokenizer, train_bpe
+from tstcli.data.units import Unit
 from tstcli.errors import DataError
 from tstcli.recipe import DataConfig
 
@@ -62,56 +62,23 @@ def _encode(tok, docs: list[str]) -> list[list[int]]:
     return [e.ids for e in encode(docs, add_special_tokens=False)]
 
 
-def tokenize(cfg: DataConfig, groups: Groups, inputs: dict, source_bytes: int, tmp: Path, log) -> dict:
-    """Pass 1 (a trained tokenizer) and pass 2 into `tmp`; returns the manifest. Each mixture entry gets shards of
-    its own (`train-<name>-NNNNN.bin`), so the packer can deal rows by entry; the tokenizer is shared."""
-    show = sys.stderr.isatty()
-    all_files = [f for _, files in groups for f in files]
+def make_tokenizer(cfg: DataConfig, files: list[sources.SourceFile], log):
+    """Pass 1: a byte-level BPE trained on (a sample of) the training documents of every file, or the loaded one.
+    Returns (tokenizer, eot id, vocabulary size)."""
     if cfg.tokenizer == "bpe":
         sample = f"a sample of up to {cfg.tokenizer_train_chars:,} characters of " if cfg.tokenizer_train_chars else ""
         log(f"prepare: training a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on {sample}the training documents")
-        tok = train_bpe(_documents(all_files, cfg, "train"), cfg.vocab_size, cfg.eot_token, show,
+        tok = train_bpe(_documents(files, cfg, "train"), cfg.vocab_size, cfg.eot_token, sys.stderr.isatty(),
                         cfg.tokenizer_train_chars)
     else:
         tok = load_tokenizer(cfg.tokenizer)
-    eot = eot_id(tok, cfg.eot_token, "data.eot_token")
-    vocab = tok.get_vocab_size(with_added_tokens=True)
-    dtype = shards.token_dtype(vocab)
-    bar = tqdm(total=source_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not show, file=sys.stderr)
-    decode = readers.DecodeStats()
-    parts = [_tokenize_group(cfg, name, files, tok, eot, dtype, tmp, bar, decode) for name, files in groups]
-    bar.close()
-    if decode.replaced:
-        log(f"prepare: warning: {decode.summary()}")
-    for i, (name, part) in enumerate(zip((n for n, _ in groups), parts)):
-        if name is not None and part["documents"]["train"] == 0:
-            raise DataError(f"data.mix[{i}].sources: entry {name!r} has no training documents (empty, or every "
-                            "document fell in the validation split)")
-    docs = {s: sum(p["documents"][s] for p in parts) for s in ("train", "val")}
-    if docs["train"] + docs["val"] == 0:
-        raise DataError(f"data.sources: {', '.join(cfg.sources)} hold no documents (every file is empty)")
-    for split in ("train", "val"):
-        if docs[split] == 0:
-            what = "no document fell in the validation split: raise data.val_fraction or add documents" \
-                if split == "val" else "no training documents: lower data.val_fraction or add documents"
-            raise DataError(f"data.sources: {what}")
-
-    tok.save(str(tmp / "tokenizer.json"))
-    manifest = shards.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path,
-                                                  "bytes": Path(f.path).stat().st_size} for f in all_files],
-                                   tokenizer_sha256(tok), eot, vocab, sum(p["characters"] for p in parts), docs,
-                                   {s: [x for p in parts for x in p["shards"][s]] for s in ("train", "val")})
-    if cfg.mix:
-        manifest["mix"] = shards.mix_layout([(name, p["shards"], p["documents"]) for (name, _), p
-                                             in zip(groups, parts)])
-    return manifest
+    return tok, eot_id(tok, cfg.eot_token, "data.eot_token"), tok.get_vocab_size(with_added_tokens=True)
 
 
-def _tokenize_group(cfg: DataConfig, name: str | None, files: list[sources.SourceFile], tok, eot: int, dtype,
-                    tmp: Path, bar, decode: readers.DecodeStats) -> dict:
-    """Pass 2 over one group's files into its own train/val shard writers: {shards, documents, characters}."""
-    prefix = "" if name is None else f"-{name}"
-    writers = {s: shards.ShardWriter(tmp, s + prefix, dtype, cfg.shard_tokens) for s in ("train", "val")}
+def tokenize_unit(cfg: DataConfig, unit: Unit, tok, eot: int, dtype, work: Path, bar=None) -> dict:
+    """Pass 2 over one unit into shards of its own in `work`; returns the unit's record: its shards, documents and
+    characters per split, and the bytes that were not valid UTF-8."""
+    writers = {s: shards.ShardWriter(work, s + unit.prefix, dtype, cfg.shard_tokens) for s in ("train", "val")}
     docs_per_split = {"train": 0, "val": 0}
     chars = 0
     eot_arr = np.array([eot], dtype=np.int64)
@@ -130,21 +97,54 @@ def _tokenize_group(cfg: DataConfig, name: str | None, files: list[sources.Sourc
         writers[split].write(np.concatenate(parts))
         batches[split], sizes[split] = [], 0
 
-    for f in files:
-        for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents, decode):
-            split = "val" if _is_val(doc, cfg.val_fraction) else "train"
-            chars += len(doc)
-            rest = pieces(doc)
-            piece = next(rest)
-            while piece is not None:
-                following = next(rest, None)
-                batches[split].append((piece, following is None))
-                sizes[split] += len(piece)
-                if sizes[split] >= BATCH_CHARS:
-                    encode_and_write(split)
-                piece = following
-        bar.update(Path(f.path).stat().st_size)
+    decode = readers.DecodeStats()
+    f = unit.file
+    for doc in readers.documents(f.path, f.origin, cfg.text_field, cfg.txt_documents, decode, unit.row_groups):
+        split = "val" if _is_val(doc, cfg.val_fraction) else "train"
+        chars += len(doc)
+        rest = pieces(doc)
+        piece = next(rest)
+        while piece is not None:
+            following = next(rest, None)
+            batches[split].append((piece, following is None))
+            sizes[split] += len(piece)
+            if sizes[split] >= BATCH_CHARS:
+                encode_and_write(split)
+            piece = following
     for split in ("train", "val"):
         if batches[split]:
             encode_and_write(split)
-    return {"shards": {s: w.finish() for s, w in writers.items()}, "documents": docs_per_split, "characters": chars}
+    if bar is not None:
+        bar.update(1)
+    return {"unit": unit.name, "entry": unit.entry, "origin": f.origin, "row_groups": unit.row_groups,
+            "shards": {s: w.finish() for s, w in writers.items()}, "documents": docs_per_split,
+            "characters": chars, "not_utf8_bytes": decode.replaced}
+
+
+def manifest_of(cfg: DataConfig, inputs: dict, groups: Groups, units: list[Unit], records: list[dict], tok_sha: str,
+                eot: int, vocab: int) -> dict:
+    """The manifest of finished units (their records in unit order), after the checks every preparation makes."""
+    names = [name for name, _ in groups]
+    for i, name in enumerate(names):
+        if name is not None and not sum(r["documents"]["train"] for r in records if r["entry"] == name):
+            raise DataError(f"data.mix[{i}].sources: entry {name!r} has no training documents (empty, or every "
+                            "document fell in the validation split)")
+    docs = {s: sum(r["documents"][s] for r in records) for s in ("train", "val")}
+    if docs["train"] + docs["val"] == 0:
+        raise DataError(f"data.sources: {', '.join(cfg.sources)} hold no documents (every file is empty)")
+    for split in ("train", "val"):
+        if docs[split] == 0:
+            what = "no document fell in the validation split: raise data.val_fraction or add documents" \
+                if split == "val" else "no training documents: lower data.val_fraction or add documents"
+            raise DataError(f"data.sources: {what}")
+    files = list({u.file.path: u.file for u in units}.values())
+    manifest = shards.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path,
+                                                  "bytes": Path(f.path).stat().st_size} for f in files],
+                                   tok_sha, eot, vocab, sum(r["characters"] for r in records), docs,
+                                   {s: [x for r in records for x in r["shards"][s]] for s in ("train", "val")})
+    if cfg.mix:
+        manifest["mix"] = shards.mix_layout([
+            (name, {s: [x for r in records if r["entry"] == name for x in r["shards"][s]] for s in ("train", "val")},
+             {s: sum(r["documents"][s] for r in records if r["entry"] == name) for s in ("train", "val")})
+            for name in names])
+    return manifest

@@ -2,28 +2,24 @@
 
 Within a phase, step k reads global positions [k·B, (k+1)·B) of an endless stream made of epochs; epoch e is a
 seeded permutation of the phase's rows (a new order each epoch), so the rows of one batch come from across the
-whole corpus. Rank r of W takes positions [r·B/W, (r+1)·B/W) of that batch. Resuming at any step reproduces the
+whole corpus. The permutation is evaluated at the batch's positions only (`order.Bijection`), so memory and time
+per batch do not grow with the corpus. Rank r of W takes positions [r·B/W, (r+1)·B/W) of that batch. Resuming at any step reproduces the
 rows exactly, with no loader state to save.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
+from tstcli.data.order import Bijection
 from tstcli.data.packing import proportional_split
 from tstcli.data.shards import TokenStore
 from tstcli.recipe import Recipe
 
 
-@lru_cache(maxsize=4)
-def _permutation(seed: int, phase: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, phase, epoch]).permutation(n)
-
-
-def batch_offsets(rows: np.ndarray, seed: int, phase: int, step_in_phase: int, batch_size: int,
+def batch_offsets(rows, seed: int, phase: int, step_in_phase: int, batch_size: int,
                   rank: int = 0, world: int = 1) -> tuple[np.ndarray, int]:
-    """Row offsets for this rank at 0-based `step_in_phase`, and the epoch the batch starts in."""
+    """Row offsets for this rank at 0-based `step_in_phase`, and the epoch the batch starts in (`rows`: a row set
+    or an array of offsets)."""
     n = len(rows)
     per_rank = batch_size // world
     positions = step_in_phase * batch_size + rank * per_rank + np.arange(per_rank, dtype=np.int64)
@@ -31,14 +27,14 @@ def batch_offsets(rows: np.ndarray, seed: int, phase: int, step_in_phase: int, b
     out = np.empty(per_rank, dtype=np.int64)
     for e in np.unique(epochs):
         sel = epochs == e
-        out[sel] = rows[_permutation(seed, phase, int(e), n)[positions[sel] % n]]
+        out[sel] = rows[Bijection(n, (seed, phase, int(e)))(positions[sel] % n)]
     return out, int(epochs[0])
 
 
 class PhaseLoader:
     """Token rows for one phase, read from memory-mapped shards at the packed offsets."""
 
-    def __init__(self, store: TokenStore, rows: np.ndarray, width: int, seed: int, phase: int, batch_size: int):
+    def __init__(self, store: TokenStore, rows, width: int, seed: int, phase: int, batch_size: int):
         self.store, self.rows, self.width = store, rows, width
         self.seed, self.phase, self.batch_size = seed, phase, batch_size
 

@@ -2,11 +2,12 @@
 
 The training stream is cut, shard by shard, into *chunks* of `g` consecutive units of `L+1` tokens, where
 `g = s` for the full and input modes (a chunk is exactly one phase-1 row of `s·(L+1)` tokens) and the fewest units
-covering `L+s` tokens for the output mode. A seeded permutation gives each phase its own chunks, so the phases are
-disjoint and both draw from across the whole corpus; a phase-2 chunk yields `g` phase-2 rows of `L+1` tokens.
-The result is two arrays of row start offsets (`phase1.npy`, `phase2.npy`) plus `pack.json`, written under
-`<data_dir>/packs/<key>/`. Changing `s`, `L`, `ratio`, steps or batch re-packs in milliseconds; tokens are never
-re-read. The trainer memory-maps rows at these offsets and does no packing work per step.
+covering `L+s` tokens for the output mode. A seeded order over the chunks (`order.Bijection`) gives phase 1 its
+first chunks and phase 2 the rest, so the phases are disjoint and both draw from across the whole corpus; a phase-2
+chunk yields `g` phase-2 rows of `L+1` tokens. The rows are functions from index to offset (`rows.py`), built from
+the manifest's shard sizes in microseconds and holding no per-row array, whatever the corpus size; `pack.json`
+under `<data_dir>/packs/<key>/` records the split and its coverage. Changing `s`, `L`, `ratio`, steps or batch
+re-packs at once; tokens are never re-read.
 """
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from tstcli.data import shards
+from tstcli.data.order import Bijection
+from tstcli.data.rows import Chunks, Concat, Drawn, PhaseRows
 from tstcli.errors import DataError
 from tstcli.recipe import Recipe
 from tstcli.tst.bags import phase_specs
 
 PACKS = "packs"
+ORDER = 2  # the row-order function's version (2: Feistel bijections; 1: materialised permutations, in earlier versions)
 
 
 def row_widths(r: Recipe) -> dict[int, int]:
@@ -36,7 +40,7 @@ def row_widths(r: Recipe) -> dict[int, int]:
 class Pack:
     directory: Path
     info: dict
-    rows: dict  # phase -> np.ndarray of row start offsets
+    rows: dict  # phase -> row set (`rows.py`): row index -> start offset
 
     @property
     def widths(self) -> dict[int, int]:
@@ -45,41 +49,29 @@ class Pack:
 
 def pack_key(r: Recipe, manifest_sha: str) -> str:
     spec = {"manifest": manifest_sha, "s": r.tst.bag_size, "L": r.train.seq_len, "mode": r.tst.mode,
-            "steps": r.train.steps, "phase1_steps": r.phase1_steps, "batch": r.train.batch_size, "seed": r.run.seed}
+            "steps": r.train.steps, "phase1_steps": r.phase1_steps, "batch": r.train.batch_size, "seed": r.run.seed,
+            "order": ORDER}
     if r.data.mix:  # only then: the packs of runs without a mixture keep their names
         spec["mix"] = [[e.name, e.weight_in(1), e.weight_in(2)] for e in r.data.mix]
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _chunk_offsets(shard_list: list[dict], chunk: int, start: int = 0) -> np.ndarray:
-    """Start offsets of the whole chunks in consecutive shards whose first token is at global offset `start`."""
-    out = []
-    for shard in shard_list:
-        n = shard["tokens"] // chunk
-        out.append(start + chunk * np.arange(n, dtype=np.int64))
-        start += shard["tokens"]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-
-def _divide(n: int, need: dict, rng: np.random.Generator) -> tuple[dict, bool]:
-    """Deal `n` chunks to the two phases (disjoint sets of chunk indices) for `need` = {phase: chunks}; and whether
-    they cover both needs without repetition."""
+def _phase1_chunks(n: int, need: dict) -> tuple[int, bool]:
+    """How many of `n` chunks phase 1 takes for `need` = {phase: chunks}, and whether both needs are covered
+    without repetition."""
     wanted = need[1] + need[2]
     if n >= wanted:
-        # Enough data: phase 1 takes exactly what it needs, phase 2 everything else (no token read twice).
-        c1 = need[1]
-    else:
-        # Too little: split in proportion to need, each phase repeats within its own part.
-        c1 = round(n * need[1] / wanted) if wanted else 0
-        c1 = min(max(c1, 1 if need[1] else 0), n - (1 if need[2] else 0))
-    perm = rng.permutation(n)
-    return {1: np.sort(perm[:c1]), 2: np.sort(perm[c1:])}, n >= wanted
+        return need[1], True  # enough data: phase 1 takes exactly what it needs, phase 2 everything else
+    # Too little: split in proportion to need, each phase repeats within its own part.
+    c1 = round(n * need[1] / wanted) if wanted else 0
+    return min(max(c1, 1 if need[1] else 0), n - (1 if need[2] else 0)), False
 
 
-def _rows(offsets: np.ndarray, chunks: dict, g: int, unit: int) -> dict:
-    """Row offsets of each phase: a phase-1 row is a chunk, a chunk gives `g` phase-2 rows of `unit` tokens."""
-    return {1: offsets[chunks[1]],
-            2: (offsets[chunks[2]][:, None] + unit * np.arange(g, dtype=np.int64)[None, :]).reshape(-1)}
+def _phase_rows(chunks: Chunks, c1: int, key: tuple, g: int, unit: int) -> dict:
+    """Phase 1: chunks 0..c1-1 of the seeded order, one row each; phase 2: the others, `g` rows of `unit` each."""
+    order = Bijection(chunks.count, key)
+    return {1: PhaseRows(chunks, order, 0, c1, 1, chunks.size),
+            2: PhaseRows(chunks, order, c1, chunks.count - c1, g, unit)}
 
 
 def _phase_info(steps: int, width: int, rows: int, rows_needed: int) -> dict:
@@ -98,13 +90,13 @@ def split_phases(r: Recipe, manifest: dict) -> tuple[dict, dict]:
     steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
     need_rows = {p: steps[p] * r.train.batch_size for p in (1, 2)}
     need_chunks = {1: need_rows[1], 2: math.ceil(need_rows[2] / g)}
-    offsets = _chunk_offsets(manifest["splits"]["train"]["shards"], chunk)
-    n = len(offsets)
+    chunks = Chunks([x["tokens"] for x in manifest["splits"]["train"]["shards"]], chunk)
+    n = chunks.count
     if n < (need_chunks[1] > 0) + (need_chunks[2] > 0):
         raise DataError(f"training split has {manifest['splits']['train']['tokens']} tokens, fewer than one row of "
                         f"{chunk} tokens per phase: add data or lower train.seq_len / tst.bag_size")
-    chunks, covered = _divide(n, need_chunks, np.random.default_rng([r.run.seed, 0x7057]))
-    rows = _rows(offsets, chunks, g, unit)
+    c1, covered = _phase1_chunks(n, need_chunks)
+    rows = _phase_rows(chunks, c1, (r.run.seed, 0x7057), g, unit)
     phases = {str(p): _phase_info(steps[p], widths[p], len(rows[p]), need_rows[p]) for p in (1, 2)}
     info = {"widths": widths,
             "phases": phases, "train_tokens": manifest["splits"]["train"]["tokens"],
@@ -121,15 +113,6 @@ def proportional_split(total: int, weights: list[float]) -> list[int]:
     out = np.floor(exact).astype(np.int64)
     out[np.argsort(-(exact - out), kind="stable")[:total - int(out.sum())]] += 1
     return out.tolist()
-
-
-def _draw(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Exactly `k` of `rows`: a seeded subset when there are enough, else whole copies plus a seeded subset."""
-    n = len(rows)
-    if k == 0 or n == 0:
-        return np.zeros(0, np.int64)
-    whole, rest = divmod(k, n)
-    return np.concatenate([np.tile(rows, whole), np.sort(rows[rng.permutation(n)[:rest]])])
 
 
 def split_mixture(r: Recipe, manifest: dict) -> tuple[dict, dict]:
@@ -154,25 +137,26 @@ def split_mixture(r: Recipe, manifest: dict) -> tuple[dict, dict]:
     entries, covered = [], True
     for i, e in enumerate(r.data.mix):
         m = layout[e.name]["train"]
-        offsets = _chunk_offsets(train_shards[m["first"]:m["first"] + m["count"]], chunk, int(starts[m["first"]]))
+        chunks = Chunks([x["tokens"] for x in train_shards[m["first"]:m["first"] + m["count"]]], chunk,
+                        int(starts[m["first"]]))
         need = {p: share[p][i] for p in (1, 2)}
         need_chunks = {1: need[1], 2: math.ceil(need[2] / g)}
-        if len(offsets) < (need_chunks[1] > 0) + (need_chunks[2] > 0):
+        if chunks.count < (need_chunks[1] > 0) + (need_chunks[2] > 0):
             raise DataError(f"data.mix[{i}] ({e.name!r}): {m['tokens']} training tokens, fewer than one row of "
                             f"{chunk} tokens per phase it takes part in: add data, lower its weight or lower "
                             "train.seq_len / tst.bag_size")
-        chunks, enough = _divide(len(offsets), need_chunks, np.random.default_rng([r.run.seed, 0x7057, i + 1]))
-        own = _rows(offsets, chunks, g, unit)
+        c1, enough = _phase1_chunks(chunks.count, need_chunks)
+        own = _phase_rows(chunks, c1, (r.run.seed, 0x7057, i + 1), g, unit)
         phases = {}
         for p in (1, 2):
-            rows[p].append(_draw(own[p], need[p], np.random.default_rng([r.run.seed, 0x7058, i + 1, p])))
+            rows[p].append(Drawn(own[p], need[p], (r.run.seed, 0x7058, i + 1, p)))
             phases[str(p)] = {"weight": need[p] / need_rows[p] if need_rows[p] else 0.0,
                               **_phase_info(steps[p], widths[p], len(own[p]), need[p])}
         covered &= enough
         entries.append({"name": e.name, "train_tokens": m["tokens"], "start": int(starts[m["first"]]),
                         "end": int(starts[m["first"] + m["count"]]), "covered_without_repetition": enough,
                         "phases": phases})
-    rows = {p: np.concatenate(rows[p]) for p in (1, 2)}
+    rows = {p: Concat(rows[p]) for p in (1, 2)}
     phases = {str(p): _phase_info(steps[p], widths[p], sum(x["phases"][str(p)]["rows"] for x in entries),
                                   need_rows[p]) for p in (1, 2)}
     info = {"widths": widths, "phases": phases, "train_tokens": manifest["splits"]["train"]["tokens"],
@@ -180,14 +164,12 @@ def split_mixture(r: Recipe, manifest: dict) -> tuple[dict, dict]:
     return info, rows
 
 
-def _write_pack(directory: Path, info: dict, rows: dict) -> bool:
-    """Write a pack under a name of this process's own and rename it into place; False when another process
-    (a second rank or run on the same data) put the same pack there first."""
+def _write_pack(directory: Path, info: dict) -> bool:
+    """Write `pack.json` under a folder name of this process's own and rename it into place; False when another
+    process (a second rank or run on the same data) put the same pack there first."""
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
-        for p in (1, 2):
-            np.save(tmp / f"phase{p}.npy", rows[p])
         shards.write_json_atomic(tmp / "pack.json", info)
         if directory.exists() and not (directory / "pack.json").is_file():
             shutil.rmtree(directory, ignore_errors=True)  # an incomplete pack from before atomic renames
@@ -221,14 +203,7 @@ def ensure_pack(r: Recipe, data_dir: Path, manifest: dict, manifest_sha: str) ->
             raise DataError(f"{data_dir}: {_shortfall(info)}; set data.repeat = true or add data")
     key = pack_key(r, manifest_sha)
     directory = Path(data_dir) / PACKS / key
-    built = False
-    if not (directory / "pack.json").is_file():
-        info, rows = split_phases(r, manifest)
-        info["key"] = key
-        built = _write_pack(directory, info, rows)
-    try:
-        info = json.loads((directory / "pack.json").read_text())
-        rows = {p: np.load(directory / f"phase{p}.npy", allow_pickle=False) for p in (1, 2)}
-    except (ValueError, OSError) as e:
-        raise DataError(f"{directory}: corrupt pack ({e}); delete it and re-run `tst prepare`") from None
+    info, rows = split_phases(r, manifest)  # microseconds: the rows are functions, not arrays
+    info = {**info, "key": key, "order": ORDER}
+    built = not (directory / "pack.json").is_file() and _write_pack(directory, info)
     return Pack(directory, info, rows), built

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tstcli import locks
-from tstcli.data import dependents, shards, sources, token_files
-from tstcli.data.encode import Groups, tokenize
-from tstcli.errors import DataError, as_error, environment_fault
+from tstcli.data import dependents, encode, shards, sources, token_files, units, work
+from tstcli.data.encode import Groups
+from tstcli.errors import DataError, Terminated, as_error, environment_fault
 from tstcli.recipe import DataConfig
 
 
@@ -24,6 +24,7 @@ class PrepareResult:
     up_to_date: bool
     seconds: float
     source_bytes: int
+    units: dict | None = None  # work units: total, tokenized here, unfinished (a worker that does not merge)
 
 
 def _resolve(cfg: DataConfig) -> Groups:
@@ -68,10 +69,22 @@ def _holds(data_dir: Path, inputs: dict) -> bool:
     return (data_dir / shards.MANIFEST).is_file() and shards.read_manifest(data_dir).get("inputs") == inputs
 
 
+_held: dict[str, int] = {}  # data dirs whose lock this process holds, and how many times over
+
+
 @contextlib.contextmanager
 def data_lock(data_dir: Path, log=print):
     """Hold `data_dir`'s lock: one process at a time prepares, packs or registers a run there; the others wait
-    (then find the data up to date). A directory that cannot be written is used unlocked: nothing can change it."""
+    (then find the data up to date). Re-entrant within a process. A directory that cannot be written is used
+    unlocked: nothing can change it."""
+    key = str(Path(data_dir).resolve())
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
     try:
         lock = locks.DirLock(data_dir).acquire(
             wait=True, on_wait=lambda who: log(f"prepare: {data_dir} is in use by {who}; waiting for it"))
@@ -79,29 +92,20 @@ def data_lock(data_dir: Path, log=print):
         if environment_fault(e) is None:
             raise
         lock = None
+    _held[key] = 1
     try:
         yield
     finally:
+        del _held[key]
         if lock is not None:
             lock.release()
 
 
-def _writable_tmp(data_dir: Path) -> Path:
-    """The temporary folder of this preparation, made before any expensive work: a data.dir that cannot be written
-    fails here, not after training a tokenizer."""
-    tmp = data_dir / ".prepare-tmp"
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as e:
-        raise as_error(e, DataError, f"data.dir {data_dir} must be writable to prepare data",
-                       path=data_dir) from None
-    return tmp
-
-
-def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> PrepareResult:
-    """Tokenize and shard `cfg`'s sources into `data_dir` (the caller holds `data_lock(data_dir)`)."""
+def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
+            worker: work.Worker = work.Worker()) -> PrepareResult:
+    """Tokenize and shard `cfg`'s sources into `data_dir`: this worker's units, and the manifest if it merges. A
+    single worker holds the data lock throughout (a second process waits, then finds the data ready); several take
+    it only to make the tokenizer and to merge."""
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
     if cfg.token_files:
@@ -113,60 +117,117 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print) -> 
         groups = _resolve(cfg)  # once: hub sources are listed and fetched here
         source_bytes = sum(Path(f.path).stat().st_size for _, files in groups for f in files)
         inputs = _inputs(cfg, groups)
+
+    def result(up_to_date: bool, **units) -> PrepareResult:
+        manifest = shards.read_manifest(data_dir) if (data_dir / shards.MANIFEST).is_file() else None
+        return PrepareResult(data_dir, manifest, up_to_date, time.perf_counter() - t0, source_bytes, units or None)
+
     if not force and _holds(data_dir, inputs):
-        return PrepareResult(data_dir, shards.read_manifest(data_dir), True, time.perf_counter() - t0, source_bytes)
-    what = (f"registering the token files {', '.join(cfg.token_files + cfg.token_val_files)}" if cfg.token_files
-            else f"tokenizing the mixture {', '.join(e.name for e in cfg.mix)}" if cfg.mix
-            else f"tokenizing {', '.join(cfg.sources)}")
-    log(f"prepare: data in {data_dir} is {'rebuilt (--force)' if force else 'missing or stale'}; {what}")
-    dependents.refuse_replacing(data_dir)
-    tmp = _writable_tmp(data_dir)
-    try:
-        manifest = (token_files.register(cfg, train, val, tmp, inputs) if cfg.token_files
-                    else tokenize(cfg, groups, inputs, source_bytes, tmp, log))
-        _install(data_dir, tmp, manifest)
-    except BaseException as e:  # Ctrl-C and SIGTERM included: leave no temporary files behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and environment_fault(e) is not None:
-            raise as_error(e, DataError, f"preparing {data_dir}", path=tmp) from None
-        raise
-    return PrepareResult(data_dir, manifest, False, time.perf_counter() - t0, source_bytes)
+        return result(True)
+    if worker.index == 0 or worker.alone:
+        what = (f"registering the token files {', '.join(cfg.token_files + cfg.token_val_files)}" if cfg.token_files
+                else f"tokenizing the mixture {', '.join(e.name for e in cfg.mix)}" if cfg.mix
+                else f"tokenizing {', '.join(cfg.sources)}")
+        log(f"prepare: data in {data_dir} is {'rebuilt (--force)' if force else 'missing or stale'}; {what}")
+    with data_lock(data_dir, log) if worker.alone else contextlib.nullcontext():
+        with data_lock(data_dir, log):
+            dependents.refuse_replacing(data_dir)
+            wd = work.open_work(data_dir, inputs, fresh=force)
+        try:
+            if cfg.token_files:
+                done = _register(cfg, data_dir, wd, inputs, train, val, worker, log)
+                return result(False) if done else _wait_or_leave(data_dir, inputs, worker, result)
+            with data_lock(data_dir, log):
+                tok, eot, vocab = work.tokenizer(cfg, wd, [f for _, fs in groups for f in fs], log)
+            plan = units.plan(groups)
+            did = work.run_units(cfg, wd, plan, worker, tok, eot, log) if worker.tokenize else 0
+            if not worker.merge:
+                return _wait_or_leave(data_dir, inputs, worker, result, plan=plan, wd=wd, did=did)
+            if worker.wait:
+                work.wait_for_units(wd, plan, log)
+            work.refuse_unfinished(wd, plan, worker)
+            with data_lock(data_dir, log):
+                if not _holds(data_dir, inputs):
+                    recs = work.records(wd, plan)
+                    _say_not_utf8(recs, log)
+                    manifest = encode.manifest_of(cfg, inputs, groups, plan, recs, work.tokenizer_sha(wd), eot, vocab)
+                    work.install(data_dir, wd, manifest)
+        except BaseException as e:
+            _after_failure(data_dir, wd, e, worker)
+            raise
+    return result(False, total=len(plan), tokenized_here=did)
 
 
-def _install(data_dir: Path, tmp: Path, manifest: dict) -> None:
-    """Replace the previous preparation: drop its manifest first so a crash never leaves a manifest over mixed
-    files."""
-    (data_dir / shards.MANIFEST).unlink(missing_ok=True)
-    for old in list(data_dir.glob("train-*.bin")) + list(data_dir.glob("val-*.bin")):
-        old.unlink()
-    shutil.rmtree(data_dir / "packs", ignore_errors=True)
-    for p in tmp.iterdir():
-        p.replace(data_dir / p.name)
-    tmp.rmdir()
-    shards.write_json_atomic(data_dir / shards.MANIFEST, manifest)
+def _register(cfg, data_dir: Path, wd: Path, inputs: dict, train, val, worker: work.Worker, log) -> bool:
+    """Token files are registered by the merging process alone (they need no tokenizing); True when it did."""
+    if not worker.merge:
+        return False
+    with data_lock(data_dir, log):
+        if not _holds(data_dir, inputs):
+            work.install(data_dir, wd, token_files.register(cfg, train, val, wd, inputs))
+    return True
 
 
-def ensure_prepared(r, force: bool = False, log=print) -> tuple[Path, PrepareResult | None]:
-    """Prepare the recipe's data if it is missing or stale (saying so), else leave it. (data dir, result or None)
-    The caller holds `data_lock(r.data_dir)`."""
+def _wait_or_leave(data_dir: Path, inputs: dict, worker: work.Worker, result, plan=None, wd=None, did=0):
+    """A worker that does not merge: under torchrun it waits for the manifest; in a SLURM array it is done."""
+    if worker.wait:
+        while not _holds(data_dir, inputs):
+            time.sleep(work.POLL_S)
+        return result(False)
+    left = len(units.unfinished(wd, plan)) if plan is not None else None
+    return result(False, total=len(plan) if plan is not None else 0, tokenized_here=did, unfinished=left)
+
+
+def _after_failure(data_dir: Path, wd: Path, e: BaseException, worker: work.Worker) -> None:
+    """A failed preparation leaves no half-written unit (`run_units` drops it). A lone worker that failed on its
+    input also drops its finished units (they are for inputs that must change); one that was interrupted keeps
+    them, and so does one of several workers (the others' units are not its to drop)."""
+    interrupted = isinstance(e, (KeyboardInterrupt, Terminated))
+    if worker.alone and worker.tokenize and not interrupted:
+        shutil.rmtree(wd, ignore_errors=True)
+    elif worker.alone and not list((wd / units.RECORDS).glob("*.json")):
+        shutil.rmtree(wd, ignore_errors=True)  # nothing finished to keep
+    if isinstance(e, OSError) and environment_fault(e) is not None:
+        raise as_error(e, DataError, f"preparing {data_dir}", path=wd) from None
+
+
+def _say_not_utf8(recs: list[dict], log) -> None:
+    bad = {r["origin"]: r["not_utf8_bytes"] for r in recs if r["not_utf8_bytes"]}
+    if bad:
+        worst = max(bad, key=bad.get)
+        log(f"prepare: warning: {sum(bad.values()):,} bytes of input were not valid UTF-8 and became U+FFFD, in "
+            f"{len(bad)} file(s) (most in {worst}: {bad[worst]:,})")
+
+
+def ensure_prepared(r, force: bool = False, log=print,
+                    worker: work.Worker = work.Worker()) -> tuple[Path, PrepareResult | None]:
+    """Prepare the recipe's data if it is missing or stale (saying so), else leave it. (data dir, result or None)"""
     data_dir = Path(r.data_dir)
-    result = prepare(r.data, data_dir, force=force, log=log)
+    result = prepare(r.data, data_dir, force=force, log=log, worker=worker)
     return data_dir, (None if result.up_to_date else result)
 
 
-def prepare_recipe(r, force: bool = False, verify: bool = False, log=print) -> dict:
-    """`tst prepare`: the recipe's data prepared (if missing, stale or forced), checked, and its rows packed.
-    Returns what it found and did (a JSON-able dict)."""
+def prepare_recipe(r, force: bool = False, verify: bool = False, log=print,
+                   worker: work.Worker = work.Worker()) -> dict:
+    """`tst prepare`: the recipe's data prepared (if missing, stale or forced), checked, and its rows packed; for a
+    worker that does not merge, its units tokenized. Returns what it found and did (a JSON-able dict)."""
     from tstcli.data import packing
 
-    with data_lock(Path(r.data_dir), log):
-        data_dir, result = ensure_prepared(r, force=force, log=log)
-        manifest = shards.read_manifest(data_dir)
-        if result is None:
-            log(f"prepare: {data_dir} is up to date with the recipe's sources and tokenizer; nothing to do "
-                "(--force rebuilds)")
-        shards.verify(data_dir, manifest, full=verify)
-        pack, built = packing.ensure_pack(r, data_dir, manifest, shards.manifest_sha256(data_dir))
+    data_dir = Path(r.data_dir)
+    if not worker.merge:
+        result = prepare(r.data, data_dir, force=force, log=log, worker=worker)
+        out = {"data_dir": str(data_dir), "up_to_date": result.up_to_date, "worker": worker.index,
+               "workers": worker.count}
+        return {**out, "units": result.units} if result.units else out
+    with data_lock(data_dir, log) if worker.alone else contextlib.nullcontext():
+        _, result = ensure_prepared(r, force=force, log=log, worker=worker)
+        with data_lock(data_dir, log):
+            manifest = shards.read_manifest(data_dir)
+            if result is None:
+                log(f"prepare: {data_dir} is up to date with the recipe's sources and tokenizer; nothing to do "
+                    "(--force rebuilds)")
+            shards.verify(data_dir, manifest, full=verify)
+            pack, built = packing.ensure_pack(r, data_dir, manifest, shards.manifest_sha256(data_dir))
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
     out = {"data_dir": str(data_dir), "up_to_date": result is None, "vocab_size": manifest["vocab_size"],
            "dtype": manifest["dtype"], "train_tokens": tr["tokens"], "val_tokens": va["tokens"],
@@ -175,4 +236,6 @@ def prepare_recipe(r, force: bool = False, verify: bool = False, log=print) -> d
     if result is not None:
         mb = result.source_bytes / 1e6
         out.update(seconds=result.seconds, mb_per_s=mb / result.seconds, source_mb=mb)
+        if result.units:
+            out["units"] = result.units
     return out

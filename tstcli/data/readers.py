@@ -69,12 +69,13 @@ def _open_text(path: str, origin: str) -> io.TextIOBase:
 
 
 def documents(path: str, origin: str, text_field: str, txt_documents: str,
-              decode: DecodeStats | None = None) -> Iterator[str]:
-    """The non-empty documents of the file at `path` (`origin`: what the recipe named, for messages)."""
+              decode: DecodeStats | None = None, row_groups: tuple[int, int] | None = None) -> Iterator[str]:
+    """The non-empty documents of the file at `path` (`origin`: what the recipe named, for messages); of a Parquet
+    file, those of row groups [a, b) when `row_groups` = (a, b)."""
     before = _bad_bytes[0]
     try:
         if path.endswith(PARQUET):
-            yield from _parquet(path, origin, text_field)
+            yield from _parquet(path, origin, text_field, row_groups)
         else:
             yield from _text_documents(path, origin, text_field, txt_documents)
     finally:
@@ -82,7 +83,20 @@ def documents(path: str, origin: str, text_field: str, txt_documents: str,
             decode.by_file[origin] = decode.by_file.get(origin, 0) + _bad_bytes[0] - before
 
 
-def _parquet(path: str, origin: str, text_field: str) -> Iterator[str]:
+def parquet_row_groups(path: str, origin: str) -> list[int]:
+    """The (uncompressed) size of each row group of a Parquet file, from its footer: no data is read."""
+    _extra("pyarrow", origin)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+        return [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{origin}: not a readable Parquet file ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def _parquet(path: str, origin: str, text_field: str, row_groups: tuple[int, int] | None) -> Iterator[str]:
     _extra("pyarrow", origin)
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -96,7 +110,8 @@ def _parquet(path: str, origin: str, text_field: str) -> Iterator[str]:
                 not pa.types.is_large_string(pf.schema_arrow.field(text_field).type):
             raise DataError(f"{origin}: column '{text_field}' holds {pf.schema_arrow.field(text_field).type}, "
                             "not text (data.text_field)")
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
+        groups = None if row_groups is None else list(range(*row_groups))
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field], row_groups=groups):
             for text in batch.column(0).to_pylist():
                 if text and text.strip():
                     yield text

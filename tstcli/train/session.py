@@ -1,5 +1,6 @@
 """Starting a run the way `tst train` and `tst resume` do, in one process or under torchrun: join the job's world,
-let rank 0 prepare the data and write the run directory while the other ranks wait, then every rank trains. The
+prepare the data (every rank tokenizes its share of the work units), let rank 0 pack and write the run directory
+while the other ranks wait, then every rank trains. The
 verbs call `train_new` / `resume_run` and print the result."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tstcli.eval.datafiles import default_data_dir
 from tstcli.parallel.world import World, barrier, shutdown, start
 from tstcli.recipe import Recipe
 from tstcli.data.shards import write_json_atomic
+from tstcli.data.work import Worker
 from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train.data import TrainData, open_data
 from tstcli.train.hooks import Hooks
@@ -53,6 +55,8 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
         hooks = default_hooks(r, world, eval_data_dir)  # checks the side jobs' settings before anything is written
         rundir.ensure_new(run_dir)
         Hooks(hooks).preflight(world)
+        if world.distributed:  # every rank tokenizes its share; no collective waits on the work (it may take hours)
+            ensure_prepared(r, log=log, worker=Worker(world.rank, world.size, merge=world.main, wait=True))
         barrier()  # every rank has checked before rank 0 creates anything
         made = world.main and not run_dir.exists()
         lock = rundir.lock(run_dir) if world.main else None

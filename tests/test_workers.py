@@ -1,0 +1,137 @@
+"""Distributed prepare: work units tokenized by N workers (processes, a SLURM array's tasks, torchrun's ranks) give
+the same data as one worker; finished units survive a killed worker; the merge names unfinished units; torchrun
+jobs on unprepared data prepare on every rank without waiting on a collective."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SHARED, run_cli, small_recipe, write_recipe
+from test_cli_errors import assert_one_line_error
+from test_distributed import torchrun
+from test_formats import _moby_docs
+from tstcli.data import units
+from tstcli.data.prepare import prepare
+from tstcli.data.work import Worker
+
+CORPUS = SHARED / "corpus"  # six files: six work units
+
+
+def _recipe(tmp_path, data_dir, **overrides):
+    """A BPE trained on 1M characters of the shared corpus (trained once, by whichever worker comes first)."""
+    return write_recipe(tmp_path / "r.toml", small_recipe(data_dir, **{
+        "data.sources": [str(CORPUS)], "data.tokenizer_train_chars": 1_000_000, **overrides}))
+
+
+def _tst(*args):
+    return subprocess.Popen([sys.executable, "-m", "tstcli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def _prepared(data_dir):
+    manifest = (data_dir / "manifest.json").read_bytes()
+    files = {p.name: p.read_bytes() for p in data_dir.glob("*.bin")} | {"tokenizer.json":
+                                                                         (data_dir / "tokenizer.json").read_bytes()}
+    return manifest, files
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("workers")
+    recipe = _recipe(tmp, tmp / "one")
+    r = run_cli("prepare", recipe)
+    assert r.returncode == 0, r.stderr
+    return tmp, recipe, _prepared(tmp / "one")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_n_workers_prepare_the_same_data_as_one(one_worker, tmp_path, n):
+    _, _, expected = one_worker
+    recipe = _recipe(tmp_path, tmp_path / "data")
+    procs = [_tst("prepare", recipe, "--worker", i, "--workers", n) for i in range(n)]  # at once, as an array would
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    assert not (tmp_path / "data" / "manifest.json").exists()  # workers do not merge
+    merged = run_cli("prepare", recipe, "--workers", n, "--merge", "--json")
+    assert merged.returncode == 0, merged.stderr
+    assert _prepared(tmp_path / "data") == expected  # byte for byte: manifest, shards, tokenizer
+    assert not (tmp_path / "data" / ".prepare-work").exists()
+
+
+def test_merge_names_unfinished_units_and_a_rerun_finishes(one_worker, tmp_path):
+    _, _, expected = one_worker
+    recipe = _recipe(tmp_path, tmp_path / "data")
+    first = run_cli("prepare", recipe, "--worker", 0, "--workers", 2, "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["units"] == {"total": 6, "tokenized_here": 3, "unfinished": 3}
+    early = run_cli("prepare", recipe, "--workers", 2, "--merge")
+    assert_one_line_error(early, 3, "3 of 6 work units are unfinished", "u000000", "[worker 1]", "--merge")
+    assert not (tmp_path / "data" / "manifest.json").exists()
+    again = run_cli("prepare", recipe, "--worker", 0, "--workers", 2, "--json")  # finished units are not redone
+    assert json.loads(again.stdout)["units"]["tokenized_here"] == 0
+    assert run_cli("prepare", recipe, "--worker", 1, "--workers", 2).returncode == 0
+    assert run_cli("prepare", recipe, "--workers", 2, "--merge").returncode == 0
+    assert _prepared(tmp_path / "data") == expected
+
+
+def test_a_killed_worker_leaves_its_finished_units_and_the_rerun_gives_the_same_data(one_worker, tmp_path):
+    _, _, expected = one_worker
+    data = tmp_path / "data"
+    recipe = _recipe(tmp_path, data)
+    p = _tst("prepare", recipe)
+    deadline = time.time() + 300
+    while not list((data / ".prepare-work" / "units").glob("*.json")):
+        assert p.poll() is None and time.time() < deadline, p.stderr.read()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)  # no handler runs: a partial unit may be left on disk
+    p.wait()
+    done = len(list((data / ".prepare-work" / "units").glob("*.json")))
+    again = run_cli("prepare", recipe)
+    assert again.returncode == 0, again.stderr
+    assert f"tokenizing {6 - done} of 6 work units" in again.stderr
+    assert _prepared(data) == expected
+
+
+@pytest.mark.parametrize("bad", [("--worker", 2, "--workers", 2), ("--worker", 0), ("--workers", 2),
+                                 ("--workers", 2, "--worker", 0, "--force")])
+def test_bad_worker_options_are_one_line(tmp_path, bad):
+    assert_one_line_error(run_cli("prepare", _recipe(tmp_path, tmp_path / "d"), *bad), 2, "--worker")
+
+
+def test_large_parquet_files_split_into_row_group_units(small_data, tmp_path, monkeypatch):
+    docs = _moby_docs()
+    pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet", row_group_size=10)
+    cfg = small_recipe(tmp_path / "one", **{"data.sources": [str(tmp_path / "c.parquet")],
+                                            "data.tokenizer": str(small_data / "tokenizer.json")}).data
+    monkeypatch.setattr(units, "UNIT_BYTES", 40_000)
+    one = prepare(cfg, tmp_path / "one", log=lambda *_: None).manifest
+    assert len(one["splits"]["train"]["shards"]) > 3  # several units, a shard each
+    two = tmp_path / "two"
+    for w in (Worker(0, 2, merge=False), Worker(1, 2, merge=False), Worker(0, 2, tokenize=False)):
+        out = prepare(cfg, two, log=lambda *_: None, worker=w)
+    assert out.manifest == one
+    assert one["splits"]["train"]["documents"] + one["splits"]["val"]["documents"] == len(docs)
+
+
+def test_torchrun_prepares_on_every_rank_and_trains_without_a_collective_timeout(one_worker, tmp_path):
+    """Unprepared data under torchrun with distributed.timeout_s = 2, far shorter than training a BPE and tokenizing
+    six files: both ranks tokenize their units, rank 0 merges, nobody waits in a collective meanwhile."""
+    _, _, expected = one_worker
+    recipe = _recipe(tmp_path, tmp_path / "data", **{"distributed.timeout_s": 2, "train.steps": 2})
+    r = torchrun(2, "train", recipe, "--run-dir", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tokenizing 3 of 6 work units" in r.stderr and "worker 1 of 2" in r.stderr
+    assert _prepared(tmp_path / "data") == expected
+    steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["kind"] == "train"]
+    assert steps == [1, 2]
+    # `torchrun -m tstcli prepare` alone: the same data again
+    r = torchrun(2, "prepare", _recipe(tmp_path, tmp_path / "again"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _prepared(tmp_path / "again") == expected

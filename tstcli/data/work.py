@@ -1,0 +1,139 @@
+"""The work directory of a preparation (`DATA_DIR/.prepare-work/`), shared by its workers: the inputs it is for,
+the tokenizer every worker encodes with, each finished unit's shards and record. Finished units survive a crash or
+a stop and are not redone; the merge installs the shards and writes the manifest once every unit is finished.
+
+Workers never wait on a collective: the process that merges polls for the units' records, the others for the
+manifest, however long the work takes (a dead worker takes a torchrun job down; a SLURM array is re-run).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tstcli.data import shards, units as unit_plan
+from tstcli.data.encode import make_tokenizer, tokenize_unit
+from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
+from tstcli.data.units import Unit
+from tstcli.errors import DataError, as_error
+
+WORK = ".prepare-work"
+POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This process's part in a preparation: worker `index` of `count` tokenizes its units; with `merge` it writes
+    the manifest; with `wait` it waits for the other workers (torchrun) instead of failing on unfinished units."""
+    index: int = 0
+    count: int = 1
+    tokenize: bool = True
+    merge: bool = True
+    wait: bool = False
+
+    @property
+    def alone(self) -> bool:
+        return self.count == 1
+
+
+def open_work(data_dir: Path, inputs: dict, fresh: bool) -> Path:
+    """The work directory for `inputs` (the caller holds the data lock): made if missing, emptied if it holds work
+    for other inputs or `fresh`. Made before any expensive work: an unwritable data.dir fails here."""
+    work = data_dir / WORK
+    stamp = work / "inputs.json"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            same = json.loads(stamp.read_text()) == inputs
+        except (OSError, ValueError):
+            same = False
+        if fresh or not same:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            shards.write_json_atomic(stamp, inputs)
+    except OSError as e:
+        raise as_error(e, DataError, f"data.dir {data_dir} must be writable to prepare data", path=data_dir) from None
+    return work
+
+
+def tokenizer(cfg, work: Path, files, log):
+    """The tokenizer of this preparation, made once (a BPE is trained by the first worker; the caller holds the data
+    lock, so the others wait for it) and saved in the work directory for every worker. (tokenizer, eot id, vocab)"""
+    path = work / "tokenizer.json"
+    if path.is_file():
+        tok = load_tokenizer(str(path))
+        return tok, eot_id(tok, cfg.eot_token, "data.eot_token"), tok.get_vocab_size(with_added_tokens=True)
+    tok, eot, vocab = make_tokenizer(cfg, files, log)
+    tmp = path.with_name("tokenizer.json.tmp")
+    tok.save(str(tmp))
+    tmp.replace(path)
+    return tok, eot, vocab
+
+
+def run_units(cfg, work: Path, plan: list[Unit], worker: Worker, tok, eot: int, log) -> int:
+    """Tokenize this worker's unfinished units; returns how many it did. An interrupted unit leaves no shard."""
+    dtype = shards.token_dtype(tok.get_vocab_size(with_added_tokens=True))
+    todo = [u for u in unit_plan.mine(plan, worker.index, worker.count) if unit_plan.finished(work, u) is None]
+    who = "" if worker.alone else f"worker {worker.index} of {worker.count}: "
+    if todo:
+        log(f"prepare: {who}tokenizing {len(todo)} of {len(plan)} work units")
+    bar = tqdm(total=len(todo), unit="unit", desc="tokenize", disable=not sys.stderr.isatty(), file=sys.stderr)
+    for unit in todo:
+        try:
+            record = tokenize_unit(cfg, unit, tok, eot, dtype, work, bar)
+        except BaseException:
+            drop_partial(work, unit)
+            raise
+        unit_plan.save_record(work, unit, record)
+    bar.close()
+    return len(todo)
+
+
+def drop_partial(work: Path, unit: Unit) -> None:
+    for p in work.glob(f"*{unit.prefix}-*.bin"):
+        p.unlink(missing_ok=True)
+
+
+def wait_for_units(work: Path, plan: list[Unit], log) -> None:
+    said = False
+    while left := unit_plan.unfinished(work, plan):
+        if not said:
+            log(f"prepare: waiting for the other workers ({len(left)} of {len(plan)} units unfinished)")
+            said = True
+        time.sleep(POLL_S)
+
+
+def refuse_unfinished(work: Path, plan: list[Unit], worker: Worker) -> None:
+    left = unit_plan.unfinished(work, plan)
+    if left:
+        own = unit_plan.owners(plan, worker.count)
+        shown = ", ".join(f"{u.describe()} [worker {own[u.index]}]" for u in left[:5])
+        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+        raise DataError(f"{work.parent}: {len(left)} of {len(plan)} work units are unfinished: {shown}{more}; run "
+                        f"`tst prepare RECIPE --worker I --workers {worker.count}` for their workers, then --merge")
+
+
+def records(work: Path, plan: list[Unit]) -> list[dict]:
+    return [unit_plan.finished(work, u) for u in plan]
+
+
+def tokenizer_sha(work: Path) -> str:
+    return tokenizer_sha256(load_tokenizer(str(work / "tokenizer.json")))
+
+
+def install(data_dir: Path, work: Path, manifest: dict) -> None:
+    """Replace the previous preparation with the work directory's shards and tokenizer: drop the old manifest first,
+    so a crash never leaves a manifest over mixed files."""
+    (data_dir / shards.MANIFEST).unlink(missing_ok=True)
+    for old in list(data_dir.glob("train-*.bin")) + list(data_dir.glob("val-*.bin")):
+        old.unlink()
+    shutil.rmtree(data_dir / "packs", ignore_errors=True)
+    for p in list(work.glob("*.bin")) + [work / "tokenizer.json"]:
+        p.replace(data_dir / p.name)
+    shards.write_json_atomic(data_dir / shards.MANIFEST, manifest)
+    shutil.rmtree(work, ignore_errors=True)
