@@ -5,10 +5,11 @@ the workers' parallel efficiency, not the balance of unequal files). The tokeniz
 beforehand), so only reading, encoding and writing are timed. Every process runs with TOKENIZERS_PARALLELISM=false
 (one encoding thread) and is pinned to one core with `taskset -c I` (worker I on core I mod cores). One worker:
 `tst prepare`; N workers: `tst prepare --worker I --workers N` started together, then `--merge` (timed too). Both
-runs are timed side by side in one invocation and must give byte-identical manifests.
+runs are timed side by side, alternated `--repeat` times in one invocation, and must give byte-identical
+manifests.
 
-    python benchmarks/bench_prepare_workers.py                # 2 workers, 4 copies
-    python benchmarks/bench_prepare_workers.py --workers 2 --copies 8
+    python benchmarks/bench_prepare_workers.py                # 2 workers, 8 copies (86 MB), 3 alternated runs
+    python benchmarks/bench_prepare_workers.py --workers 2 --copies 16 --repeat 5
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import gzip
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +45,8 @@ def finish(p: subprocess.Popen) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--copies", type=int, default=4)
+    ap.add_argument("--copies", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,26 +65,31 @@ def main() -> None:
 
         finish(tst(["prepare", recipe("bpe", "bpe")], None))  # the tokenizer both runs encode with
         tok = str(tmp / "bpe" / "tokenizer.json")
-        t = time.perf_counter()
-        finish(tst(["prepare", recipe("one", tok)], 0))
-        one = time.perf_counter() - t
-        many = recipe("many", tok)
-        t = time.perf_counter()
-        procs = [tst(["prepare", many, "--worker", i, "--workers", args.workers], i % cores)
-                 for i in range(args.workers)]
-        for p in procs:
-            finish(p)
-        tokenized = time.perf_counter() - t
-        finish(tst(["prepare", many, "--workers", args.workers, "--merge"], 0))
-        total = time.perf_counter() - t
-        same = (tmp / "one" / "manifest.json").read_bytes() == (tmp / "many" / "manifest.json").read_bytes()
-    print(json.dumps({"cores": cores, "workers": args.workers, "raw_mb": round(raw_mb, 1),
-                      "one_worker_s": round(one, 1), "one_worker_mb_per_s": round(raw_mb / one, 2),
-                      "n_workers_s": round(total, 1), "n_workers_tokenize_s": round(tokenized, 1),
-                      "speedup": round(one / total, 2), "per_worker_mb_per_s": round(raw_mb / tokenized /
-                                                                                      args.workers, 2),
-                      "identical_manifests": same}))
-
+        runs = []
+        for k in range(args.repeat):  # alternated, so that drifts of a noisy machine hit both alike
+            one_dir, many_dir = f"one{k}", f"many{k}"
+            t = time.perf_counter()
+            finish(tst(["prepare", recipe(one_dir, tok)], 0))
+            one = time.perf_counter() - t
+            many = recipe(many_dir, tok)
+            t = time.perf_counter()
+            procs = [tst(["prepare", many, "--worker", i, "--workers", args.workers], i % cores)
+                     for i in range(args.workers)]
+            for p in procs:
+                finish(p)
+            tokenized = time.perf_counter() - t
+            finish(tst(["prepare", many, "--workers", args.workers, "--merge"], 0))
+            total = time.perf_counter() - t
+            same = (tmp / one_dir / "manifest.json").read_bytes() == (tmp / many_dir / "manifest.json").read_bytes()
+            runs.append({"one_worker_s": round(one, 1), "n_workers_s": round(total, 1),
+                         "n_workers_tokenize_s": round(tokenized, 1), "speedup": round(one / total, 2),
+                         "identical_manifests": same})
+            print(json.dumps(runs[-1]))
+    speedups = sorted(r["speedup"] for r in runs)
+    print(json.dumps({"cores": cores, "workers": args.workers, "raw_mb": round(raw_mb, 1), "runs": len(runs),
+                      "one_worker_mb_per_s_median": round(raw_mb / statistics.median(r["one_worker_s"] for r in runs), 2),
+                      "speedup_median": statistics.median(speedups), "speedup_min": speedups[0],
+                      "speedup_max": speedups[-1], "identical_manifests": all(r["identical_manifests"] for r in runs)}))
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ PKG = Path(__file__).resolve().parents[1] / "tstcli"
 
 # Layers, bottom up: a module imports only from its own package or a lower layer.
 LAYERS = [
-    {"tstcli", "tstcli.errors", "tstcli.recipe", "tstcli.locks"},
+    {"tstcli", "tstcli.errors", "tstcli.recipe", "tstcli.locks", "tstcli.phases"},
     {"tstcli.model", "tstcli.tst", "tstcli.data"},
     {"tstcli.objective", "tstcli.parallel"},
     {"tstcli.run"},

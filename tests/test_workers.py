@@ -135,3 +135,54 @@ def test_torchrun_prepares_on_every_rank_and_trains_without_a_collective_timeout
     r = torchrun(2, "prepare", _recipe(tmp_path, tmp_path / "again"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert _prepared(tmp_path / "again") == expected
+
+
+def test_streamed_hub_sources_give_the_same_data_and_keep_one_file_on_disk(small_data, tmp_path, monkeypatch):
+    """data.stream: hub files are listed with their sizes, downloaded one at a time when their unit (or the BPE
+    sample) reads them, and deleted after; the data equals that of the same files read locally."""
+    from tstcli.data import hub
+    local = tmp_path / "files"
+    local.mkdir()
+    names = ["a/moby.jsonl.gz", "a/kjv.txt.gz", "b/sotu.jsonl.gz"]
+    for name, src in zip(names, ["moby_dick.jsonl.gz", "kjv.txt.gz", "sotu.jsonl.gz"]):
+        (local / name).parent.mkdir(exist_ok=True)
+        (local / name).write_bytes((CORPUS / src).read_bytes())
+    present = []
+
+    def download_to(repo_id, filename, revision, directory, what):
+        directory.mkdir(parents=True, exist_ok=True)
+        present.append(len(list(directory.rglob("*.gz"))))  # files of the scratch folder before this one
+        out = directory / filename.replace("/", "_")
+        out.write_bytes((local / filename).read_bytes())
+        return str(out)
+
+    monkeypatch.setattr(hub, "matching_files", lambda repo, pattern, *a: sorted(
+        n for n in names if __import__("fnmatch").fnmatch(n, pattern)))
+    monkeypatch.setattr(hub, "file_sizes", lambda repo, ns, *a: [(local / n).stat().st_size for n in ns])
+    monkeypatch.setattr(hub, "download_to", download_to)
+    monkeypatch.setattr(hub, "dataset_file", lambda *a: pytest.fail("a streamed file went through the hub cache"))
+    tok = {"data.tokenizer": "bpe", "data.tokenizer_train_chars": 500_000}
+    streamed = small_recipe(tmp_path / "s", **tok, **{"data.sources": ["hf://datasets/o/n/*/*.gz"],
+                                                      "data.stream": True}).data
+    m = prepare(streamed, tmp_path / "s", log=lambda *_: None).manifest
+    assert present and max(present) == 0  # never more than the file being read
+    assert not list((tmp_path / "s").rglob("*.gz"))
+    assert [s["origin"] for s in m["sources"]] == [f"hf://datasets/o/n/{n}" for n in sorted(names)]
+    plain = small_recipe(tmp_path / "p", **tok, **{"data.sources": [str(local / n) for n in sorted(names)]}).data
+    p = prepare(plain, tmp_path / "p", log=lambda *_: None).manifest
+    assert m["splits"] == p["splits"] and m["tokenizer"]["sha256"] == p["tokenizer"]["sha256"]
+
+
+def test_a_merge_before_any_worker_names_every_unit_and_trains_no_tokenizer(tmp_path):
+    r = run_cli("prepare", _recipe(tmp_path, tmp_path / "d"), "--workers", 4, "--merge")
+    assert_one_line_error(r, 3, "6 of 6 work units are unfinished", "and 1 more")
+    assert "training a byte-level BPE" not in r.stderr and not (tmp_path / "d" / ".prepare-work" / "tokenizer.json").exists()
+
+
+def test_prepare_never_imports_torch(one_worker):
+    """Every worker and the merge start in a fraction of a second: importing torch alone costs about one."""
+    tmp, recipe, _ = one_worker
+    code = ("import sys\nfrom tstcli.cli.app import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert e.code in (0, None), e.code\nassert 'torch' not in sys.modules, 'torch imported'\n")
+    r = subprocess.run([sys.executable, "-c", code, "prepare", str(recipe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -82,6 +82,8 @@ class DataConfig:
                                 "empty takes the last data.val_fraction of data.token_files, cut at a document end")
     token_dtype: str = key("uint16", "with data.token_files: the files' token type", ("uint16", "uint32"))
     repeat: bool = key(True, "allow a phase to re-read its rows (new epoch, new order) when the corpus is too short")
+    stream: bool = key(False, "hub sources: download, tokenize and delete one file at a time (disk: the files being "
+                       "read plus the shards) instead of keeping every file in the hub cache; the data is the same")
     mix: list = key([], "weighted mixture: [[data.mix]] tables (keys below), each a named group of sources with a "
                     "share of every phase's tokens; data.sources is then unused", item=MixEntry)
 
@@ -256,7 +258,7 @@ class Recipe:
         # Only keys that differ from their defaults: a later tst adding a data key keeps today's directories.
         defaults = dataclasses.asdict(DataConfig())
         keys = {k: v for k, v in dataclasses.asdict(self.data).items()
-                if k not in ("dir", "repeat") and v != defaults[k]}
+                if k not in ("dir", "repeat", "stream") and v != defaults[k]}
         if "mix" in keys:  # weights decide the packing, not what is tokenized: a new weight re-packs the same data
             keys["mix"] = [{"name": e["name"], "sources": e["sources"]} for e in keys["mix"]]
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]

@@ -13,14 +13,14 @@ from tstcli.cli.report import prepare_lines, worker_lines
 from tstcli.data.prepare import prepare_recipe
 from tstcli.data.work import Worker
 from tstcli.errors import RecipeError
-from tstcli.parallel.world import world_from_env
 
 
 def _worker(worker: int | None, workers: int | None, merge: bool, force: bool) -> Worker:
-    world = world_from_env(os.environ)
+    # torchrun's RANK and WORLD_SIZE, read here rather than through parallel.world: `tst prepare` never imports torch
+    rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if worker is None and workers is None and not merge:
         # Under torchrun the ranks are the workers: rank 0 merges once every unit is finished.
-        return Worker(world.rank, world.size, merge=world.main, wait=True) if world.distributed else Worker()
+        return Worker(rank, size, merge=rank == 0, wait=True) if size > 1 else Worker()
     if workers is None or workers < 1:
         raise RecipeError("--workers N (N >= 1) is needed with --worker and --merge")
     if worker is not None and not 0 <= worker < workers:

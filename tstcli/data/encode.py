@@ -50,11 +50,12 @@ def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
     yield text[start:]
 
 
-def _documents(files, cfg: DataConfig, split: str) -> Iterator[str]:
+def _documents(files, cfg: DataConfig, split: str, scratch: Path) -> Iterator[str]:
     for f in files:
-        for doc in sources.iter_documents(f, cfg.text_field, cfg.txt_documents):
-            if (split == "val") == _is_val(doc, cfg.val_fraction):
-                yield from pieces(doc)
+        with sources.local_copy(f, scratch) as path:
+            for doc in readers.documents(path, f.origin, cfg.text_field, cfg.txt_documents):
+                if (split == "val") == _is_val(doc, cfg.val_fraction):
+                    yield from pieces(doc)
 
 
 def _encode(tok, docs: list[str]) -> list[list[int]]:
@@ -62,13 +63,13 @@ def _encode(tok, docs: list[str]) -> list[list[int]]:
     return [e.ids for e in encode(docs, add_special_tokens=False)]
 
 
-def make_tokenizer(cfg: DataConfig, files: list[sources.SourceFile], log):
+def make_tokenizer(cfg: DataConfig, files: list[sources.SourceFile], scratch: Path, log):
     """Pass 1: a byte-level BPE trained on (a sample of) the training documents of every file, or the loaded one.
     Returns (tokenizer, eot id, vocabulary size)."""
     if cfg.tokenizer == "bpe":
         sample = f"a sample of up to {cfg.tokenizer_train_chars:,} characters of " if cfg.tokenizer_train_chars else ""
         log(f"prepare: training a byte-level BPE tokenizer (vocab {cfg.vocab_size}) on {sample}the training documents")
-        tok = train_bpe(_documents(files, cfg, "train"), cfg.vocab_size, cfg.eot_token, sys.stderr.isatty(),
+        tok = train_bpe(_documents(files, cfg, "train", scratch), cfg.vocab_size, cfg.eot_token, sys.stderr.isatty(),
                         cfg.tokenizer_train_chars)
     else:
         tok = load_tokenizer(cfg.tokenizer)
@@ -99,18 +100,19 @@ def tokenize_unit(cfg: DataConfig, unit: Unit, tok, eot: int, dtype, work: Path,
 
     decode = readers.DecodeStats()
     f = unit.file
-    for doc in readers.documents(f.path, f.origin, cfg.text_field, cfg.txt_documents, decode, unit.row_groups):
-        split = "val" if _is_val(doc, cfg.val_fraction) else "train"
-        chars += len(doc)
-        rest = pieces(doc)
-        piece = next(rest)
-        while piece is not None:
-            following = next(rest, None)
-            batches[split].append((piece, following is None))
-            sizes[split] += len(piece)
-            if sizes[split] >= BATCH_CHARS:
-                encode_and_write(split)
-            piece = following
+    with sources.local_copy(f, work / "download") as path:
+        for doc in readers.documents(path, f.origin, cfg.text_field, cfg.txt_documents, decode, unit.row_groups):
+            split = "val" if _is_val(doc, cfg.val_fraction) else "train"
+            chars += len(doc)
+            rest = pieces(doc)
+            piece = next(rest)
+            while piece is not None:
+                following = next(rest, None)
+                batches[split].append((piece, following is None))
+                sizes[split] += len(piece)
+                if sizes[split] >= BATCH_CHARS:
+                    encode_and_write(split)
+                piece = following
     for split in ("train", "val"):
         if batches[split]:
             encode_and_write(split)
@@ -137,9 +139,9 @@ def manifest_of(cfg: DataConfig, inputs: dict, groups: Groups, units: list[Unit]
             what = "no document fell in the validation split: raise data.val_fraction or add documents" \
                 if split == "val" else "no training documents: lower data.val_fraction or add documents"
             raise DataError(f"data.sources: {what}")
-    files = list({u.file.path: u.file for u in units}.values())
-    manifest = shards.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path,
-                                                  "bytes": Path(f.path).stat().st_size} for f in files],
+    files = list({u.file.origin: u.file for u in units}.values())
+    manifest = shards.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path or f.origin, "bytes": f.size}
+                                                 for f in files],
                                    tok_sha, eot, vocab, sum(r["characters"] for r in records), docs,
                                    {s: [x for r in records for x in r["shards"][s]] for s in ("train", "val")})
     if cfg.mix:

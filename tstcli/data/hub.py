@@ -71,3 +71,27 @@ def matching_files(repo_id: str, pattern: str, revision: str | None, what: str, 
     if not matched:
         raise DataError(f"{what}: no file of the dataset matches {pattern!r}")
     return matched
+
+
+def file_sizes(repo_id: str, names: list[str], revision: str | None, what: str, hint: str) -> list[int]:
+    """Sizes in bytes of dataset files, from the hub's metadata (nothing is downloaded)."""
+    from huggingface_hub import HfApi
+    quiet()
+    if not reachable():
+        raise DataError(f"{what}: streaming needs the hub, which cannot be reached (offline?); {hint}")
+    with _one_line(what, f"streaming needs the hub, which cannot be reached (offline?); {hint}", "listing"):
+        infos = {i.path: i for i in HfApi().get_paths_info(repo_id, names, repo_type="dataset",
+                                                           revision=revision or None)}
+    missing = [n for n in names if n not in infos]
+    if missing:
+        raise DataError(f"{what}: {missing[0]}: not found on the hub")
+    return [int(infos[n].size) for n in names]
+
+
+def download_to(repo_id: str, filename: str, revision: str | None, directory, what: str) -> str:
+    """Download one dataset file into `directory` (outside the hub cache: the caller deletes it after use)."""
+    from huggingface_hub import hf_hub_download
+    quiet()
+    with _one_line(what, "the hub cannot be reached (offline?) to stream it", "download"):
+        return hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision or None,
+                               local_dir=str(directory))

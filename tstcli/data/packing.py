@@ -26,7 +26,7 @@ from tstcli.data.order import Bijection
 from tstcli.data.rows import Chunks, Concat, Drawn, PhaseRows
 from tstcli.errors import DataError
 from tstcli.recipe import Recipe
-from tstcli.tst.bags import phase_specs
+from tstcli.phases import phase_specs
 
 PACKS = "packs"
 ORDER = 2  # the row-order function's version (2: Feistel bijections; 1: materialised permutations, in earlier versions)

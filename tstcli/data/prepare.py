@@ -30,8 +30,9 @@ class PrepareResult:
 def _resolve(cfg: DataConfig) -> Groups:
     """The source files, grouped by mixture entry (one unnamed group without a mixture); hub files fetched here."""
     if cfg.mix:
-        return [(e.name, sources.resolve(e.sources, f"data.mix[{i}].sources")) for i, e in enumerate(cfg.mix)]
-    return [(None, sources.resolve(cfg.sources))]
+        return [(e.name, sources.resolve(e.sources, f"data.mix[{i}].sources", cfg.stream))
+                for i, e in enumerate(cfg.mix)]
+    return [(None, sources.resolve(cfg.sources, stream=cfg.stream))]
 
 
 def _inputs(cfg: DataConfig, groups: Groups) -> dict:
@@ -115,7 +116,7 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
         inputs = _token_inputs(cfg, train, val)
     else:
         groups = _resolve(cfg)  # once: hub sources are listed and fetched here
-        source_bytes = sum(Path(f.path).stat().st_size for _, files in groups for f in files)
+        source_bytes = sum(f.size for _, files in groups for f in files)
         inputs = _inputs(cfg, groups)
 
     def result(up_to_date: bool, **units) -> PrepareResult:
@@ -137,9 +138,11 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
             if cfg.token_files:
                 done = _register(cfg, data_dir, wd, inputs, train, val, worker, log)
                 return result(False) if done else _wait_or_leave(data_dir, inputs, worker, result)
+            plan = units.plan(groups)
+            if not worker.tokenize:  # a merge alone: refuse unfinished work before making any tokenizer
+                work.refuse_unfinished(wd, plan, worker)
             with data_lock(data_dir, log):
                 tok, eot, vocab = work.tokenizer(cfg, wd, [f for _, fs in groups for f in fs], log)
-            plan = units.plan(groups)
             did = work.run_units(cfg, wd, plan, worker, tok, eot, log) if worker.tokenize else 0
             if not worker.merge:
                 return _wait_or_leave(data_dir, inputs, worker, result, plan=plan, wd=wd, did=did)

@@ -10,6 +10,7 @@ public-domain corpus shipped inside the package (`builtin:sample/FILE`: one of i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,30 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "corpus"
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: str  # local path, after any download
+    path: str  # local path, after any download ("" for a streamed hub file: fetched when it is read)
     origin: str  # what the recipe named (for the manifest)
     fingerprint: str  # size + mtime for local files, revision for hub files: decides whether prepare is up to date
+    size: int = 0  # bytes
+    remote: tuple | None = None  # (repo_id, filename, revision) of a streamed hub file
+
+    @property
+    def local(self) -> bool:
+        return self.remote is None
+
+
+@contextlib.contextmanager
+def local_copy(f: SourceFile, scratch: Path):
+    """A path to read `f` from: its own, or for a streamed hub file a download into `scratch`, deleted after use (so
+    the disk holds the files being read, not the corpus)."""
+    if f.local:
+        yield f.path
+        return
+    repo_id, filename, revision = f.remote
+    path = hub.download_to(repo_id, filename, revision, scratch, f"data.sources: {f.origin}")
+    try:
+        yield path
+    finally:
+        Path(path).unlink(missing_ok=True)
 
 
 def _is_corpus_file(p: Path) -> bool:
@@ -44,10 +66,10 @@ def _local(path: Path, origin: str, key: str) -> list[SourceFile]:
     if not _is_corpus_file(path):
         raise DataError(f"{key}: {origin}: unsupported file type (expected {', '.join(SUFFIXES)})")
     st = path.stat()
-    return [SourceFile(str(path), origin, f"{st.st_size}:{st.st_mtime_ns}")]
+    return [SourceFile(str(path), origin, f"{st.st_size}:{st.st_mtime_ns}", st.st_size)]
 
 
-def _hub(spec: str, key: str) -> list[SourceFile]:
+def _hub(spec: str, key: str, stream: bool = False) -> list[SourceFile]:
     # hf://datasets/OWNER/NAME/PATH/IN/REPO[@REVISION]
     rest = spec[len("hf://datasets/"):]
     rest, _, revision = rest.partition("@")
@@ -56,17 +78,27 @@ def _hub(spec: str, key: str) -> list[SourceFile]:
         raise DataError(f"{key}: {spec}: expected hf://datasets/OWNER/NAME/PATH")
     repo_id, pattern = "/".join(parts[:2]), "/".join(parts[2:])
     what, hint = f"{key}: {spec}", "download it on a networked machine or use a local copy"
-    if any(c in pattern for c in "*?["):
-        return [f for name in hub.matching_files(repo_id, pattern, revision, what, hint)
-                for f in _hub(f"hf://datasets/{repo_id}/{name}" + (f"@{revision}" if revision else ""), key)]
-    local = hub.dataset_file(repo_id, pattern, revision, what, hint)
-    if not _is_corpus_file(Path(local)):
-        raise DataError(f"{key}: {spec}: unsupported file type (expected {', '.join(SUFFIXES)})")
-    return [SourceFile(local, spec, f"hub:{revision or 'main'}:{os.path.getsize(local)}")]
+    names = hub.matching_files(repo_id, pattern, revision, what, hint) if any(c in pattern for c in "*?[") \
+        else [pattern]
+    for name in names:
+        if not _is_corpus_file(Path(name)):
+            raise DataError(f"{key}: {spec}: {name}: unsupported file type (expected {', '.join(SUFFIXES)})")
+    at = f"@{revision}" if revision else ""
+    if stream:  # sizes from the hub's listing; each file is downloaded when its turn comes, then deleted
+        sizes = hub.file_sizes(repo_id, names, revision, what, hint)
+        return [SourceFile("", f"hf://datasets/{repo_id}/{name}{at}", f"hub:{revision or 'main'}:{size}", size,
+                           (repo_id, name, revision)) for name, size in zip(names, sizes)]
+    out = []
+    for name in names:
+        local = hub.dataset_file(repo_id, name, revision, what, hint)
+        size = os.path.getsize(local)
+        out.append(SourceFile(local, f"hf://datasets/{repo_id}/{name}{at}", f"hub:{revision or 'main'}:{size}", size))
+    return out
 
 
-def resolve(sources: list[str], key: str = "data.sources") -> list[SourceFile]:
-    """The files of `sources` (the recipe's `key`, named in errors), in order."""
+def resolve(sources: list[str], key: str = "data.sources", stream: bool = False) -> list[SourceFile]:
+    """The files of `sources` (the recipe's `key`, named in errors), in order; with `stream`, hub files are listed
+    (with their sizes) but not downloaded."""
     files: list[SourceFile] = []
     for spec in sources:
         if spec == "builtin:sample":
@@ -80,7 +112,7 @@ def resolve(sources: list[str], key: str = "data.sources") -> list[SourceFile]:
         elif spec.startswith("hf://"):
             if not spec.startswith("hf://datasets/"):
                 raise DataError(f"{key}: {spec}: only dataset files are supported (hf://datasets/...)")
-            files += _hub(spec, key)
+            files += _hub(spec, key, stream)
         else:
             files += _local(Path(spec).expanduser(), spec, key)
     return files

@@ -59,8 +59,8 @@ def plan(groups: list[tuple[str | None, list[SourceFile]]], unit_bytes: int | No
     units: list[Unit] = []
     for entry, files in groups:
         for f in files:
-            size = Path(f.path).stat().st_size
-            if f.path.endswith(readers.PARQUET) and size > unit_bytes:
+            size = f.size
+            if f.local and f.path.endswith(readers.PARQUET) and size > unit_bytes:  # a streamed file is one unit
                 sizes = readers.parquet_row_groups(f.path, f.origin)
                 for a, b in _row_group_ranges(sizes, unit_bytes):
                     units.append(Unit(len(units), entry, f, (a, b), sum(sizes[a:b])))

@@ -68,7 +68,7 @@ def tokenizer(cfg, work: Path, files, log):
     if path.is_file():
         tok = load_tokenizer(str(path))
         return tok, eot_id(tok, cfg.eot_token, "data.eot_token"), tok.get_vocab_size(with_added_tokens=True)
-    tok, eot, vocab = make_tokenizer(cfg, files, log)
+    tok, eot, vocab = make_tokenizer(cfg, files, work / "download", log)
     tmp = path.with_name("tokenizer.json.tmp")
     tok.save(str(tmp))
     tmp.replace(path)
