@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SHARED, run_cli, small_recipe, write_recipe
+from conftest import ROOT, SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_distributed import torchrun
 from test_formats import _moby_docs
@@ -186,3 +186,40 @@ def test_prepare_never_imports_torch(one_worker):
             "    assert e.code in (0, None), e.code\nassert 'torch' not in sys.modules, 'torch imported'\n")
     r = subprocess.run([sys.executable, "-c", code, "prepare", str(recipe)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+FAKE_SBATCH = r'''#!/usr/bin/env python3
+"""A stand-in for sbatch: runs --wrap'd jobs here, array tasks one after another with SLURM_ARRAY_TASK_ID set."""
+import os, subprocess, sys
+args = sys.argv[1:]
+opt = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith("--") and "=" in a}
+with open(os.environ["FAKE_SBATCH_LOG"], "a") as log:
+    log.write(" ".join(a for a in args if not a.startswith("--wrap")) + "\n")
+lo, hi = map(int, opt["--array"].split("-")) if "--array" in opt else (None, None)
+for task in ([None] if lo is None else range(lo, hi + 1)):
+    env = {**os.environ, **({"SLURM_ARRAY_TASK_ID": str(task)} if task is not None else {})}
+    if subprocess.run(["bash", "-c", opt["--wrap"]], env=env, stdout=sys.stderr).returncode:  # a job's output: a file
+        sys.exit(1)
+print("4242")
+'''
+
+
+def test_the_slurm_example_script_prepares_the_same_data(one_worker, tmp_path):
+    """examples/slurm-prepare.sh, with a fake sbatch that runs its jobs here: 3 array tasks, then the merge."""
+    _, _, expected = one_worker
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    (bin_dir / "tst").write_text(f"#!/bin/bash\nexec {sys.executable} -m tstcli \"$@\"\n")
+    (bin_dir / "tst").chmod(0o755)
+    log = tmp_path / "sbatch.log"
+    env = {**__import__("os").environ, "PATH": f"{bin_dir}:{__import__('os').environ['PATH']}",
+           "FAKE_SBATCH_LOG": str(log)}
+    recipe = _recipe(tmp_path, tmp_path / "data")
+    r = subprocess.run(["bash", str(ROOT / "examples" / "slurm-prepare.sh"), str(recipe), "3"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    jobs = log.read_text().splitlines()
+    assert "--array=0-2" in jobs[0] and "--dependency=afterok:4242" in jobs[1]
+    assert _prepared(tmp_path / "data") == expected
