@@ -6,7 +6,7 @@ _tst() {
         return
     fi
     case "${COMP_WORDS[1]}" in
-        prepare) opts="--set --force --verify --json --help" ;;
+        prepare) opts="--set --force --verify --worker --workers --merge --json --help" ;;
         train) opts="--run-dir --set --dry-run --nproc --json --help" ;;
         resume) opts="--allow-changed-data --json --help" ;;
         eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --corpus --samples --json --help" ;;

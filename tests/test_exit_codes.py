@@ -48,7 +48,7 @@ def _signal_when(args, ready, signum, settle=1.0):
 
 def _big_prepare(data_dir):
     return ["prepare", TINY, "--set", f'data.dir="{data_dir}"', "--set", "data.tokenizer_train_chars=0",
-            "--set", f'data.sources=["{CORPUS}"]']
+            "--set", f'data.sources=["{CORPUS}"]', "--set", "data.unit_mb=1"]  # six files, six work units
 
 
 @pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])

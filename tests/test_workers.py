@@ -15,17 +15,16 @@ from conftest import ROOT, SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_distributed import torchrun
 from test_formats import _moby_docs
-from tstcli.data import units
 from tstcli.data.prepare import prepare
 from tstcli.data.work import Worker
 
-CORPUS = SHARED / "corpus"  # six files: six work units
+CORPUS = SHARED / "corpus"  # six files of 0.5-3.6 MB: six work units of data.unit_mb = 1
 
 
 def _recipe(tmp_path, data_dir, **overrides):
     """A BPE trained on 1M characters of the shared corpus (trained once, by whichever worker comes first)."""
     return write_recipe(tmp_path / "r.toml", small_recipe(data_dir, **{
-        "data.sources": [str(CORPUS)], "data.tokenizer_train_chars": 1_000_000, **overrides}))
+        "data.sources": [str(CORPUS)], "data.tokenizer_train_chars": 1_000_000, "data.unit_mb": 1, **overrides}))
 
 
 def _tst(*args):
@@ -104,12 +103,12 @@ def test_bad_worker_options_are_one_line(tmp_path, bad):
     assert_one_line_error(run_cli("prepare", _recipe(tmp_path, tmp_path / "d"), *bad), 2, "--worker")
 
 
-def test_large_parquet_files_split_into_row_group_units(small_data, tmp_path, monkeypatch):
-    docs = _moby_docs()
+def test_large_parquet_files_split_into_row_group_units(small_data, tmp_path):
+    docs = _moby_docs() * 3
     pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet", row_group_size=10)
-    cfg = small_recipe(tmp_path / "one", **{"data.sources": [str(tmp_path / "c.parquet")],
+    cfg = small_recipe(tmp_path / "one", **{"data.sources": [str(tmp_path / "c.parquet")], "data.unit_mb": 1,
                                             "data.tokenizer": str(small_data / "tokenizer.json")}).data
-    monkeypatch.setattr(units, "UNIT_BYTES", 40_000)
+    assert (tmp_path / "c.parquet").stat().st_size > 10 ** 6  # larger than a unit: cut into row groups
     one = prepare(cfg, tmp_path / "one", log=lambda *_: None).manifest
     assert len(one["splits"]["train"]["shards"]) > 3  # several units, a shard each
     two = tmp_path / "two"
@@ -223,3 +222,56 @@ def test_the_slurm_example_script_prepares_the_same_data(one_worker, tmp_path):
     jobs = log.read_text().splitlines()
     assert "--array=0-2" in jobs[0] and "--dependency=afterok:4242" in jobs[1]
     assert _prepared(tmp_path / "data") == expected
+
+
+def test_a_merge_cut_short_during_install_finishes_on_the_rerun(one_worker, tmp_path, monkeypatch):
+    """Killed after the shards moved into the data directory but before the manifest: the re-run neither deletes
+    the moved shards nor makes another tokenizer, and gives the same data."""
+    from tstcli.data import work
+    _, _, expected = one_worker
+    recipe = _recipe(tmp_path, tmp_path / "data")
+    for i in range(2):
+        assert run_cli("prepare", recipe, "--worker", i, "--workers", 2).returncode == 0
+    cfg = small_recipe(tmp_path / "data", **{"data.sources": [str(CORPUS)], "data.tokenizer_train_chars": 1_000_000,
+                                             "data.unit_mb": 1}).data
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(work.shutil, "copyfile", crash)  # the tokenizer's copy comes after the shards' moves
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, tmp_path / "data", log=lambda *_: None, worker=Worker(0, 2, tokenize=False))
+    assert list((tmp_path / "data").glob("train-*.bin")) and not (tmp_path / "data" / "manifest.json").exists()
+    monkeypatch.undo()
+    again = run_cli("prepare", recipe, "--workers", 2, "--merge")
+    assert again.returncode == 0, again.stderr
+    assert "training a byte-level BPE" not in again.stderr
+    assert _prepared(tmp_path / "data") == expected
+
+
+def test_a_unit_claimed_by_another_process_is_waited_for_then_taken_over(one_worker, tmp_path):
+    """A second process on the same work (a requeued task, a lone `tst prepare` beside an array) never writes a
+    unit another process holds; once the holder is gone without finishing it, the unit is taken over."""
+    import fcntl
+    import os
+    _, _, expected = one_worker
+    data = tmp_path / "data"
+    recipe = _recipe(tmp_path, data)
+    p = _tst("prepare", recipe)
+    deadline = time.time() + 300
+    while not (data / ".prepare-work" / "inputs.json").exists():  # the work directory is made (then a BPE trained)
+        assert p.poll() is None and time.time() < deadline, p.stderr.read()
+        time.sleep(0.01)
+    (data / ".prepare-work" / "units").mkdir(exist_ok=True)
+    fd = os.open(data / ".prepare-work" / "units" / "u000005.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a process tokenizing the last unit would
+    while len(list((data / ".prepare-work" / "units").glob("*.json"))) < 5:  # every other unit finished
+        assert p.poll() is None and time.time() < deadline, p.stderr.read()
+        time.sleep(0.2)
+    time.sleep(3)
+    assert p.poll() is None, "finished without the claimed unit"
+    assert not (data / ".prepare-work" / "units" / "u000005.json").exists()
+    os.close(fd)  # the holder dies without finishing: its flock goes with it
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "1 work units are being tokenized by another process" in err
+    assert _prepared(data) == expected

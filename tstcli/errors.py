@@ -33,6 +33,11 @@ class DataError(TstError):
     exit_code = EXIT_DATA
 
 
+class SourceUnavailable(DataError):
+    """A source that could not be fetched (offline, hub or network failure): nothing is wrong with the data, and an
+    interrupted preparation keeps its finished work for the re-run."""
+
+
 class CheckpointError(TstError):
     """Missing, corrupt or incompatible checkpoint or run directory."""
 

@@ -82,6 +82,8 @@ class DataConfig:
                                 "empty takes the last data.val_fraction of data.token_files, cut at a document end")
     token_dtype: str = key("uint16", "with data.token_files: the files' token type", ("uint16", "uint32"))
     repeat: bool = key(True, "allow a phase to re-read its rows (new epoch, new order) when the corpus is too short")
+    unit_mb: int = key(256, "tst prepare's work units: consecutive files of about this many MB together, a large "
+                       "Parquet file cut into row groups of about this size; each unit is tokenized into its own shards")
     stream: bool = key(False, "hub sources: download, tokenize and delete one file at a time (disk: the files being "
                        "read plus the shards) instead of keeping every file in the hub cache; the data is the same")
     mix: list = key([], "weighted mixture: [[data.mix]] tables (keys below), each a named group of sources with a "
@@ -449,6 +451,7 @@ def check_values(r: Recipe, where: str) -> None:
     within("data.tokenizer_train_chars", d.tokenizer_train_chars, 0, big)
     within("data.val_fraction", d.val_fraction, 0, 1, lo_open=True, hi_open=True)
     within("data.shard_tokens", d.shard_tokens, 1024, 1 << 36)
+    within("data.unit_mb", d.unit_mb, 1, 1 << 20)
     _check_mix(r, where)
     within("eval.every", r.eval.every, 1, 10 ** 9)
     within("eval.batches", r.eval.batches, 1, 1 << 20)

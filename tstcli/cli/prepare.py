@@ -20,6 +20,9 @@ def _worker(worker: int | None, workers: int | None, merge: bool, force: bool) -
     rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if worker is None and workers is None and not merge:
         # Under torchrun the ranks are the workers: rank 0 merges once every unit is finished.
+        if size > 1 and force:
+            raise RecipeError(f"--force under torchrun ({size} processes): --force rebuilds with one process only; "
+                              "delete the data directory to restart the job's workers")
         return Worker(rank, size, merge=rank == 0, wait=True) if size > 1 else Worker()
     if workers is None or workers < 1:
         raise RecipeError("--workers N (N >= 1) is needed with --worker and --merge")

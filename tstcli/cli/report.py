@@ -58,6 +58,9 @@ def worker_lines(out: dict) -> list[str]:
     if out["up_to_date"] or not u:
         return [f"data: {out['data_dir']} ({'up to date' if out['up_to_date'] else 'prepared'})"]
     left = u["unfinished"]
+    if not u["total"]:
+        return [f"worker {out['worker']} of {out['workers']}: nothing to tokenize (token files are registered by "
+                f"`tst prepare RECIPE --workers {out['workers']} --merge`)"]
     return [f"worker {out['worker']} of {out['workers']}: tokenized {u['tokenized_here']} work units; "
             f"{left} of {u['total']} units unfinished overall",
             "next: " + ("wait for the other workers, then " if left else "") +

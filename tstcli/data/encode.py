@@ -99,28 +99,28 @@ def tokenize_unit(cfg: DataConfig, unit: Unit, tok, eot: int, dtype, work: Path,
         batches[split], sizes[split] = [], 0
 
     decode = readers.DecodeStats()
-    f = unit.file
-    with sources.local_copy(f, work / "download") as path:
-        for doc in readers.documents(path, f.origin, cfg.text_field, cfg.txt_documents, decode, unit.row_groups):
-            split = "val" if _is_val(doc, cfg.val_fraction) else "train"
-            chars += len(doc)
-            rest = pieces(doc)
-            piece = next(rest)
-            while piece is not None:
-                following = next(rest, None)
-                batches[split].append((piece, following is None))
-                sizes[split] += len(piece)
-                if sizes[split] >= BATCH_CHARS:
-                    encode_and_write(split)
-                piece = following
+    for f in unit.files:
+        with sources.local_copy(f, work / "download") as path:
+            for doc in readers.documents(path, f.origin, cfg.text_field, cfg.txt_documents, decode, unit.row_groups):
+                split = "val" if _is_val(doc, cfg.val_fraction) else "train"
+                chars += len(doc)
+                rest = pieces(doc)
+                piece = next(rest)
+                while piece is not None:
+                    following = next(rest, None)
+                    batches[split].append((piece, following is None))
+                    sizes[split] += len(piece)
+                    if sizes[split] >= BATCH_CHARS:
+                        encode_and_write(split)
+                    piece = following
     for split in ("train", "val"):
         if batches[split]:
             encode_and_write(split)
     if bar is not None:
         bar.update(1)
-    return {"unit": unit.name, "entry": unit.entry, "origin": f.origin, "row_groups": unit.row_groups,
+    return {"unit": unit.name, "entry": unit.entry, "identity": unit.identity,
             "shards": {s: w.finish() for s, w in writers.items()}, "documents": docs_per_split,
-            "characters": chars, "not_utf8_bytes": decode.replaced}
+            "characters": chars, "not_utf8_bytes": decode.by_file}
 
 
 def manifest_of(cfg: DataConfig, inputs: dict, groups: Groups, units: list[Unit], records: list[dict], tok_sha: str,
@@ -134,12 +134,13 @@ def manifest_of(cfg: DataConfig, inputs: dict, groups: Groups, units: list[Unit]
     docs = {s: sum(r["documents"][s] for r in records) for s in ("train", "val")}
     if docs["train"] + docs["val"] == 0:
         raise DataError(f"data.sources: {', '.join(cfg.sources)} hold no documents (every file is empty)")
+    key = "data.mix[].sources" if cfg.mix else "data.sources"
     for split in ("train", "val"):
         if docs[split] == 0:
             what = "no document fell in the validation split: raise data.val_fraction or add documents" \
                 if split == "val" else "no training documents: lower data.val_fraction or add documents"
-            raise DataError(f"data.sources: {what}")
-    files = list({u.file.origin: u.file for u in units}.values())
+            raise DataError(f"{key}: {what}")
+    files = list({f.origin: f for u in units for f in u.files}.values())
     manifest = shards.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path or f.origin, "bytes": f.size}
                                                  for f in files],
                                    tok_sha, eot, vocab, sum(r["characters"] for r in records), docs,

@@ -9,7 +9,7 @@ import os
 import socket
 from urllib.parse import urlparse
 
-from tstcli.errors import DataError
+from tstcli.errors import DataError, SourceUnavailable
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,11 +40,11 @@ def _one_line(what: str, offline_line: str, action: str):
     try:
         yield
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise DataError(f"{what}: {offline_line}") from None
+        raise SourceUnavailable(f"{what}: {offline_line}") from None
     except (EntryNotFoundError, RepositoryNotFoundError) as e:
         raise DataError(f"{what}: not found on the hub ({type(e).__name__})") from None
     except Exception as e:  # network failures come in many types
-        raise DataError(f"{what}: hub {action} failed: {type(e).__name__}: {e}".splitlines()[0]) from None
+        raise SourceUnavailable(f"{what}: hub {action} failed: {type(e).__name__}: {e}".splitlines()[0]) from None
 
 
 def dataset_file(repo_id: str, filename: str, revision: str | None, what: str, hint: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from tstcli import locks
 from tstcli.data import dependents, encode, shards, sources, token_files, units, work
 from tstcli.data.encode import Groups
-from tstcli.errors import DataError, Terminated, as_error, environment_fault
+from tstcli.errors import DataError, SourceUnavailable, Terminated, as_error, environment_fault
 from tstcli.recipe import DataConfig
 
 
@@ -51,6 +51,7 @@ def _inputs(cfg: DataConfig, groups: Groups) -> dict:
         "txt_documents": cfg.txt_documents,
         "val_fraction": cfg.val_fraction,
         "shard_tokens": cfg.shard_tokens,
+        "unit_mb": cfg.unit_mb,
         # Names and grouping only: weights decide the packing, not the shards.
         **({"mix": [{"name": name, "files": len(files)} for name, files in groups]} if cfg.mix else {}),
     }
@@ -58,7 +59,7 @@ def _inputs(cfg: DataConfig, groups: Groups) -> dict:
 
 def _token_inputs(cfg: DataConfig, train: list[dict], val: list[dict]) -> dict:
     inputs = _inputs(cfg, [(None, [])])
-    del inputs["sources"], inputs["text_field"], inputs["txt_documents"]
+    del inputs["sources"], inputs["text_field"], inputs["txt_documents"], inputs["unit_mb"]
     return {**inputs, "token_files": [{"origin": f["origin"], "fingerprint": f["fingerprint"]} for f in train],
             "token_val_files": [{"origin": f["origin"], "fingerprint": f["fingerprint"]} for f in val],
             "token_dtype": cfg.token_dtype, "val_fraction": None if val else cfg.val_fraction}
@@ -133,17 +134,21 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
     with data_lock(data_dir, log) if worker.alone else contextlib.nullcontext():
         with data_lock(data_dir, log):
             dependents.refuse_replacing(data_dir)
-            wd = work.open_work(data_dir, inputs, fresh=force)
+            wd = work.open_work(data_dir, {**inputs, "stream": cfg.stream}, fresh=force)  # a stream changes the units
         try:
             if cfg.token_files:
                 done = _register(cfg, data_dir, wd, inputs, train, val, worker, log)
                 return result(False) if done else _wait_or_leave(data_dir, inputs, worker, result)
-            plan = units.plan(groups)
+            plan = units.plan(groups, cfg.unit_mb * 10 ** 6)
             if not worker.tokenize:  # a merge alone: refuse unfinished work before making any tokenizer
                 work.refuse_unfinished(wd, plan, worker)
             with data_lock(data_dir, log):
                 tok, eot, vocab = work.tokenizer(cfg, wd, [f for _, fs in groups for f in fs], log)
-            did = work.run_units(cfg, wd, plan, worker, tok, eot, log) if worker.tokenize else 0
+            did, busy = work.run_units(cfg, wd, plan, worker, tok, eot, log) if worker.tokenize else (0, [])
+            while busy and worker.merge and not worker.wait:  # another process holds some of our units: wait, and
+                time.sleep(work.POLL_S)                         # take over those whose holder died unfinished
+                more, busy = work.run_units(cfg, wd, plan, worker, tok, eot, lambda *_: None)
+                did += more
             if not worker.merge:
                 return _wait_or_leave(data_dir, inputs, worker, result, plan=plan, wd=wd, did=did)
             if worker.wait:
@@ -151,6 +156,7 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
             work.refuse_unfinished(wd, plan, worker)
             with data_lock(data_dir, log):
                 if not _holds(data_dir, inputs):
+                    dependents.refuse_replacing(data_dir)  # again: a run may have registered while we tokenized
                     recs = work.records(wd, plan)
                     _say_not_utf8(recs, log)
                     manifest = encode.manifest_of(cfg, inputs, groups, plan, recs, work.tokenizer_sha(wd), eot, vocab)
@@ -177,16 +183,18 @@ def _wait_or_leave(data_dir: Path, inputs: dict, worker: work.Worker, result, pl
         while not _holds(data_dir, inputs):
             time.sleep(work.POLL_S)
         return result(False)
-    left = len(units.unfinished(wd, plan)) if plan is not None else None
+    left = len(units.unfinished(wd, plan)) if plan is not None else 0  # token files: nothing to tokenize
     return result(False, total=len(plan) if plan is not None else 0, tokenized_here=did, unfinished=left)
 
 
 def _after_failure(data_dir: Path, wd: Path, e: BaseException, worker: work.Worker) -> None:
     """A failed preparation leaves no half-written unit (`run_units` drops it). A lone worker that failed on its
-    input also drops its finished units (they are for inputs that must change); one that was interrupted keeps
-    them, and so does one of several workers (the others' units are not its to drop)."""
-    interrupted = isinstance(e, (KeyboardInterrupt, Terminated))
-    if worker.alone and worker.tokenize and not interrupted:
+    input also drops its finished units (they are for inputs that must change); one that was interrupted or met a
+    hostile environment (disk full, network down) keeps them for the re-run, and so does one of several workers
+    (the others' units are not its to drop)."""
+    resumable = isinstance(e, (KeyboardInterrupt, Terminated, SourceUnavailable)) or (
+        isinstance(e, OSError) and environment_fault(e) is not None)
+    if worker.alone and worker.tokenize and not resumable:
         shutil.rmtree(wd, ignore_errors=True)
     elif worker.alone and not list((wd / units.RECORDS).glob("*.json")):
         shutil.rmtree(wd, ignore_errors=True)  # nothing finished to keep
@@ -195,7 +203,7 @@ def _after_failure(data_dir: Path, wd: Path, e: BaseException, worker: work.Work
 
 
 def _say_not_utf8(recs: list[dict], log) -> None:
-    bad = {r["origin"]: r["not_utf8_bytes"] for r in recs if r["not_utf8_bytes"]}
+    bad = {origin: n for r in recs for origin, n in r["not_utf8_bytes"].items() if n}
     if bad:
         worst = max(bad, key=bad.get)
         log(f"prepare: warning: {sum(bad.values()):,} bytes of input were not valid UTF-8 and became U+FFFD, in "

@@ -1,6 +1,7 @@
 """Work units of a preparation: the inputs cut into pieces that workers tokenize independently.
 
-A unit is one source file, or a range of row groups of a large Parquet file. The list depends on the inputs only
+A unit is a run of consecutive source files of about `data.unit_mb` MB, one larger file, or a range of row groups
+of a large Parquet file. The list depends on the inputs only
 (files in recipe order, Parquet footers), never on the number of workers, and each unit's tokens go to shards of its
 own (`train-[ENTRY-]uNNNNNN-KKKKK.bin`): so the prepared data is the same whatever the number of workers. The units
 are dealt to the workers by size (`owners`), so that each reads about as many bytes; a unit is finished when its record (`units/uNNNNNN.json`) exists in the
@@ -15,7 +16,7 @@ from pathlib import Path
 from tstcli.data import readers, shards
 from tstcli.data.sources import SourceFile
 
-UNIT_BYTES = 256 << 20  # a Parquet file is cut into units of row groups holding about this many (uncompressed) bytes
+UNIT_BYTES = 256 * 10 ** 6  # the default of data.unit_mb
 RECORDS = "units"
 
 
@@ -23,9 +24,9 @@ RECORDS = "units"
 class Unit:
     index: int
     entry: str | None  # mixture entry name, None without a mixture
-    file: SourceFile
-    row_groups: tuple[int, int] | None = None  # [a, b) of a Parquet file; None: the whole file
-    size: int = 0  # bytes to read (the file's, or its row groups'): what balances the workers' shares
+    files: tuple[SourceFile, ...]  # consecutive files of one entry, read in order
+    row_groups: tuple[int, int] | None = None  # [a, b) of a single Parquet file; None: the whole files
+    size: int = 0  # bytes to read: what balances the workers' shares
 
     @property
     def name(self) -> str:
@@ -36,9 +37,15 @@ class Unit:
         """The start of its shards' names, after the split: `-dclm-u000012` or `-u000012`."""
         return ("" if self.entry is None else f"-{self.entry}") + f"-{self.name}"
 
+    @property
+    def identity(self) -> dict:
+        """What a finished unit's record must match: the same files (by origin) and row groups."""
+        return {"origins": [f.origin for f in self.files], "row_groups": list(self.row_groups or []) or None}
+
     def describe(self) -> str:
         part = f" row groups {self.row_groups[0]}..{self.row_groups[1] - 1}" if self.row_groups else ""
-        return f"{self.name} ({self.file.origin}{part})"
+        more = f" and {len(self.files) - 1} more files" if len(self.files) > 1 else ""
+        return f"{self.name} ({self.files[0].origin}{part}{more})"
 
 
 def _row_group_ranges(sizes: list[int], target: int) -> list[tuple[int, int]]:
@@ -53,19 +60,30 @@ def _row_group_ranges(sizes: list[int], target: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def plan(groups: list[tuple[str | None, list[SourceFile]]], unit_bytes: int | None = None) -> list[Unit]:
-    """The units of a preparation, in the order their shards are listed in the manifest."""
-    unit_bytes = unit_bytes or UNIT_BYTES
+def plan(groups: list[tuple[str | None, list[SourceFile]]], unit_bytes: int = UNIT_BYTES) -> list[Unit]:
+    """The units of a preparation, in the order their shards are listed in the manifest: consecutive small files of
+    an entry together up to about `unit_bytes` (a unit's last partial chunk is not trained on, so units must not be
+    tiny), a larger file alone, a large local Parquet file cut into row-group ranges."""
     units: list[Unit] = []
     for entry, files in groups:
+        pending: list[SourceFile] = []
+
+        def flush() -> None:
+            if pending:
+                units.append(Unit(len(units), entry, tuple(pending), None, sum(f.size for f in pending)))
+                pending.clear()
+
         for f in files:
-            size = f.size
-            if f.local and f.path.endswith(readers.PARQUET) and size > unit_bytes:  # a streamed file is one unit
+            if f.local and f.path.endswith(readers.PARQUET) and f.size > unit_bytes:
+                flush()
                 sizes = readers.parquet_row_groups(f.path, f.origin)
                 for a, b in _row_group_ranges(sizes, unit_bytes):
-                    units.append(Unit(len(units), entry, f, (a, b), sum(sizes[a:b])))
-            else:
-                units.append(Unit(len(units), entry, f, None, size))
+                    units.append(Unit(len(units), entry, (f,), (a, b), sum(sizes[a:b])))
+                continue
+            if pending and sum(p.size for p in pending) + f.size > unit_bytes:
+                flush()
+            pending.append(f)
+        flush()
     return units
 
 
@@ -91,11 +109,13 @@ def record_path(work: Path, unit: Unit) -> Path:
 
 
 def finished(work: Path, unit: Unit) -> dict | None:
-    """The unit's record if it is finished (its shards are then complete on disk), else None."""
+    """The unit's record if it is finished (its shards are then complete on disk), else None. A record of other
+    files (a plan that changed under the same name) does not count."""
     try:
-        return json.loads(record_path(work, unit).read_text())
+        record = json.loads(record_path(work, unit).read_text())
     except (OSError, ValueError):
         return None
+    return record if record.get("identity") == unit.identity else None
 
 
 def save_record(work: Path, unit: Unit, record: dict) -> None:

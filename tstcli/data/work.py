@@ -7,7 +7,10 @@ manifest, however long the work takes (a dead worker takes a torchrun job down; 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
 import sys
 import time
@@ -75,23 +78,54 @@ def tokenizer(cfg, work: Path, files, log):
     return tok, eot, vocab
 
 
-def run_units(cfg, work: Path, plan: list[Unit], worker: Worker, tok, eot: int, log) -> int:
-    """Tokenize this worker's unfinished units; returns how many it did. An interrupted unit leaves no shard."""
+@contextlib.contextmanager
+def _claim(work: Path, unit: Unit):
+    """Whether this process may tokenize `unit` now: no other process holds its claim (an flock, which the kernel
+    drops when its holder dies). A file system without locks lets every process through."""
+    path = work / unit_plan.RECORDS / f"{unit.name}.lock"
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:
+            pass
+        yield True
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def run_units(cfg, work: Path, plan: list[Unit], worker: Worker, tok, eot: int, log) -> tuple[int, list[Unit]]:
+    """Tokenize this worker's unfinished units. Returns how many it did, and the units another process was
+    tokenizing meanwhile (a second launch of the same worker). An interrupted unit leaves no shard."""
     dtype = shards.token_dtype(tok.get_vocab_size(with_added_tokens=True))
     todo = [u for u in unit_plan.mine(plan, worker.index, worker.count) if unit_plan.finished(work, u) is None]
     who = "" if worker.alone else f"worker {worker.index} of {worker.count}: "
     if todo:
         log(f"prepare: {who}tokenizing {len(todo)} of {len(plan)} work units")
     bar = tqdm(total=len(todo), unit="unit", desc="tokenize", disable=not sys.stderr.isatty(), file=sys.stderr)
+    done, busy = 0, []
     for unit in todo:
-        try:
-            record = tokenize_unit(cfg, unit, tok, eot, dtype, work, bar)
-        except BaseException:
-            drop_partial(work, unit)
-            raise
-        unit_plan.save_record(work, unit, record)
+        with _claim(work, unit) as ours:
+            if not ours:
+                busy.append(unit)
+                continue
+            if unit_plan.finished(work, unit) is not None:  # finished by another process meanwhile
+                continue
+            try:
+                record = tokenize_unit(cfg, unit, tok, eot, dtype, work, bar)
+            except BaseException:
+                drop_partial(work, unit)
+                raise
+            unit_plan.save_record(work, unit, record)
+            done += 1
     bar.close()
-    return len(todo)
+    if busy:
+        log(f"prepare: {who}{len(busy)} work units are being tokenized by another process")
+    return done, busy
 
 
 def drop_partial(work: Path, unit: Unit) -> None:
@@ -127,13 +161,19 @@ def tokenizer_sha(work: Path) -> str:
 
 
 def install(data_dir: Path, work: Path, manifest: dict) -> None:
-    """Replace the previous preparation with the work directory's shards and tokenizer: drop the old manifest first,
-    so a crash never leaves a manifest over mixed files."""
+    """Replace the previous preparation with the work directory's shards and tokenizer. Safe to repeat after a crash
+    at any point: the old manifest goes first (never a manifest over mixed files), only files the new manifest does
+    not name are deleted, shards already moved stay, the tokenizer is copied (the work directory keeps its own until
+    the end), and the work directory goes last."""
     (data_dir / shards.MANIFEST).unlink(missing_ok=True)
+    named = {x["file"] for split in manifest["splits"].values() for x in split["shards"]}
     for old in list(data_dir.glob("train-*.bin")) + list(data_dir.glob("val-*.bin")):
-        old.unlink()
+        if old.name not in named or (work / old.name).exists():
+            old.unlink()
     shutil.rmtree(data_dir / "packs", ignore_errors=True)
-    for p in list(work.glob("*.bin")) + [work / "tokenizer.json"]:
+    for p in work.glob("*.bin"):
         p.replace(data_dir / p.name)
+    shutil.copyfile(work / "tokenizer.json", data_dir / "tokenizer.json.tmp")
+    (data_dir / "tokenizer.json.tmp").replace(data_dir / "tokenizer.json")
     shards.write_json_atomic(data_dir / shards.MANIFEST, manifest)
     shutil.rmtree(work, ignore_errors=True)

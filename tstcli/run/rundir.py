@@ -105,6 +105,22 @@ def recipe_differences(old: dict, new: dict) -> list[str]:
     return out
 
 
+def _check_row_order(run_dir: Path, info: dict, recipe, allow_changed_data: bool, log) -> None:
+    """The rows a run reads are a function of its pack key (recipe, manifest, the row order's version): a run
+    started by a tst whose row order differs would read other rows from here on."""
+    from tstcli.data import packing
+
+    now = packing.pack_key(recipe, info["manifest_sha256"])
+    if info.get("pack") in (None, now):
+        return
+    if not allow_changed_data:
+        raise CheckpointError(f"{run_dir / RUN_INFO}: the run was started by tst {info.get('tst_version', '?')}, "
+                              "whose row order differs from this version's: resuming would read other rows than it "
+                              "would have; finish it with that version, or pass --allow-changed-data to go on")
+    log("resume: the run's row order changes from here on (an earlier tst started it; --allow-changed-data)")
+    write_json_atomic(run_dir / RUN_INFO, {**info, "pack": now})
+
+
 def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_changed_data: bool, log) -> None:
     """Refuse a resume whose recipe, tokenizer or data differ from the run's in a way that changes results.
 
@@ -112,7 +128,7 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
     A changed data manifest is allowed with `allow_changed_data` (then every shard's sha256 is checked).
     """
     from tstcli import recipe as recipes
-    from tstcli.data import shards
+    from tstcli.data import packing, shards
     from tstcli.errors import DataError
 
     if ckpt is not None:
@@ -122,6 +138,7 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
             raise CheckpointError(f"{run_dir / RECIPE}: differs from the recipe of {ckpt.name} in {', '.join(diff)}; "
                                   f"that changes results: restore it (the original is {ckpt / RECIPE})")
     data_dir, changed = run_data_dir(run_dir, info, allow_changed=True)
+    _check_row_order(run_dir, info, recipe, allow_changed_data, log)
     ours, theirs = run_dir / TOKENIZER, data_dir / TOKENIZER
     if not theirs.is_file() or shards.file_sha256(ours) != shards.file_sha256(theirs):
         raise DataError(f"{theirs}: the tokenizer differs from the run's ({ours}); the run cannot continue on it")
@@ -131,7 +148,8 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
         manifest_path = data_dir / shards.MANIFEST
         shards.verify(data_dir, shards.read_manifest(data_dir), full=True)
         log(f"resume: continuing on changed data in {data_dir} (--allow-changed-data); every shard's sha256 checked")
-        info = {**info, "manifest_sha256": shards.manifest_sha256(data_dir),
+        sha = shards.manifest_sha256(data_dir)
+        info = {**info, "manifest_sha256": sha, "pack": packing.pack_key(recipe, sha),
                 "data_changes": info.get("data_changes", 0) + 1}
         shutil.copyfile(manifest_path, run_dir / MANIFEST)
         write_json_atomic(run_dir / RUN_INFO, info)
