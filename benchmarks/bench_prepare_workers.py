@@ -1,7 +1,8 @@
 """Distributed prepare throughput (issue #16): N worker processes vs one, each with one tokenizer thread.
 
-The corpus is `--copies` copies of `sotu.jsonl.gz` from ../shared/data/corpus (equal work units: the measure is
-the workers' parallel efficiency, not the balance of unequal files). The tokenizer is given (a BPE trained once
+The corpus is `--copies` copies of `sotu.jsonl.gz` from ../shared/data/corpus, each its own work unit
+(`data.unit_mb = 1`; equal units: the measure is the workers' parallel efficiency, not the balance of unequal
+files). The tokenizer is given (a BPE trained once
 beforehand), so only reading, encoding and writing are timed. Every process runs with TOKENIZERS_PARALLELISM=false
 (one encoding thread) and is pinned to one core with `taskset -c I` (worker I on core I mod cores). One worker:
 `tst prepare`; N workers: `tst prepare --worker I --workers N` started together, then `--merge` (timed too). Both
@@ -60,7 +61,8 @@ def main() -> None:
         def recipe(name: str, tokenizer: str) -> Path:
             path = tmp / f"{name}.toml"
             path.write_text(f'[run]\nname = "{name}"\n[data]\nsources = ["{corpus}"]\ndir = "{tmp / name}"\n'
-                            f'tokenizer = "{tokenizer}"\nvocab_size = 4096\ntokenizer_train_chars = 2000000\n')
+                            f'tokenizer = "{tokenizer}"\nvocab_size = 4096\ntokenizer_train_chars = 2000000\n'
+                            'unit_mb = 1\n')  # each 3.6 MB copy its own work unit
             return path
 
         finish(tst(["prepare", recipe("bpe", "bpe")], None))  # the tokenizer both runs encode with
