@@ -275,3 +275,13 @@ def test_a_unit_claimed_by_another_process_is_waited_for_then_taken_over(one_wor
     assert p.returncode == 0, err
     assert "1 work units are being tokenized by another process" in err
     assert _prepared(data) == expected
+
+
+def test_small_files_share_a_unit_and_a_large_one_stands_alone():
+    from tstcli.data import sources, units
+    files = sources.resolve([str(CORPUS)])  # sorted: factbook 1.7, kjv 1.2, kjv_sample 1.0, moby 0.5, python 3.0,
+    plan = units.plan([(None, files)], 4 * 10 ** 6)  # sotu 3.6 MB
+    assert [[f.origin.rsplit("/", 1)[1] for f in u.files] for u in plan] == [
+        ["factbook.jsonl.gz", "kjv.txt.gz", "kjv_sample.txt"], ["moby_dick.jsonl.gz", "python311_docs.jsonl.gz"],
+        ["sotu.jsonl.gz"]]
+    assert [u.size for u in plan] == [sum(f.size for f in u.files) for u in plan]

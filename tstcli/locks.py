@@ -41,9 +41,10 @@ def _describe(raw: str) -> str:
 class DirLock:
     """Held from `acquire` until `release` or the process's end. Not reentrant: acquire once per process."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, name: str = LOCK):
+        """`name`: the lock file in `directory` (several locks can share one directory: work units' claims)."""
         self.directory = Path(directory)
-        self.path = self.directory / LOCK
+        self.path = self.directory / name
         self._fd: int | None = None
 
     def acquire(self, wait: bool = False, on_wait=None) -> "DirLock":

@@ -3,8 +3,8 @@
 Within a phase, step k reads global positions [k·B, (k+1)·B) of an endless stream made of epochs; epoch e is a
 seeded permutation of the phase's rows (a new order each epoch), so the rows of one batch come from across the
 whole corpus. The permutation is evaluated at the batch's positions only (`order.Bijection`), so memory and time
-per batch do not grow with the corpus. Rank r of W takes positions [r·B/W, (r+1)·B/W) of that batch. Resuming at any step reproduces the
-rows exactly, with no loader state to save.
+per batch do not grow with the corpus. Rank r of W takes positions [r·B/W, (r+1)·B/W) of that batch. Resuming at
+any step reproduces the rows exactly, with no loader state to save.
 """
 from __future__ import annotations
 

@@ -196,14 +196,12 @@ def _shortfall(info: dict) -> str:
 
 
 def ensure_pack(r: Recipe, data_dir: Path, manifest: dict, manifest_sha: str) -> tuple[Pack, bool]:
-    """Load the pack for this recipe, building it if absent. Returns (pack, built_now)."""
-    if not r.data.repeat:
-        info, _ = split_phases(r, manifest)
-        if not info["covered_without_repetition"]:
-            raise DataError(f"{data_dir}: {_shortfall(info)}; set data.repeat = true or add data")
+    """The pack for this recipe (its `pack.json` written if absent). Returns (pack, written_now)."""
+    info, rows = split_phases(r, manifest)  # microseconds: the rows are functions, not arrays
+    if not r.data.repeat and not info["covered_without_repetition"]:
+        raise DataError(f"{data_dir}: {_shortfall(info)}; set data.repeat = true or add data")
     key = pack_key(r, manifest_sha)
     directory = Path(data_dir) / PACKS / key
-    info, rows = split_phases(r, manifest)  # microseconds: the rows are functions, not arrays
     info = {**info, "key": key, "order": ORDER}
     built = not (directory / "pack.json").is_file() and _write_pack(directory, info)
     return Pack(directory, info, rows), built

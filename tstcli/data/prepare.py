@@ -1,6 +1,6 @@
 """`prepare`: the recipe's data made ready in its data directory — tokenized (`encode.py`) or registered from
-token files (`token_files.py`), written to a temporary folder and installed with its manifest, under the data
-directory's lock. Re-running with the same inputs finds the manifest up to date and does nothing.
+token files (`token_files.py`), by one or several workers in the work directory (`work.py`), then installed with
+its manifest under the data directory's lock. Re-running with the same inputs finds the manifest up to date and does nothing.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tstcli import locks
-from tstcli.data import dependents, encode, shards, sources, token_files, units, work
+from tstcli.data import dependents, encode, readers, shards, sources, token_files, units, work
 from tstcli.data.encode import Groups
+from tstcli.data.tokenizer import tokenizer_sha256
 from tstcli.errors import DataError, SourceUnavailable, Terminated, as_error, environment_fault
 from tstcli.recipe import DataConfig
 
@@ -159,7 +160,7 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
                     dependents.refuse_replacing(data_dir)  # again: a run may have registered while we tokenized
                     recs = work.records(wd, plan)
                     _say_not_utf8(recs, log)
-                    manifest = encode.manifest_of(cfg, inputs, groups, plan, recs, work.tokenizer_sha(wd), eot, vocab)
+                    manifest = encode.manifest_of(cfg, inputs, groups, plan, recs, tokenizer_sha256(tok), eot, vocab)
                     work.install(data_dir, wd, manifest)
         except BaseException as e:
             _after_failure(data_dir, wd, e, worker)
@@ -203,11 +204,11 @@ def _after_failure(data_dir: Path, wd: Path, e: BaseException, worker: work.Work
 
 
 def _say_not_utf8(recs: list[dict], log) -> None:
-    bad = {origin: n for r in recs for origin, n in r["not_utf8_bytes"].items() if n}
-    if bad:
-        worst = max(bad, key=bad.get)
-        log(f"prepare: warning: {sum(bad.values()):,} bytes of input were not valid UTF-8 and became U+FFFD, in "
-            f"{len(bad)} file(s) (most in {worst}: {bad[worst]:,})")
+    """One warning for the whole preparation, from every unit's count."""
+    stats = readers.DecodeStats()
+    stats.by_file.update({origin: n for r in recs for origin, n in r["not_utf8_bytes"].items() if n})
+    if stats.replaced:
+        log(f"prepare: warning: {stats.summary()}")
 
 
 def ensure_prepared(r, force: bool = False, log=print,

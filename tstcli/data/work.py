@@ -8,9 +8,7 @@ manifest, however long the work takes (a dead worker takes a torchrun job down; 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import shutil
 import sys
 import time
@@ -19,9 +17,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tstcli import locks
 from tstcli.data import shards, units as unit_plan
 from tstcli.data.encode import make_tokenizer, tokenize_unit
-from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
+from tstcli.data.tokenizer import eot_id, load_tokenizer
 from tstcli.data.units import Unit
 from tstcli.errors import DataError, as_error
 
@@ -80,22 +79,17 @@ def tokenizer(cfg, work: Path, files, log):
 
 @contextlib.contextmanager
 def _claim(work: Path, unit: Unit):
-    """Whether this process may tokenize `unit` now: no other process holds its claim (an flock, which the kernel
-    drops when its holder dies). A file system without locks lets every process through."""
-    path = work / unit_plan.RECORDS / f"{unit.name}.lock"
-    path.parent.mkdir(exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    """Whether this process may tokenize `unit` now: no other process holds its claim (a `DirLock` on
+    `units/uNNNNNN.lock`, dropped by the kernel when its holder dies)."""
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except OSError:
-            pass
+        lock = locks.DirLock(work / unit_plan.RECORDS, f"{unit.name}.lock").acquire()
+    except locks.Busy:
+        yield False
+        return
+    try:
         yield True
     finally:
-        os.close(fd)  # closing drops the lock
+        lock.release()
 
 
 def run_units(cfg, work: Path, plan: list[Unit], worker: Worker, tok, eot: int, log) -> tuple[int, list[Unit]]:
@@ -154,10 +148,6 @@ def refuse_unfinished(work: Path, plan: list[Unit], worker: Worker) -> None:
 
 def records(work: Path, plan: list[Unit]) -> list[dict]:
     return [unit_plan.finished(work, u) for u in plan]
-
-
-def tokenizer_sha(work: Path) -> str:
-    return tokenizer_sha256(load_tokenizer(str(work / "tokenizer.json")))
 
 
 def install(data_dir: Path, work: Path, manifest: dict) -> None:
