@@ -156,7 +156,9 @@ class TrainConfig:
     loss_chunk_size: int = key(512, "positions whose logits exist at once in the loss (the head's matmul and the "
                                "loss run chunk by chunk, never materialising all B x L x V logits); 0 computes the "
                                "full logits (the reference path)")
-    log_every: int = key(10, "steps between progress lines when not on a terminal")
+    log_every: int = key(10, "steps between reads of the steps' losses and gradient norms from the device (the "
+                         "only time the host waits for it; each step keeps its row) and between progress lines when "
+                         "not on a terminal")
     threads: int = key(0, "CPU threads for torch; 0 leaves torch's default")
     profile_steps: list = key([], "[first, last]: record steps first..last with torch.profiler and write a Chrome "
                               "trace (Perfetto, TensorBoard) to profile/ in the run directory; [] records nothing",

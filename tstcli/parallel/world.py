@@ -71,6 +71,47 @@ def sum_across(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def mean_across(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over all ranks, computed on its device: the collective is queued, nothing waits for
+    it (the tensor itself in a single process)."""
+    if not dist.is_initialized():
+        return t
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def host_group():
+    """A process group on the CPU (gloo) for collectives the hosts run beside training: every rank must create it
+    at the same point. Collectives from two threads must not share a group (their order would differ by rank)."""
+    return dist.new_group(backend="gloo") if dist.is_initialized() else None
+
+
+class StopVote:
+    """Whether any rank was asked to stop (a signal), agreed by all ranks after the same step without making the
+    host wait for the device: each step's vote is an all-reduce on a CPU group, started at the step and read at
+    the next, so under torchrun the ranks stop one step after the signalled one. A single process decides at once."""
+
+    def __init__(self, world: World):
+        self.group = host_group() if world.distributed else None
+        self._pending = None
+
+    def cast(self, stop: bool) -> bool:
+        """This step's vote; returns whether the ranks agreed to stop now."""
+        if self.group is None:
+            return stop
+        agreed = False
+        if self._pending is not None:
+            work, votes = self._pending
+            work.wait()
+            agreed = votes.item() > 0
+        votes = torch.tensor([float(stop)])
+        self._pending = (dist.all_reduce(votes, group=self.group, async_op=True), votes)
+        return agreed
+
+    def close(self) -> None:
+        self._pending = None  # every rank cast the same votes: the last all-reduce completes without us
+
+
 def full_value(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's global value (e.g. the gradient norm under FSDP2); a plain tensor as it is."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t

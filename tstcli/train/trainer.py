@@ -7,7 +7,6 @@ state and the LR schedule carry straight through the switch unless an ablation h
 """
 from __future__ import annotations
 
-import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,13 +18,14 @@ from tstcli.errors import DivergedError, Stopped
 from tstcli.model import Llama
 from tstcli.objective import HeldOut, Objective, heldout_loss
 from tstcli.parallel.engine import Engine
-from tstcli.parallel.world import World, assign_full, full_value, sum_across
+from tstcli.parallel.world import StopVote, World, assign_full, full_value, mean_across
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train import hardware
 from tstcli.train.data import TrainData
 from tstcli.train.hooks import Hook, Hooks
-from tstcli.train.optim import lr_at, make_optimizer
+from tstcli.train.optim import apply_update, lr_at, make_optimizer
+from tstcli.train.steplog import Read, StepLog, StepResult
 from tstcli.tst import loss_specs, phase_specs
 
 
@@ -41,17 +41,6 @@ class TrainState:
     val_loss: float | None = None
     skipped: int = 0  # non-finite steps skipped so far (train.skip_nonfinite_steps)
     mix_tokens: dict = field(default_factory=dict)  # raw tokens read so far per data.mix entry name
-
-
-@dataclass
-class StepResult:
-    phase: int
-    loss: float
-    grad_norm: float
-    epoch: int
-    data_s: float  # seconds spent fetching rows
-    metrics: dict  # the model's own metrics, averaged over micro-batches and ranks
-    lr: float | None = None  # None: skipped (non-finite), nothing applied
 
 
 class Trainer:
@@ -85,6 +74,8 @@ class Trainer:
         self.hooks = Hooks(hooks)
         self.stop_signal: int | None = None  # set by the signal hook on this rank
         self.stop_agreed = False  # some rank was asked to stop: every rank saves and stops after this step
+        self.vote = StopVote(world)
+        self.log = StepLog()  # rows of steps whose scalars are still on the device
 
     # ---- the step math ----
     def lr_at(self, step: int) -> float:
@@ -106,29 +97,26 @@ class Trainer:
                 metrics[name] = metrics[name] + v if name in metrics else v
         return ce / n_micro, {name: v / n_micro for name, v in metrics.items()}
 
-    def _agree(self, ce: torch.Tensor, metrics: dict) -> tuple[float, dict]:
-        """One collective for the step's scalars: the mean loss and metrics over ranks, and whether any rank was
-        asked to stop (sets `stop_agreed`: all ranks stop after the same step). A vector metric `v` is reported
-        as `v_min` and `v_max`."""
+    def _agree(self, ce: torch.Tensor, metrics: dict) -> tuple[torch.Tensor, dict]:
+        """The mean loss and metrics over ranks, in one collective on the device (nothing read by the host). A
+        vector metric `v` is reported as `v_min` and `v_max`."""
         names = sorted(metrics)
-        flat = [x for name in names for x in metrics[name].reshape(-1).tolist()]
-        summed = sum_across([ce.item(), float(self.stop_signal is not None), *flat])
-        W = self.world.size
-        self.stop_agreed = summed[1] > 0
-        out, pos = {}, 2
+        flat = mean_across(torch.cat([ce.reshape(1), *(metrics[n].reshape(-1) for n in names)]).double())
+        out, pos = {}, 1
         for name in names:
             n = metrics[name].numel()
-            values = [x / W for x in summed[pos:pos + n]]
+            values = flat[pos:pos + n]
             pos += n
             out.update({name: values[0]} if metrics[name].ndim == 0 else
-                       {f"{name}_min": min(values), f"{name}_max": max(values)})
-        return summed[0] / W, out
+                       {f"{name}_min": values.min(), f"{name}_max": values.max()})
+        return flat[0], out
 
     def train_step(self, step: int) -> StepResult:
+        """One optimizer step, queued on the device without waiting for it: the update is applied only if the loss
+        and gradient norm are finite (decided on the device); `flush` reads the outcome."""
         r, phase = self.r, self.r.phase_at(step)
-        step_in_phase = r.step_in_phase(step)
         t0 = time.perf_counter()
-        rows_np, epoch = self.loaders[phase].batch(step_in_phase, self.world.rank, self.world.size)
+        rows_np, epoch = self.loaders[phase].batch(r.step_in_phase(step), self.world.rank, self.world.size)
         rows = torch.from_numpy(rows_np).to(self.device, non_blocking=True)
         data_s = time.perf_counter() - t0
         compiling = self.engine.compiles and not self.engine.built(phase)
@@ -140,22 +128,14 @@ class Trainer:
             self.say(f"phase-{phase} step compiled and run in {time.perf_counter() - t0:.1f} s")
         self.hooks.after_backward(self, step)
         clip = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
-        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)).item()
-        out = StepResult(phase, loss, grad_norm, epoch, data_s, metrics)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            self.optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
-            if self.state.skipped >= r.train.skip_nonfinite_steps:
-                last = checkpoint.latest(self.run_dir / rundir.CHECKPOINTS)
-                raise DivergedError(f"training diverged at step {step} (phase {phase}): loss {loss}, grad norm "
-                                    f"{grad_norm}; nothing applied; last good checkpoint: {last or 'none'}")
-            self.state.skipped += 1
-            return out
-        out.lr = self.lr_at(step)
+        grad_norm = full_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
-            g["lr"] = out.lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return out
+            g["lr"] = lr
+        apply_update(self.optimizer, ok)
+        self.stop_agreed = self.vote.cast(self.stop_signal is not None)
+        return StepResult(phase, epoch, data_s, lr, loss, grad_norm, metrics, ok)
 
     @torch.no_grad()
     def heldout(self) -> HeldOut:
@@ -166,9 +146,12 @@ class Trainer:
 
     # ---- rows, messages, state ----
     def emit(self, row: dict) -> None:
+        """A row after the rows of every earlier step (which are read from the device first)."""
+        self.flush()
         self.hooks.on_row(self, row)
 
     def say(self, text: str) -> None:
+        self.flush()
         self.hooks.on_message(self, text)
 
     def elapsed(self) -> float:
@@ -201,8 +184,9 @@ class Trainer:
         return [f"resume: checkpoint written by {world} process(es), continuing on {self.world.size}: state "
                 "resharded; the global batch and its rows are unchanged"]
 
-    def train_row(self, step: int, out: StepResult, dt: float) -> dict:
-        """Count the step's tokens, positions and FLOPs into the state; its metrics row (train, or skip)."""
+    def record(self, step: int, out: StepResult, dt: float) -> None:
+        """Count the step's tokens, positions and FLOPs into the state (they do not depend on the device's outcome)
+        and queue its row until the next `flush`."""
         r, s, phase = self.r, self.state, out.phase
         tokens, positions = r.train.batch_size * self.data.widths[phase], r.train.batch_size * r.train.seq_len
         s.tokens += tokens
@@ -211,21 +195,44 @@ class Trainer:
         s.flops += self.flops_per_position * positions
         for name, n in self.data.mix_tokens(self.loaders, phase, r.step_in_phase(step)).items():
             s.mix_tokens[name] = s.mix_tokens.get(name, 0) + n
-        if out.lr is None:  # a non-finite step within train.skip_nonfinite_steps: logged, not applied
-            return {"kind": "skip", "step": step, "phase": phase, "loss": repr(out.loss),
-                    "grad_norm": repr(out.grad_norm), "skipped_total": s.skipped}
-        row = {"kind": "train", "step": step, "phase": phase, "loss": out.loss}
+        self.log.add(step, out, {"tokens": s.tokens, "positions": s.positions, "flops": s.flops,
+                                 "elapsed_s": self.elapsed(), "dt": dt, "step_tokens": tokens,
+                                 "step_positions": positions, "mix_tokens": dict(s.mix_tokens)})
+
+    def flush(self) -> None:
+        """Read the queued steps from the device and emit their rows in order: a train row, or a skip row for a
+        non-finite step within `train.skip_nonfinite_steps` (its update was not applied); past that bound the run
+        stops (DivergedError) with the rows before it written."""
+        for read in self.log.read():
+            if not read.ok:
+                if self.state.skipped >= self.r.train.skip_nonfinite_steps:
+                    last = checkpoint.latest(self.run_dir / rundir.CHECKPOINTS)
+                    raise DivergedError(f"training diverged at step {read.step} (phase {read.out.phase}): loss "
+                                        f"{read.loss}, grad norm {read.grad_norm}; nothing applied; last good "
+                                        f"checkpoint: {last or 'none'}")
+                self.state.skipped += 1
+            self.hooks.on_row(self, self._row(read))
+
+    def _row(self, x: Read) -> dict:
+        r, phase, h = self.r, x.out.phase, x.host
+        if not x.ok:
+            return {"kind": "skip", "step": x.step, "phase": phase, "loss": repr(x.loss),
+                    "grad_norm": repr(x.grad_norm), "skipped_total": self.state.skipped}
+        row = {"kind": "train", "step": x.step, "phase": phase, "loss": x.loss}
         if phase == 1:
-            row[f"{r.tst.loss}_loss"] = out.loss  # mce_loss: mean of s CEs, floor about log s (or bce/hinge_loss)
+            row[f"{r.tst.loss}_loss"] = x.loss  # mce_loss: mean of s CEs, floor about log s (or bce/hinge_loss)
+        # The host's time of the step plus its share of the read's wait: on a GPU the host runs ahead and the
+        # wait is where the device's time shows; on a CPU the wait is nil and this is the step's own time.
+        dt = h["dt"] + x.wait_s
         # Throughput of the whole job; MFU per device against its peak (None when unknown).
-        mfu = (self.flops_per_position * positions / dt / (self.peak_flops * self.world.size)
+        mfu = (self.flops_per_position * h["step_positions"] / dt / (self.peak_flops * self.world.size)
                if self.peak_flops else None)
-        row.update(lr=out.lr, grad_norm=out.grad_norm, tokens=s.tokens, positions=s.positions, flops=s.flops,
-                   elapsed_s=self.elapsed(), step_time_s=dt, tokens_per_s=tokens / dt,
-                   positions_per_s=positions / dt, mfu=mfu, data_share=out.data_s / dt, epoch=out.epoch,
-                   **out.metrics)
-        if s.mix_tokens:
-            row["mix_tokens"] = dict(s.mix_tokens)
+        row.update(lr=x.out.lr, grad_norm=x.grad_norm, tokens=h["tokens"], positions=h["positions"],
+                   flops=h["flops"], elapsed_s=h["elapsed_s"], step_time_s=dt, tokens_per_s=h["step_tokens"] / dt,
+                   positions_per_s=h["step_positions"] / dt, mfu=mfu, data_share=x.out.data_s / dt,
+                   epoch=x.out.epoch, **x.metrics)
+        if h["mix_tokens"]:
+            row["mix_tokens"] = h["mix_tokens"]
         return row
 
     # ---- the loop ----
@@ -242,13 +249,16 @@ class Trainer:
                 self.hooks.before_step(self, step)
                 t0 = time.perf_counter()
                 out = self.train_step(step)
-                self.emit(self.train_row(step, out, time.perf_counter() - t0))
+                self.record(step, out, time.perf_counter() - t0)
                 self.state.step = step
+                if step % self.r.train.log_every == 0 or step == self.r.train.steps:
+                    self.flush()
                 self.hooks.after_step(self, step)  # the checkpoint hook has saved if a stop was agreed
                 if self.stop_agreed:
                     self._stop(step)
             self.hooks.on_end(self)
         finally:
+            self.vote.close()
             self.hooks.on_close(self)
         return self.summary()
 

@@ -23,6 +23,7 @@ class Checkpointing(Hook):
             self.save(t, step)
 
     def save(self, t, step: int) -> None:
+        t.flush()  # the rows of every step up to this one are written before the checkpoint names the step
         t.hooks.before_save(t, step)
         root = t.run_dir / rundir.CHECKPOINTS
         checkpoint.save(root, step, t.model, t.optimizer, t.checkpoint_state(), to_toml(t.r), t.world)
