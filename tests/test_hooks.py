@@ -42,7 +42,7 @@ def tracked(small_data, tmp_path_factory):
 def test_every_row_carries_the_documented_fields_of_its_kind(tracked):
     _, run = tracked
     rows = read_rows(run)
-    assert {r["kind"] for r in rows} == {"train", "val", "bench"}
+    assert {r["kind"] for r in rows} == {"train", "val", "bench", "checkpoint"}
     for r in rows:
         assert set(SCHEMA[r["kind"]]) <= set(r), r
 
@@ -58,6 +58,7 @@ def test_tensorboard_events_hold_the_metrics_rows(tracked):
     got = lambda tag: {e.step: e.value for e in acc.Scalars(tag)}  # noqa: E731
     f32 = lambda xs: {k: pytest.approx(v, rel=1e-6) for k, v in xs.items()}  # noqa: E731  events store float32
     assert got("train/loss") == f32(_losses(run)) and len(got("train/loss")) == 12
+    assert got("checkpoint/total_s") == f32(_losses(run, "checkpoint", "total_s"))  # every 2 steps: 6 saves
     assert got("val/val_loss") == f32(_losses(run, "val", "val_loss"))
     bench = {r["step"]: r["acc_norm"] for r in read_rows(run, "bench") if r["task"] == "hellaswag"}
     assert got("bench/hellaswag/acc_norm") == f32(bench) and set(bench) == {4, 8, 12}

@@ -12,7 +12,7 @@ from tstcli.errors import DivergedError, Stopped
 from tstcli.train.hooks import Hook
 from tstcli.train.optim import apply_update, make_optimizer
 
-TIMING = {"elapsed_s", "step_time_s", "tokens_per_s", "positions_per_s", "mfu", "data_share"}
+TIMING = {"elapsed_s", "step_time_s", "tokens_per_s", "positions_per_s", "mfu", "data_share", "blocking_s", "total_s"}
 
 
 class Signal(Hook):

@@ -23,9 +23,10 @@ else:  # pragma: no cover
 from tstcli.errors import RecipeError
 
 
-def key(default, doc: str, choices: tuple | None = None, item: type = str):
-    """A recipe key: default value, one-line meaning, optional closed set of values; a list's items are `item`s."""
-    meta = {"doc": doc, "choices": choices, "item": item}
+def key(default, doc: str, choices: tuple | None = None, item: type = str, toml: str | None = None):
+    """A recipe key: default value, one-line meaning, optional closed set of values; a list's items are `item`s;
+    `toml`: its name in recipes when that is not a Python name (`checkpoint.async`)."""
+    meta = {"doc": doc, "choices": choices, "item": item, "toml": toml}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -213,6 +214,9 @@ class LogConfig:
 class CheckpointConfig:
     every: int = key(100, "steps between checkpoints (also at the end)")
     keep: int = key(2, "complete checkpoints to keep (older ones are deleted); 0 keeps all")
+    async_: bool = key(True, "write checkpoints in the background: training stops only to copy the state to host "
+                       "memory (doubling the host memory a checkpoint takes); the last save of a run is waited for",
+                       toml="async")
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,15 @@ _SECTION_CLASSES = {f.name: f.default_factory().__class__ for f in dataclasses.f
 
 _TABLE_LISTS = {name: {f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.metadata.get("item"))}
                 for name, cls in _SECTION_CLASSES.items()}
+
+
+def _name(f: dataclasses.Field) -> str:
+    """A key's name in recipes: the field's, unless it declares another (a Python keyword such as `async`)."""
+    return f.metadata.get("toml") or f.name
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {_name(f): f for f in dataclasses.fields(cls)}
 
 
 def _type_name(t, item=str) -> str:
@@ -363,12 +376,12 @@ def from_dict(table: dict, where: str) -> Recipe:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: '{name}' must be a table [{name}], got {value!r}")
         cls = _SECTION_CLASSES[name]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = _fields(cls)
         kwargs = {}
         for k, v in value.items():
             if k not in fields:
                 raise RecipeError(f"{where}: unknown key '{name}.{k}' (known keys in [{name}]: {', '.join(fields)})")
-            kwargs[k] = _coerce(where, f"{name}.{k}", fields[k], v)
+            kwargs[fields[k].name] = _coerce(where, f"{name}.{k}", fields[k], v)
         sections[name] = cls(**kwargs)
     recipe = Recipe(**sections)
     check_values(recipe, where)
@@ -528,7 +541,9 @@ def advisories(r: Recipe) -> list[str]:
 
 
 def to_dict(r: Recipe) -> dict:
-    return dataclasses.asdict(r)
+    """The recipe as its TOML tables (keys named as in recipes)."""
+    return {section: {_name(f): v for f, v in zip(dataclasses.fields(_SECTION_CLASSES[section]), values.values())}
+            for section, values in dataclasses.asdict(r).items()}
 
 
 def _toml_value(v: Any) -> str:
@@ -566,7 +581,7 @@ def key_table() -> str:
             doc = f.metadata["doc"]
             if f.metadata.get("choices"):
                 doc += f" (one of: {', '.join(f.metadata['choices'])})"
-            cells = [f"`{section}.{f.name}`", f.type, f"`{_toml_value(default)}`", doc]
+            cells = [f"`{section}.{_name(f)}`", f.type, f"`{_toml_value(default)}`", doc]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
             item = f.metadata.get("item")
             if dataclasses.is_dataclass(item):  # the keys of each table in the list

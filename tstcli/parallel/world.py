@@ -56,9 +56,9 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
+def barrier(group=None) -> None:
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 def sum_across(values: list[float]) -> list[float]:

@@ -52,18 +52,20 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+# DCP warns when used without a process group (one process), a supported use here. Filtered once, for DCP's own
+# modules: `warnings.catch_warnings` is not thread-safe, and checkpoints are also written from a background thread.
+warnings.filterwarnings("ignore", message=".*torch.distributed.*", module=r"torch\.distributed\.checkpoint")
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed\.checkpoint")
+
+
 @contextlib.contextmanager
 def _quiet_dcp():
-    """DCP warns when used without a process group (one process), a supported use here; and it logs failures with
-    tracebacks on the root logger, where our single error line says it instead."""
+    """DCP logs failures with tracebacks on the root logger, where our single error line says it instead."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.distributed.*")
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            yield
+        yield
     finally:
         root.setLevel(level)
 
@@ -101,7 +103,13 @@ def _tmp_dir(root: Path, step: int) -> Path:
 def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
          world: World = World()) -> Path:
     """Collective under torchrun: every rank calls it at the same step."""
-    final, tmp = root / f"step-{step:08d}", _tmp_dir(root, step)
+    tmp = begin(root, step, model, world)
+    return write(tmp, step, state_dicts(model, optimizer), state, recipe_toml, world)
+
+
+def begin(root: Path, step: int, model, world: World) -> Path:
+    """Every rank: check the space (all ranks take rank 0's decision) and make the temporary directory of `step`."""
+    tmp = _tmp_dir(root, step)
     short = 0
     if world.main:
         root.mkdir(parents=True, exist_ok=True)
@@ -116,13 +124,27 @@ def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
         raise CheckpointError(f"{root}: {free / 2**20:.0f} MiB free, a checkpoint needs about "
                               f"{need / 2**20:.0f} MiB; free space and run `tst resume`")
     barrier()
+    return tmp
+
+
+def state_dicts(model, optimizer) -> dict:
+    """What a checkpoint holds of the model and optimizer (views of the live tensors: copy before training on)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     model_sd, _ = _untied(model_sd)
+    return {"model": model_sd, "optim": {"state": optim_sd["state"]}}
+
+
+def write(tmp: Path, step: int, sd: dict, state: dict, recipe_toml: str, world: World = World(),
+          group=None) -> Path:
+    """Every rank writes its shards of `sd` into `tmp` (made by `begin`); rank 0 finishes the checkpoint and
+    renames it into place. `group`: the process group of its collectives (a background writer needs its own)."""
+    root = tmp.parent
+    final = root / f"step-{step:08d}"
     try:
         with _quiet_dcp():
-            dcp.save({"model": model_sd, "optim": {"state": optim_sd["state"]}},
-                     storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
-        barrier()
+            dcp.save(sd, storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True),
+                     process_group=group)
+        barrier(group)
         if world.main:
             _finish(tmp, final, root, state, recipe_toml, world)
     except (OSError, CheckpointException) as e:  # CheckpointException is a BaseException: `except Exception` misses it
@@ -132,7 +154,7 @@ def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
             raise CheckpointError(f"{tmp}: cannot write the checkpoint ({_reason(e)})") from None
         raise as_error(fault, CheckpointError, "writing a checkpoint; the previous checkpoint is intact, free space "
                                                "and run `tst resume`", path=tmp) from None
-    barrier()
+    barrier(group)
     return final
 
 

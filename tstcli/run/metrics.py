@@ -6,6 +6,8 @@ The row schema (fields every row of a kind carries; a mixture of experts adds it
 - `val`: held-out next-token loss at step 0, every `eval.every` steps, at the switch and at the end.
 - `bench`: one per benchmark task each `eval.bench_every` steps and at the end (`acc_norm` where the task has it).
 - `skip`: a non-finite step that `train.skip_nonfinite_steps` let pass (nothing applied).
+- `checkpoint`: one per save, when it is complete: `blocking_s` (how long training stood still for it) and `total_s`
+  (until it was complete); `async` whether it was written in the background (`checkpoint.async`).
 This module is the one writer and the one reader of the file; `tst compare` and the trackers read rows from here.
 """
 from __future__ import annotations
@@ -24,7 +26,9 @@ TRAIN_FIELDS = ("step", "phase", "loss", "lr", "grad_norm", "tokens", "positions
 VAL_FIELDS = ("step", "phase", "val_loss", "val_tokens", "elapsed_s")
 BENCH_FIELDS = ("step", "task", "n", "acc")
 SKIP_FIELDS = ("step", "phase", "loss", "grad_norm", "skipped_total")
-SCHEMA = {"train": TRAIN_FIELDS, "val": VAL_FIELDS, "bench": BENCH_FIELDS, "skip": SKIP_FIELDS}
+CHECKPOINT_FIELDS = ("step", "blocking_s", "total_s", "async")
+SCHEMA = {"train": TRAIN_FIELDS, "val": VAL_FIELDS, "bench": BENCH_FIELDS, "skip": SKIP_FIELDS,
+          "checkpoint": CHECKPOINT_FIELDS}
 
 
 def read_rows(run_dir: Path, kind: str | None = None) -> list[dict]:

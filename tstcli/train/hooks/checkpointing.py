@@ -1,31 +1,61 @@
 """Checkpoints every `checkpoint.every` steps, at the end, and when the ranks agreed to stop (a signal); keeps the
-newest `checkpoint.keep`."""
+newest `checkpoint.keep`. With `checkpoint.async` a save stops training only to copy the state to host memory and
+the write goes on in the background (`tstcli.run.saver`); the last save of a run, at the end or at a stop, is written
+before the run returns. Each save ends as a `checkpoint` row."""
 from __future__ import annotations
 
 from tstcli.recipe import to_toml
-from tstcli.run import checkpoint, rundir
+from tstcli.run import rundir
+from tstcli.run.saver import Saver
 from tstcli.train.hooks import Hook
 
 
 class Checkpointing(Hook):
-    def __init__(self, every: int, keep: int, last_step: int):
-        self.every, self.keep, self.last_step = every, keep, last_step
+    def __init__(self, every: int, keep: int, last_step: int, background: bool = False):
+        self.every, self.keep, self.last_step, self.background = every, keep, last_step, background
+        self.saver: Saver | None = None
+
+    def on_start(self, t) -> None:
+        self.saver = Saver(t.run_dir / rundir.CHECKPOINTS, t.world, self.keep, self.background,
+                           pinned=t.device.type == "cuda")
 
     def should_save(self, t, step: int) -> bool:
         return step % self.every == 0 or step == self.last_step or t.stop_agreed
 
     def after_step(self, t, step: int) -> None:
-        if t.stop_signal is not None and not t.world.distributed:
-            # One process needs no agreement: a signal during this step's side jobs (the held-out evaluation runs
-            # just before this hook) stops here, not after another step and a second save.
-            t.stop_agreed = True
+        self._rows(t, self.saver.poll())
+        self._signalled(t)
         if self.should_save(t, step):
             self.save(t, step)
+
+    @staticmethod
+    def _signalled(t) -> None:
+        if t.stop_signal is not None and not t.world.distributed:
+            # One process needs no agreement: a signal during this step's side jobs (the held-out evaluation, the
+            # wait for the previous write) stops here, not after another step and a second save.
+            t.stop_agreed = True
 
     def save(self, t, step: int) -> None:
         t.flush()  # the rows of every step up to this one are written before the checkpoint names the step
         t.hooks.before_save(t, step)
-        root = t.run_dir / rundir.CHECKPOINTS
-        checkpoint.save(root, step, t.model, t.optimizer, t.checkpoint_state(), to_toml(t.r), t.world)
-        if t.world.main:
-            checkpoint.prune(root, self.keep)
+        self._rows(t, self.saver.wait())  # at most one write in flight (a signal may come while we wait)
+        self._signalled(t)
+        last = step == self.last_step or t.stop_agreed  # nothing may be left in flight when the run returns
+        self._rows(t, self.saver.save(step, t.model, t.optimizer, t.checkpoint_state(), to_toml(t.r), wait=last))
+
+    def on_end(self, t) -> None:
+        self._rows(t, self.saver.wait())
+
+    def on_close(self, t) -> None:
+        # After an error: let a write in flight finish (it is a good checkpoint), but report the error that stopped
+        # the run, not this one. After on_end nothing is in flight.
+        if self.saver is not None:
+            try:
+                self.saver.close()
+            except Exception:  # noqa: BLE001 - a failed background write left no directory behind
+                pass
+
+    @staticmethod
+    def _rows(t, rows: list[dict]) -> None:
+        for row in rows:  # straight to the hooks: rows of earlier steps may still be on the device, that is fine
+            t.hooks.on_row(t, row)

@@ -69,6 +69,10 @@ class Console(Hook):
         elif kind == "bench":
             scores = ", ".join(f"{m} {row[m]:.4f}" for m in ("acc", "acc_norm") if m in row)
             self.on_message(t, f"step {step} bench {row['task']}: {scores} (n={row['n']})")
+        elif kind == "checkpoint":
+            how = "written in the background" if row["async"] else "written"
+            self.on_message(t, f"step {step} checkpoint complete: training stood still {row['blocking_s']:.2f} s, "
+                               f"{how} in {row['total_s']:.2f} s")
         elif kind == "skip":
             self.on_message(t, f"step {step} (phase {row['phase']}): non-finite loss {row['loss']} / grad norm "
                                f"{row['grad_norm']}: update skipped ({row['skipped_total']} skipped so far)")

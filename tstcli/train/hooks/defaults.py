@@ -37,5 +37,5 @@ def default_hooks(r: Recipe, world: World, eval_data_dir: Path, console: bool = 
     if r.eval.bench:
         data_dir = Path(r.eval.bench_data_dir) if r.eval.bench_data_dir else eval_data_dir
         hooks.append(Benchmarks(r.eval.bench, r.eval.bench_limit, r.eval.bench_every, last, data_dir))
-    hooks.append(Checkpointing(r.checkpoint.every, r.checkpoint.keep, last))
+    hooks.append(Checkpointing(r.checkpoint.every, r.checkpoint.keep, last, r.checkpoint.async_))
     return hooks

@@ -64,7 +64,7 @@ class Tracker(Hook):
         self._guard(t, self.open, t)
 
     def on_row(self, t, row: dict) -> None:
-        if self.live and row["kind"] in ("train", "val", "bench"):
+        if self.live and row["kind"] in ("train", "val", "bench", "checkpoint"):
             self._guard(t, self.log, row)
 
     def before_save(self, t, step: int) -> None:
