@@ -154,6 +154,8 @@ class TrainConfig:
                                     "(logged as kind=skip); 0 stops the run at the first (exit 5)")
     dtype: str = key("bf16", "compute dtype: bf16 autocast over fp32 weights, or fp32", ("bf16", "fp32"))
     compile: bool = key(True, "torch.compile the training and evaluation steps")
+    float8: bool = key(False, "float8 matmuls in the blocks' linear layers through torchao (tst[float8]; NVIDIA GPUs "
+                       "of compute capability 8.9+: H100/H200); the LM head and the TST embedding mean stay bf16/fp32")
     loss_chunk_size: int = key(512, "positions whose logits exist at once in the loss (the head's matmul and the "
                                "loss run chunk by chunk, never materialising all B x L x V logits); 0 computes the "
                                "full logits (the reference path)")

@@ -15,6 +15,7 @@ from tstcli.recipe import Recipe
 from tstcli.data.shards import write_json_atomic
 from tstcli.data.work import Worker
 from tstcli.run import checkpoint, init_from, rundir
+from tstcli.train import float8
 from tstcli.train.data import TrainData, open_data
 from tstcli.train.hooks import Hooks
 from tstcli.train.hooks.defaults import default_hooks
@@ -25,6 +26,8 @@ def _in_world(r: Recipe, env, body) -> tuple[World, dict]:
     """Join the world (one process without torchrun), run `body(world, device)`, always leave the world."""
     world, device = start(r, env)
     try:
+        if r.train.float8:  # before anything is written: one line where float8 cannot run
+            float8.check(device)
         return world, body(world, device)
     finally:
         shutdown()

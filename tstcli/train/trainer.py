@@ -21,7 +21,7 @@ from tstcli.parallel.engine import Engine
 from tstcli.parallel.world import StopVote, World, assign_full, full_value, mean_across
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, init_from, rundir
-from tstcli.train import hardware
+from tstcli.train import float8, hardware
 from tstcli.train.data import TrainData
 from tstcli.train.hooks import Hook, Hooks
 from tstcli.train.optim import apply_update, lr_at, make_optimizer
@@ -61,6 +61,8 @@ class Trainer:
         self.model = Llama(r.model, data.manifest["vocab_size"])
         self.model.init_weights(torch.Generator().manual_seed(r.run.seed))  # the same on every rank
         self.model.to(device)
+        if r.train.float8:  # before compile and FSDP wrap the blocks (checked at start: float8.check)
+            float8.convert(self.model)
         self.engine = Engine(Objective(self.model, phase_specs(r), loss_specs(r), self.amp), r.distributed, world,
                              self.amp, r.train.compile)
         self.optimizer = make_optimizer(self.model, r.train)
