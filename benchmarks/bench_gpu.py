@@ -1,6 +1,6 @@
 """One GPU, the paper's 270M and 600M shapes (recipes/270m.toml, recipes/600m.toml) at V = 128,256: positions/s,
-MFU, peak memory, phase-1 (s = 4) / phase-2 step-time and memory ratios, bf16 vs float8, and the time a
-checkpoint blocks the training loop (issue #19).
+MFU, peak memory, phase-1 (s = 4) / phase-2 step-time and memory ratios, bf16 vs float8, the chunked loss vs full
+logits (issue #14), and the time a checkpoint blocks the training loop, sync vs async (issue #19).
 
 Each configuration (shape x precision) runs in its own child process: its memory, CUDA caches and compile state
 start clean, and a failure (out of memory, a float8 compile error) costs only its row. A child builds the objective
@@ -45,21 +45,24 @@ from tstcli.run import checkpoint  # noqa: E402
 from tstcli.run.saver import Saver  # noqa: E402
 from tstcli.train import float8  # noqa: E402
 from tstcli.train.hardware import peak_flops  # noqa: E402
-from tstcli.train.optim import make_optimizer  # noqa: E402
+from tstcli.train.optim import apply_update, make_optimizer  # noqa: E402
 from tstcli.tst import loss_specs, phase_specs  # noqa: E402
 
 GiB = 2 ** 30
+FULL = "bf16 full logits"  # (shape, precision, time the checkpoint) below
 # Most important first: if the time budget runs out, the last rows are the ones dropped.
-CONFIGS = [("600m", "bf16", True), ("600m", "float8", False), ("270m", "bf16", False)]  # (shape, precision, ckpt)
+# "bf16 full logits": train.loss_chunk_size = 0, the reference path the chunked loss replaces (issue #14).
+CONFIGS = [("600m", "bf16", True), ("600m", "float8", False), ("600m", FULL, False), ("270m", "bf16", False)]
 # --quick: the recipes with tiny dimensions (multiples of 16, so float8 would take every block linear).
 QUICK = {"270m": ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_dim=128"],
          "600m": ["model.dim=96", "model.n_layers=3", "model.n_heads=6", "model.n_kv_heads=2", "model.ffn_dim=256"]}
 
 
-def _recipe(shape: str, a) -> recipes.Recipe:
+def _recipe(shape: str, a, precision: str = "bf16") -> recipes.Recipe:
+    chunk = 0 if precision == FULL else a.chunk
     sets = [f"train.batch_size={a.rows * a.accum}", f"train.micro_batch_size={a.rows}", f"tst.bag_size={a.bag_size}",
             "tst.ratio=0.5", f"train.compile={'true' if a.compile == 'on' else 'false'}", 'train.dtype="bf16"',
-            f"train.loss_chunk_size={a.chunk}"]
+            f"train.loss_chunk_size={chunk}"]
     if a.quick:
         sets += QUICK[shape] + [f"train.seq_len={a.seq_len or 64}", f"model.max_seq_len={a.seq_len or 64}"]
     elif a.seq_len:
@@ -82,9 +85,8 @@ def _step_fn(engine: Engine, model, optimizer, rows: torch.Tensor, phase: int):
         for micro in rows:
             loss, _ = step_fn(micro)
             (loss / accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        apply_update(optimizer, torch.isfinite(norm))  # as the trainer: fused AdamW, the skip decided on the device
     return step
 
 
@@ -125,7 +127,7 @@ def _build(a, shape: str, precision: str):
     """(recipe, model, optimizer, {phase: step function}, {phase: row width}, float8 linears), as `tst train`
     builds them, over random token rows made once per phase."""
     device = torch.device(a.device)
-    r = _recipe(shape, a)
+    r = _recipe(shape, a, precision)
     model = Llama(r.model, a.vocab)
     model.init_weights(torch.Generator().manual_seed(0))
     model.to(device)
@@ -190,7 +192,7 @@ def run_child(cfg: dict, timeout: float) -> dict:
 def summary(results: list[dict]) -> dict:
     """The issue's targets, from the rows that ran."""
     got = {(x["shape"], x["precision"]): x for x in results if "phases" in x}
-    out = {"phase_step_ratio<=1.02": {f"{s} {p}": x["step_ratio"] <= 1.02 for (s, p), x in got.items()}}
+    out = {"phase_step_ratio<=1.02": {f"{s} {p}": x["step_ratio"] <= 1.02 for (s, p), x in got.items() if p != FULL}}
     if ("600m", "bf16") in got:
         mfu = [got["600m", "bf16"]["phases"][p]["mfu"] for p in ("1", "2")]
         out["mfu_600m_bf16>=0.50"] = None if None in mfu else min(mfu) >= 0.50
@@ -199,7 +201,18 @@ def summary(results: list[dict]) -> dict:
         speed = {p: round(f[p]["positions_per_s"] / b[p]["positions_per_s"], 3) for p in ("1", "2")}
         out["float8_over_bf16_600m"] = speed
         out["float8>=1.2x_bf16_600m"] = min(speed.values()) >= 1.2
+    if ("600m", "bf16") in got and ("600m", FULL) in got:  # issue #14: the chunked loss against full logits
+        c, f = got["600m", "bf16"], got["600m", FULL]
+        out["chunked_over_full_600m"] = {
+            p: {"speed": round(c["phases"][p]["positions_per_s"] / f["phases"][p]["positions_per_s"], 3),
+                "peak_memory": _ratio(c["phases"][p]["peak_gib"], f["phases"][p]["peak_gib"])} for p in ("1", "2")}
+    out["phase_memory_ratio<=1.05"] = {f"{s} {p}": x["memory_ratio"] <= 1.05 for (s, p), x in got.items()
+                                       if x["memory_ratio"] is not None and p != FULL}
     return out
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else round(a / b, 3)
 
 
 def _fmt(v, spec: str = "", none: str = "–") -> str:

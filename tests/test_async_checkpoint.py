@@ -143,3 +143,33 @@ main()
     assert last.startswith("error: ") and ".tmp-step-00000006" in last and "Traceback" not in p.stderr, p.stderr
     assert sorted(x.name for x in (b / "checkpoints").glob("step-*")) == ["step-00000003"]
     assert not list((b / "checkpoints").glob(".tmp-*"))
+
+
+def test_at_most_one_write_in_flight_a_save_waits_for_the_previous(monkeypatch, tmp_path):
+    import torch
+
+    from tstcli.parallel.world import World
+    from tstcli.run import checkpoint
+    from tstcli.run.saver import Saver
+
+    real = checkpoint.write
+
+    def slow_first(tmp, step, *args):
+        time.sleep(1.0 if step == 1 else 0)
+        return real(tmp, step, *args)
+    monkeypatch.setattr(checkpoint, "write", slow_first)
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters())
+    saver = Saver(tmp_path, World(), keep=0, background=True)
+    t0 = time.perf_counter()
+    assert saver.save(1, model, opt, {"step": 1}, "") == []  # returns at once: the write goes on
+    assert time.perf_counter() - t0 < 0.5 and not (tmp_path / "step-00000001").exists()
+    model.weight.data.add_(1.0)  # training goes on: the write in flight holds its own copy
+    rows = saver.save(2, model, opt, {"step": 2}, "")  # waits for write 1 first
+    assert [r["step"] for r in rows] == [1] and rows[0]["total_s"] >= 1.0 > rows[0]["blocking_s"]
+    assert (tmp_path / "step-00000001" / "state.json").is_file()
+    rows = saver.close()
+    assert [r["step"] for r in rows] == [2] and rows[0]["async"]
+    one = torch.nn.Linear(4, 4)
+    checkpoint.load_weights(tmp_path / "step-00000001", one)
+    assert torch.equal(one.weight + 1.0, model.weight.detach())  # step 1's weights, not the ones after it

@@ -81,9 +81,10 @@ def test_rows_gathered_every_log_every_steps_equal_rows_read_at_once(small_data,
     assert arrived == {1: 4, 2: 4, 3: 4, 4: 4, 5: 5, 6: 6, 7: 8, 8: 8, 9: 10, 10: 10, 11: 12, 12: 12}
 
 
-def test_a_signal_stops_at_the_same_step_with_the_same_rows(small_data, tmp_path):
-    at_once, w_once, _, _ = _run(small_data, tmp_path / "1", 1, "fp32", stop_at=7)
-    gathered, w_gathered, _, _ = _run(small_data, tmp_path / "5", 5, "fp32", stop_at=7)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_a_signal_stops_at_the_same_step_with_the_same_rows(small_data, tmp_path, dtype):
+    at_once, w_once, _, _ = _run(small_data, tmp_path / "1", 1, dtype, stop_at=7)
+    gathered, w_gathered, _, _ = _run(small_data, tmp_path / "5", 5, dtype, stop_at=7)
     assert gathered == at_once and all(torch.equal(a, b) for a, b in zip(w_once, w_gathered))
     assert max(r["step"] for r in gathered if r["kind"] == "train") == 7
     assert (tmp_path / "5" / "checkpoints" / "step-00000007" / "state.json").is_file()
