@@ -116,6 +116,13 @@ def test_dry_run_prints_the_plan_and_trains_nothing(small_data, tmp_path):
     text = run_cli("train", recipe, "--dry-run").stdout
     assert "phase 1 (superposition, s=3" in text and "memory about" in text
     assert "loss: chunked, 512 positions at a time" in text and "full logits would need" in text
+    assert plan["checkpoint_gib"] > 0 and plan["devices"]["1"]["checkpoint_staging_gib"] == plan["checkpoint_gib"]
+    assert "GiB of host memory per process for the copy being written" in text
+    fsdp = json.loads(run_cli("train", recipe, "--dry-run", "--json", "--nproc", "2", "--set",
+                              "distributed.strategy=fsdp").stdout)["devices"]["2"]
+    assert fsdp["checkpoint_staging_gib"] == plan["checkpoint_gib"] / 2  # each rank stages its shard
+    sync = json.loads(run_cli("train", recipe, "--dry-run", "--json", "--set", "checkpoint.async=false").stdout)
+    assert sync["devices"]["1"]["checkpoint_staging_gib"] == 0
     full = run_cli("train", recipe, "--dry-run", "--json", "--set", "train.loss_chunk_size=0").stdout
     mem = json.loads(full)["devices"]["1"]["memory_gib"]
     assert mem["logits"] == mem["logits_full"] and mem["total"] == mem["total_full_logits"]

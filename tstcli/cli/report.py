@@ -102,6 +102,10 @@ def plan_lines(r, p: dict) -> list[str]:
                      f"{m['gathered_params']:.1f})")
         lines.append(f"  loss: {loss_path(r)}: logits {m['logits']:.1f} GiB; full logits would need "
                      f"{m['logits_full']:.1f} GiB (about {m['total_full_logits']:.1f} GiB per device)")
+        if d["checkpoint_staging_gib"]:
+            lines.append(f"  checkpoints written in the background (checkpoint.async): {d['checkpoint_staging_gib']:.1f}"
+                         " GiB of host memory per process for the copy being written")
+    lines.append(f"checkpoint: about {p['checkpoint_gib']:.1f} GiB (weights and AdamW moments, fp32)")
     return lines
 
 

@@ -11,6 +11,7 @@ from tstcli.data.tokenizer import load_tokenizer
 from tstcli.errors import DataError
 from tstcli.model import Llama
 from tstcli.parallel.engine import checkpointed_blocks
+from tstcli.run.checkpoint import checkpoint_bytes
 from tstcli.recipe import Recipe
 
 GiB = 2 ** 30
@@ -68,6 +69,7 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
     fpp = model.flops_per_position(L)
     widths = packing.row_widths(r)
     steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
+    ckpt_gib = checkpoint_bytes(model) / 2 ** 30
     devices = {}
     for n in nprocs or [1]:
         mb = r.train.rows_per_micro_batch(n)
@@ -78,6 +80,10 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
             "accumulation_steps": B // (n * mb) if fits else None,
             "batch_splits": fits,
             "memory_gib": memory_per_device(r, params, block_params, vocab_size, n),
+            # checkpoint.async: each process copies its part of the state to host memory (its shard under FSDP2,
+            # all of it otherwise) and keeps that copy until the write is done
+            "checkpoint_staging_gib": (ckpt_gib / (n if n > 1 and r.distributed.strategy == "fsdp" else 1)
+                                       if r.checkpoint.async_ else 0.0),
         }
     plan = {
         "parameters": params,
@@ -92,6 +98,7 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
                             "positions": steps[p] * B * L} for p in (1, 2)},
         "devices": devices,
         "activation_checkpointing": r.distributed.activation_checkpointing,
+        "checkpoint_gib": ckpt_gib, "checkpoint_async": r.checkpoint.async_,
         "coverage": None,
     }
     if manifest is not None:
