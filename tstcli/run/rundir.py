@@ -89,6 +89,7 @@ def read_info(run_dir: Path) -> dict:
 # reshards to any strategy and world size), only floating-point summation order.
 # Side jobs (trackers, in-loop benchmarks, the profiler window) observe the run and change nothing in it.
 NEUTRAL_KEYS = {"train.log_every", "eval.every", "eval.batches", "checkpoint.every", "checkpoint.keep",
+                "checkpoint.async",
                 "distributed.strategy", "distributed.activation_checkpointing", "distributed.backend",
                 "distributed.timeout_s", "train.profile_steps", "eval.bench", "eval.bench_limit",
                 "eval.bench_every", "eval.bench_data_dir", "log.tensorboard", "log.wandb", "log.wandb_project"}
