@@ -51,7 +51,7 @@ def build(a):
 def steps_during(saver: Saver, step) -> list[float]:
     """Time training steps until the background write in flight is done."""
     times = []
-    while saver._pending is not None and not saver._pending.future.done():
+    while saver.writing:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)

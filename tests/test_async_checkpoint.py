@@ -113,6 +113,7 @@ def test_sigterm_during_a_write_exits_143_with_both_checkpoints_complete(referen
     rows = {r["step"]: r for r in read_rows(b, "checkpoint")}
     assert rows[6]["async"] and rows[6]["total_s"] >= 4 > rows[6]["blocking_s"]
     assert not rows[stopped]["async"]  # the stop's own save is written before the process exits
+    assert rows[stopped]["blocking_s"] >= 1.0  # training stood still while it waited for the rest of write 6
     r = run_cli("resume", b)
     assert r.returncode == 0, r.stderr
     assert train_losses(b) == train_losses(a)
@@ -170,6 +171,7 @@ def test_at_most_one_write_in_flight_a_save_waits_for_the_previous(monkeypatch, 
     assert (tmp_path / "step-00000001" / "state.json").is_file()
     rows = saver.close()
     assert [r["step"] for r in rows] == [2] and rows[0]["async"]
+    assert rows[0]["blocking_s"] >= 0.9  # save 2 stood still while write 1 finished
     one = torch.nn.Linear(4, 4)
     checkpoint.load_weights(tmp_path / "step-00000001", one)
     assert torch.equal(one.weight + 1.0, model.weight.detach())  # step 1's weights, not the ones after it

@@ -32,17 +32,20 @@ class _Write:
 
 class Saver:
     def __init__(self, root: Path, world: World, keep: int, background: bool, pinned: bool = False):
-        self.root, self.world, self.keep, self.background = Path(root), world, keep, background
+        self.root, self.world, self.keep = Path(root), world, keep
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tst-checkpoint") if background else None
         self._group = host_group() if background and world.distributed else None
         # Pinned staging buffers are kept between saves (fast device-to-host copies); unpinned ones are made anew.
         self._stager = BlockingAsyncStager(cache_staged_state_dict=pinned)
         self._pending: _Write | None = None
 
-    def save(self, step: int, model, optimizer, state: dict, recipe_toml: str, wait: bool = False) -> list[dict]:
+    def save(self, step: int, model, optimizer, state: dict, recipe_toml: str, wait: bool = False,
+             started: float | None = None) -> list[dict]:
         """Checkpoint `step` (every rank, at the same step). In the background unless `wait` or not `background`.
-        Returns the rows of the saves that finished meanwhile (this one's too when it was written here)."""
-        started = time.perf_counter()
+        Returns the rows of the saves that finished meanwhile (this one's too when it was written here).
+        `started`: when the caller stopped training for this save, if before the call (its `blocking_s` counts
+        from there: a caller that waited for the previous write itself)."""
+        started = time.perf_counter() if started is None else started
         rows = self.wait()  # at most one write in flight
         tmp = checkpoint.begin(self.root, step, model, self.world)
         sd = checkpoint.state_dicts(model, optimizer)
@@ -56,11 +59,14 @@ class Saver:
         self._pending = _Write(step, started, blocking, future)
         return rows
 
+    @property
+    def writing(self) -> bool:
+        """A background write is still going on."""
+        return self._pending is not None and not self._pending.future.done()
+
     def poll(self) -> list[dict]:
         """The row of a background write that has finished (raising its error), without waiting for one."""
-        if self._pending is None or not self._pending.future.done():
-            return []
-        return self.wait()
+        return [] if self.writing else self.wait()
 
     def wait(self) -> list[dict]:
         """Wait for the write in flight; its row (its error is raised here, as from a save of our own)."""

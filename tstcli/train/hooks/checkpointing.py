@@ -4,6 +4,8 @@ the write goes on in the background (`tstcli.run.saver`); the last save of a run
 before the run returns. Each save ends as a `checkpoint` row."""
 from __future__ import annotations
 
+import time
+
 from tstcli.recipe import to_toml
 from tstcli.run import rundir
 from tstcli.run.saver import Saver
@@ -38,10 +40,12 @@ class Checkpointing(Hook):
     def save(self, t, step: int) -> None:
         t.flush()  # the rows of every step up to this one are written before the checkpoint names the step
         t.hooks.before_save(t, step)
+        started = time.perf_counter()  # training stands still from here: blocking_s counts the wait below too
         self._rows(t, self.saver.wait())  # at most one write in flight (a signal may come while we wait)
         self._signalled(t)
         last = step == self.last_step or t.stop_agreed  # nothing may be left in flight when the run returns
-        self._rows(t, self.saver.save(step, t.model, t.optimizer, t.checkpoint_state(), to_toml(t.r), wait=last))
+        self._rows(t, self.saver.save(step, t.model, t.optimizer, t.checkpoint_state(), to_toml(t.r), wait=last,
+                                      started=started))
 
     def on_end(self, t) -> None:
         self._rows(t, self.saver.wait())
