@@ -1,5 +1,5 @@
 """One GPU, the paper's 270M and 600M shapes (recipes/270m.toml, recipes/600m.toml) at V = 128,256: positions/s,
-MFU, peak memory, phase-1 (s = 4) / phase-2 step-time and memory ratios, bf16 vs float8, the chunked loss vs full
+MFU, peak memory, phase-1 (the recipes' s = 6) / phase-2 step-time and memory ratios, bf16 vs float8, the chunked loss vs full
 logits (issue #14), and the time a checkpoint blocks the training loop, sync vs async (issue #19).
 
 Each configuration (shape x precision) runs in its own child process: its memory, CUDA caches and compile state
@@ -52,7 +52,9 @@ GiB = 2 ** 30
 FULL = "bf16 full logits"  # (shape, precision, time the checkpoint) below
 # Most important first: if the time budget runs out, the last rows are the ones dropped.
 # "bf16 full logits": train.loss_chunk_size = 0, the reference path the chunked loss replaces (issue #14).
-CONFIGS = [("600m", "bf16", True), ("600m", "float8", False), ("600m", FULL, False), ("270m", "bf16", False)]
+# The checkpoint is timed at 270M (~3 GB with AdamW state): the 600M one would spend a minute of the budget on disk.
+CONFIGS = [("600m", "bf16", False), ("270m", "bf16", True), ("600m", "float8", False), ("600m", FULL, False),
+           ("270m", FULL, False)]
 # --quick: the recipes with tiny dimensions (multiples of 16, so float8 would take every block linear).
 QUICK = {"270m": ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_dim=128"],
          "600m": ["model.dim=96", "model.n_layers=3", "model.n_heads=6", "model.n_kv_heads=2", "model.ffn_dim=256"]}
@@ -60,8 +62,8 @@ QUICK = {"270m": ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.
 
 def _recipe(shape: str, a, precision: str = "bf16") -> recipes.Recipe:
     chunk = 0 if precision == FULL else a.chunk
-    sets = [f"train.batch_size={a.rows * a.accum}", f"train.micro_batch_size={a.rows}", f"tst.bag_size={a.bag_size}",
-            "tst.ratio=0.5", f"train.compile={'true' if a.compile == 'on' else 'false'}", 'train.dtype="bf16"',
+    sets = [f"train.batch_size={a.rows * a.accum}", f"train.micro_batch_size={a.rows}", "tst.ratio=0.5",
+            *([f"tst.bag_size={a.bag_size}"] if a.bag_size else []), f"train.compile={'true' if a.compile == 'on' else 'false'}", 'train.dtype="bf16"',
             f"train.loss_chunk_size={chunk}"]
     if a.quick:
         sets += QUICK[shape] + [f"train.seq_len={a.seq_len or 64}", f"model.max_seq_len={a.seq_len or 64}"]
@@ -201,11 +203,12 @@ def summary(results: list[dict]) -> dict:
         speed = {p: round(f[p]["positions_per_s"] / b[p]["positions_per_s"], 3) for p in ("1", "2")}
         out["float8_over_bf16_600m"] = speed
         out["float8>=1.2x_bf16_600m"] = min(speed.values()) >= 1.2
-    if ("600m", "bf16") in got and ("600m", FULL) in got:  # issue #14: the chunked loss against full logits
-        c, f = got["600m", "bf16"], got["600m", FULL]
-        out["chunked_over_full_600m"] = {
-            p: {"speed": round(c["phases"][p]["positions_per_s"] / f["phases"][p]["positions_per_s"], 3),
-                "peak_memory": _ratio(c["phases"][p]["peak_gib"], f["phases"][p]["peak_gib"])} for p in ("1", "2")}
+    for shape in ("270m", "600m"):  # issue #14: the chunked loss against full logits
+        if (shape, "bf16") in got and (shape, FULL) in got:
+            c, f = got[shape, "bf16"]["phases"], got[shape, FULL]["phases"]
+            out[f"chunked_over_full_{shape}"] = {
+                p: {"speed": _ratio(c[p]["positions_per_s"], f[p]["positions_per_s"]),
+                    "peak_memory": _ratio(c[p]["peak_gib"], f[p]["peak_gib"])} for p in ("1", "2")}
     out["phase_memory_ratio<=1.05"] = {f"{s} {p}": x["memory_ratio"] <= 1.05 for (s, p), x in got.items()
                                        if x["memory_ratio"] is not None and p != FULL}
     return out
@@ -219,7 +222,8 @@ def _fmt(v, spec: str = "", none: str = "–") -> str:
     return none if v is None else format(v, spec)
 
 
-def table(results: list[dict], s: int) -> str:
+def table(results: list[dict]) -> str:
+    s = next((x["bag_size"] for x in results if "bag_size" in x), "?")
     lines = [f"| shape | precision | params | phase-1 step (s = {s}) | phase-2 step | p1/p2 time | positions/s p1 | "
              "positions/s p2 | MFU p1 | MFU p2 | peak GiB p1 | peak GiB p2 | p1/p2 memory |", "|" + "---|" * 13]
     for x in results:
@@ -252,12 +256,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=0, help="default: the recipe's (2,048; 64 with --quick)")
     p.add_argument("--rows", type=int, help="rows per micro-batch (default: the recipes' 8; 2 with --quick)")
     p.add_argument("--accum", type=int, help="micro-batches per optimizer step (default 2; 1 with --quick)")
-    p.add_argument("--bag-size", type=int, default=4)
+    p.add_argument("--bag-size", type=int, default=0, help="tst.bag_size (default: the recipes', 6)")
     p.add_argument("--chunk", type=int, default=recipes.TrainConfig.loss_chunk_size, help="train.loss_chunk_size")
     p.add_argument("--compile", choices=["on", "off"], default="on")
     p.add_argument("--warmup", type=int, help="untimed steps per phase, the first compiles (default 2; 1 --quick)")
     p.add_argument("--rounds", type=int, help="alternating rounds of timed blocks (default 3; 1 with --quick)")
     p.add_argument("--block", type=int, default=2, help="timed steps per phase and round")
+    p.add_argument("--configs", help="comma-separated SHAPE:PRECISION to run, e.g. '600m:bf16,270m:float8' "
+                   f"(precisions: bf16, float8, full; default: {', '.join(f'{s}:{_short(p)}' for s, p, _ in CONFIGS)})")
     p.add_argument("--budget-s", type=float, default=480, help="start no configuration after this many seconds")
     p.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/bench_gpu.json; with --quick "
                    "a file in the temporary directory, so that a smoke test never replaces real results)")
@@ -271,9 +277,27 @@ def parse_args() -> argparse.Namespace:
     return a
 
 
+def _short(precision: str) -> str:
+    return "full" if precision == FULL else precision
+
+
+def chosen(configs: str | None) -> list[tuple[str, str, bool]]:
+    """The configurations `--configs` names, in its order (the checkpoint timed with the first); all by default."""
+    if not configs:
+        return CONFIGS
+    out = []
+    for i, item in enumerate(configs.split(",")):
+        shape, _, prec = item.strip().partition(":")
+        if shape not in QUICK or prec not in ("bf16", "float8", "full"):
+            sys.exit(f"bench_gpu: --configs: {item!r} is not SHAPE:PRECISION (shapes 270m, 600m; precisions bf16, "
+                     "float8, full)")
+        out.append((shape, FULL if prec == "full" else prec, i == 0))
+    return out
+
+
 def run_all(a: argparse.Namespace, args: dict) -> list[dict]:
     results, start = [], time.perf_counter()
-    for shape, precision, ckpt in CONFIGS:
+    for shape, precision, ckpt in chosen(a.configs):
         where, left = {"shape": shape, "precision": precision}, a.budget_s - (time.perf_counter() - start)
         try:
             if precision == "float8":
@@ -301,7 +325,7 @@ def main() -> None:
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "child"}
     results = run_all(a, args)
     targets = summary(results)
-    print("\n" + table(results, a.bag_size) + "\n")
+    print("\n" + table(results) + "\n")
     ckpt = next((x["checkpoint"] for x in results if "checkpoint" in x), None)
     if ckpt:
         print(f"checkpoint ({ckpt['bytes'] / GiB:.2f} GiB): the loop blocks {ckpt['sync_s']:.2f} s (sync), "

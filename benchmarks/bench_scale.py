@@ -35,7 +35,7 @@ def make_data(directory: Path, tokens: int, vocab: int, entries: list[str]) -> N
     from tstcli.data import shards
     dtype = shards.token_dtype(vocab)
     directory.mkdir(parents=True, exist_ok=True)
-    parts, docs = [], []
+    parts = []
     for e, name in enumerate(entries or [None]):
         listing = {}
         for split, total in (("train", tokens // max(len(entries), 1)), ("val", SHARD // 4)):

@@ -175,3 +175,46 @@ def test_at_most_one_write_in_flight_a_save_waits_for_the_previous(monkeypatch, 
     one = torch.nn.Linear(4, 4)
     checkpoint.load_weights(tmp_path / "step-00000001", one)
     assert torch.equal(one.weight + 1.0, model.weight.detach())  # step 1's weights, not the ones after it
+
+
+class Messages:
+    """The lines a run says (a hook: only `on_message`)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, point):
+        return (lambda t, text: self.lines.append(text)) if point == "on_message" else (lambda *a: None)
+
+
+@pytest.mark.parametrize("write_fails", [False, True], ids=["write-completes", "write-fails"])
+def test_an_error_during_a_background_write_keeps_its_checkpoint_and_row(small_data, tmp_path, monkeypatch,
+                                                                         write_fails):
+    """Training diverges at step 7 while checkpoint 6 is still being written: the write completes and its row is in
+    metrics.jsonl (the writer closes before the metrics log), and the error stays the one reported; a write that
+    fails instead costs one warning line, never the divergence's error."""
+    from test_training import PoisonGradients, _trainer
+    from tstcli.errors import DivergedError
+    from tstcli.run import checkpoint
+
+    real = checkpoint.write
+
+    def slow(tmp, step, *args):
+        if step == 6:
+            time.sleep(1.5)
+            if write_fails:
+                raise checkpoint.CheckpointError(f"{tmp}: cannot write the checkpoint (a test)")
+        return real(tmp, step, *args)
+    monkeypatch.setattr(checkpoint, "write", slow)
+    said = Messages()
+    t = _trainer(small_data, tmp_path, extra_hooks=[PoisonGradients({7}), said], **{
+        "checkpoint.every": 3, "checkpoint.async": True, "train.skip_nonfinite_steps": 0})
+    with pytest.raises(DivergedError, match="step 7"):
+        t.run()
+    saved = sorted(x.name for x in (tmp_path / "checkpoints").glob("step-*"))
+    rows = [r["step"] for r in read_rows(tmp_path, "checkpoint")]
+    lost = [line for line in said.lines if "lost" in line]
+    if write_fails:
+        assert saved == ["step-00000003"] and rows == [3] and len(lost) == 1 and "a test" in lost[0]
+    else:
+        assert saved == ["step-00000003", "step-00000006"] and rows == [3, 6] and not lost

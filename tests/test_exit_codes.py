@@ -1,6 +1,5 @@
 """Every exit path returns its documented code, with one line and no temporary files left (issue #17)."""
 import json
-import shutil
 import signal
 import subprocess
 import sys

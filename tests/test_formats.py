@@ -11,7 +11,6 @@ import zstandard
 
 from conftest import MOBY, ROOT, run_cli, small_recipe
 from test_cli_errors import assert_one_line_error
-from tstcli.data import shards
 from tstcli.data.prepare import prepare
 
 TINY = ROOT / "recipes" / "tiny.toml"

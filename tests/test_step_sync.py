@@ -1,6 +1,7 @@
 """The step never waits on the host: its scalars stay on the device until the rows are gathered every
 train.log_every steps, a non-finite step is skipped on the device, and none of it changes a number."""
 import json
+import shutil
 import signal
 
 import pytest
@@ -149,3 +150,64 @@ def test_fused_adamw_skips_a_step_on_the_device_and_otherwise_steps_as_usual():
             assert all(torch.equal(a, b) for a, b in zip(weights, model))
             assert all(torch.equal(a, b) for a, b in zip(state, (v for s in opt.state.values() for v in s.values())))
     assert all(int(s["step"]) == 2 for s in opt.state.values())
+
+
+def test_a_gpu_batch_is_copied_from_pinned_memory_without_waiting(monkeypatch):
+    """From pageable memory CUDA may wait for the stream before a host-to-device copy; the batch goes through
+    pinned memory and a non-blocking copy. (The CPU build cannot pin, so the two calls are recorded.)"""
+    import numpy as np
+
+    from tstcli.train.data import to_device
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: calls.append("pin") or t.clone())
+    monkeypatch.setattr(torch.Tensor, "to", lambda t, device, non_blocking=False:
+                        calls.append(("to", str(device), non_blocking)) or t)
+    rows = np.arange(6, dtype=np.int64).reshape(2, 3)
+    out = to_device(rows, torch.device("cuda", 0))
+    assert calls == ["pin", ("to", "cuda:0", True)] and out.tolist() == rows.tolist()
+    calls.clear()
+    to_device(rows, torch.device("cpu"))
+    assert calls == [("to", "cpu", True)]  # nothing to pin for the CPU
+
+
+def test_side_jobs_read_the_queued_steps_before_waiting_on_the_device(small_data, tmp_path, monkeypatch):
+    """A held-out evaluation and an in-loop benchmark wait for the device; the steps queued before them are read
+    first, so that wait lands in those steps' step time (and MFU) instead of vanishing from every row."""
+    import tstcli.train.hooks.bench as bench_hook
+    import tstcli.train.trainer as trainer
+    from conftest import SHARED
+    queued, box = [], {}
+    for module, name in ((trainer, "heldout_loss"), (bench_hook, "evaluate")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k:
+                            queued.append((_name, box["t"].state.step, len(box["t"].log))) or _real(*a, **k))
+    box["t"] = t = _trainer(small_data, tmp_path, **{
+        "train.log_every": 5, "eval.every": 4, "eval.bench": ["arc_easy"], "eval.bench_limit": 2,
+        "eval.bench_every": 3, "eval.bench_data_dir": str(SHARED), "checkpoint.every": 100})
+    shutil.copyfile(small_data / "tokenizer.json", tmp_path / "tokenizer.json")  # as `tst train` puts it there
+    t.run()
+    assert {(name, step) for name, step, _ in queued} >= {("heldout_loss", 4), ("evaluate", 3), ("evaluate", 9)}
+    assert [n for _, _, n in queued] == [0] * len(queued), queued
+
+
+def test_the_host_groups_wait_as_long_as_the_recipe_says(tmp_path):
+    """The stop vote's and the background writer's gloo groups time out after `distributed.timeout_s`, like the
+    job's own group (a new group would otherwise wait torch's default 30 minutes for a dead rank)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from tstcli.parallel.world import StopVote, World
+    from tstcli.run.saver import Saver
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'rendezvous'}")
+    try:
+        two = World(0, 2, 0)  # says "distributed"; the group itself has this one process
+        saver = Saver(tmp_path / "ckpt", two, 0, True, timeout_s=9)
+        groups = [StopVote(two, 7).group, saver._group]
+        saver.close()
+        timeouts = [g._get_backend(torch.device("cpu")).options._timeout for g in groups]
+        assert timeouts == [datetime.timedelta(seconds=7), datetime.timedelta(seconds=9)]
+        assert StopVote(two, 7).cast(True) is False  # the vote is read at the next step
+    finally:
+        dist.destroy_process_group()
+

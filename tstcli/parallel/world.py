@@ -80,10 +80,13 @@ def mean_across(t: torch.Tensor) -> torch.Tensor:
     return t / dist.get_world_size()
 
 
-def host_group():
+def host_group(timeout_s: float):
     """A process group on the CPU (gloo) for collectives the hosts run beside training: every rank must create it
-    at the same point. Collectives from two threads must not share a group (their order would differ by rank)."""
-    return dist.new_group(backend="gloo") if dist.is_initialized() else None
+    at the same point. Collectives from two threads must not share a group (their order would differ by rank).
+    `timeout_s`: the recipe's `distributed.timeout_s` (a new group does not inherit the default group's timeout)."""
+    if not dist.is_initialized():
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 class StopVote:
@@ -91,8 +94,8 @@ class StopVote:
     host wait for the device: each step's vote is an all-reduce on a CPU group, started at the step and read at
     the next, so under torchrun the ranks stop one step after the signalled one. A single process decides at once."""
 
-    def __init__(self, world: World):
-        self.group = host_group() if world.distributed else None
+    def __init__(self, world: World, timeout_s: float):
+        self.group = host_group(timeout_s) if world.distributed else None
         self._pending = None
 
     def cast(self, stop: bool) -> bool:

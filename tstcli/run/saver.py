@@ -19,6 +19,7 @@ from pathlib import Path
 from torch.distributed.checkpoint.staging import BlockingAsyncStager
 
 from tstcli.parallel.world import World, host_group
+from tstcli.recipe import DistributedConfig
 from tstcli.run import checkpoint
 
 
@@ -31,10 +32,12 @@ class _Write:
 
 
 class Saver:
-    def __init__(self, root: Path, world: World, keep: int, background: bool, pinned: bool = False):
+    def __init__(self, root: Path, world: World, keep: int, background: bool, pinned: bool = False,
+                 timeout_s: float = DistributedConfig.timeout_s):
+        """`timeout_s`: how long the background writer's collectives wait for the other ranks (under torchrun)."""
         self.root, self.world, self.keep = Path(root), world, keep
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tst-checkpoint") if background else None
-        self._group = host_group() if background and world.distributed else None
+        self._group = host_group(timeout_s) if background and world.distributed else None
         # Pinned staging buffers are kept between saves (fast device-to-host copies); unpinned ones are made anew.
         self._stager = BlockingAsyncStager(cache_staged_state_dict=pinned)
         self._pending: _Write | None = None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tstcli.data import packing, shards
 from tstcli.data.loader import PhaseLoader, heldout_rows
@@ -46,6 +47,15 @@ class TrainData:
             raise RecipeError(f"train.seq_len: the validation split ({self.val.total} tokens) holds no row of "
                               f"{r.train.seq_len + 1} tokens; lower train.seq_len or raise data.val_fraction")
         return rows
+
+
+def to_device(rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A batch on the training device. On a GPU the copy goes through pinned memory: from pageable memory CUDA may
+    wait for the stream before copying, which would make the host wait for the previous step every step."""
+    t = torch.from_numpy(rows)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def open_data(r: Recipe, data_dir: Path, full_verify: bool = False) -> tuple[TrainData, bool]:

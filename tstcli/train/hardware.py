@@ -12,9 +12,12 @@ import time
 
 import torch
 
-# (substring of torch.cuda.get_device_name(), bf16 FLOP/s, fp32 FLOP/s or None); the first match wins.
+# (substring of torch.cuda.get_device_name(), bf16 FLOP/s, fp32 FLOP/s or None); the first match wins, so a
+# variant (PCIe, NVL: lower clocks and power) comes before its family's SXM figure.
 GPU_PEAKS = (
     ("H100 PCIe", 756e12, 51e12),
+    ("H100 NVL", 835e12, 60e12),
+    ("H200 NVL", 835e12, 60e12),
     ("H100", 989e12, 67e12),
     ("H200", 989e12, 67e12),
     ("H20", 148e12, 44e12),

@@ -22,7 +22,7 @@ from tstcli.parallel.world import StopVote, World, assign_full, full_value, mean
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train import float8, hardware
-from tstcli.train.data import TrainData
+from tstcli.train.data import TrainData, to_device
 from tstcli.train.hooks import Hook, Hooks
 from tstcli.train.optim import apply_update, lr_at, make_optimizer
 from tstcli.train.steplog import Read, StepLog, StepResult
@@ -76,7 +76,7 @@ class Trainer:
         self.hooks = Hooks(hooks)
         self.stop_signal: int | None = None  # set by the signal hook on this rank
         self.stop_agreed = False  # some rank was asked to stop: every rank saves and stops after this step
-        self.vote = StopVote(world)
+        self.vote = StopVote(world, r.distributed.timeout_s)
         self.log = StepLog()  # rows of steps whose scalars are still on the device
 
     # ---- the step math ----
@@ -119,7 +119,7 @@ class Trainer:
         r, phase = self.r, self.r.phase_at(step)
         t0 = time.perf_counter()
         rows_np, epoch = self.loaders[phase].batch(r.step_in_phase(step), self.world.rank, self.world.size)
-        rows = torch.from_numpy(rows_np).to(self.device, non_blocking=True)
+        rows = to_device(rows_np, self.device)
         data_s = time.perf_counter() - t0
         compiling = self.engine.compiles and not self.engine.built(phase)
         if compiling:  # say why the terminal goes quiet
@@ -142,7 +142,9 @@ class Trainer:
     @torch.no_grad()
     def heldout(self) -> HeldOut:
         """Ordinary next-token loss on the fixed held-out rows (eager: a few batches, not worth a compile).
-        Under FSDP2 every rank scores the same rows (the sharded forward needs all of them)."""
+        Under FSDP2 every rank scores the same rows (the sharded forward needs all of them). The queued steps are
+        read first: the evaluation waits for the device, and that wait is theirs (their step time, their MFU)."""
+        self.flush()
         objective = self.engine.objective
         return heldout_loss(lambda part: objective(part, 2)[1]["ce"], self.val_rows.to(self.device), self.micro)
 

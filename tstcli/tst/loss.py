@@ -28,12 +28,12 @@ def target_weights(m: int, weighting: str, alpha: float) -> torch.Tensor | None:
     return (w / w.sum()).float()
 
 
-def _target_weights(targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """(n, m) weight of each target: 1/m each, or the given weights."""
+def _target_weights(targets: torch.Tensor, weights: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """(n, m) weight of each target in the logits' dtype: 1/m each, or the given weights."""
     m = targets.shape[-1]
     if weights is None:
-        return torch.full(targets.shape, 1.0 / m, device=targets.device)
-    return weights.to(targets.device).expand(targets.shape)
+        return torch.full(targets.shape, 1.0 / m, device=targets.device, dtype=dtype)
+    return weights.to(targets.device, dtype).expand(targets.shape)
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ def chunk_loss(kind: str, z: torch.Tensor, targets: torch.Tensor, weights: torch
     """(per-position loss (n,), d loss_i / d z_i (n, V) or None without `with_grad`). Consumes `z`: the gradient
     is built in its memory (a chunk's logits are the largest tensor of the step; a second one would double it)."""
     if kind == "mce":
-        w = _target_weights(targets, weights)
+        w = _target_weights(targets, weights, z.dtype)
         target_term = (z.gather(-1, targets) * w).sum(-1)
         top = z.amax(dim=-1, keepdim=True)
         total = z.sub_(top).exp_().sum(dim=-1, keepdim=True)  # z now holds exp(z − max): no second (n, V) tensor
@@ -98,16 +98,17 @@ def chunk_loss(kind: str, z: torch.Tensor, targets: torch.Tensor, weights: torch
 def _hinge(z: torch.Tensor, targets: torch.Tensor, with_grad: bool):
     n, V = z.shape
     m = targets.shape[-1]
-    others = _bag_indicator(z, targets) == 0  # margins are taken against the tokens outside the bag
+    inside = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, targets, True)  # margins: against tokens outside
     picked = z.gather(-1, targets)
     loss = z.new_zeros(n)
     grad = torch.zeros_like(z) if with_grad else None
-    for j in range(m):  # one target at a time: (n, V) live, never (n, m, V)
-        margin = (1 - picked[:, j:j + 1] + z).clamp_min(0) * others
+    margin = torch.empty_like(z)  # reused for every target: (n, V) buffers z, margin, grad and two masks, never m
+    for j in range(m):
+        margin.copy_(z).sub_(picked[:, j:j + 1] - 1).clamp_min_(0).masked_fill_(inside, 0)  # max(0, 1 − z_t + z_v)
         loss += margin.sum(-1)
         if with_grad:
-            active = (margin > 0).to(z.dtype)
-            grad += active
-            grad.scatter_add_(-1, targets[:, j:j + 1], -active.sum(-1, keepdim=True))
+            active = margin > 0
+            grad.add_(active)
+            grad.scatter_add_(-1, targets[:, j:j + 1], -active.sum(-1, keepdim=True).to(z.dtype))
     scale = 1.0 / (V * m)
-    return loss * scale, (grad * scale if with_grad else None)
+    return loss * scale, (grad.mul_(scale) if with_grad else None)

@@ -11,7 +11,9 @@ Points, in the order the loop reaches them:
 - `on_row(t, row)`          every metrics row (train, val, bench, skip) as it is emitted
 - `on_message(t, text)`     a line for the user (switch, stop, compile, ...)
 - `on_end(t)`               all steps done; `on_close(t)` always, last (also after an error or a stop)
-Hooks run in list order at every point; `default_hooks` fixes that order.
+Hooks run in list order at every point (`default_hooks` fixes that order), except `on_close`: in reverse, as
+nested resources unwind, so that a hook closing late (the checkpoint writer) can still emit rows to the metrics
+log and the trackers, which were started first.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ class Hooks:
 
     def on_close(self, t) -> None:
         error = None
-        for h in self.items:
+        for h in reversed(self.items):
             try:
                 h.on_close(t)
             except BaseException as e:  # noqa: BLE001 - keep closing the others, then report the first

@@ -42,6 +42,7 @@ class Benchmarks(Hook):
             self.bench(t, step)
 
     def bench(self, t, step: int) -> None:
+        t.flush()  # scoring waits for the device: the queued steps' wait is theirs, read before it
         model = self._scorable_model(t)
         if t.world.main:
             encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731

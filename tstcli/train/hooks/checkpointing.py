@@ -19,7 +19,7 @@ class Checkpointing(Hook):
 
     def on_start(self, t) -> None:
         self.saver = Saver(t.run_dir / rundir.CHECKPOINTS, t.world, self.keep, self.background,
-                           pinned=t.device.type == "cuda")
+                           pinned=t.device.type == "cuda", timeout_s=t.r.distributed.timeout_s)
 
     def should_save(self, t, step: int) -> bool:
         return step % self.every == 0 or step == self.last_step or t.stop_agreed
@@ -39,8 +39,8 @@ class Checkpointing(Hook):
 
     def save(self, t, step: int) -> None:
         t.flush()  # the rows of every step up to this one are written before the checkpoint names the step
+        started = time.perf_counter()  # training stands still from here: blocking_s counts the fsync and wait too
         t.hooks.before_save(t, step)
-        started = time.perf_counter()  # training stands still from here: blocking_s counts the wait below too
         self._rows(t, self.saver.wait())  # at most one write in flight (a signal may come while we wait)
         self._signalled(t)
         last = step == self.last_step or t.stop_agreed  # nothing may be left in flight when the run returns
@@ -51,13 +51,16 @@ class Checkpointing(Hook):
         self._rows(t, self.saver.wait())
 
     def on_close(self, t) -> None:
-        # After an error: let a write in flight finish (it is a good checkpoint), but report the error that stopped
-        # the run, not this one. After on_end nothing is in flight.
-        if self.saver is not None:
-            try:
-                self.saver.close()
-            except Exception:  # noqa: BLE001 - a failed background write left no directory behind
-                pass
+        # After an error: let a write in flight finish (it is a good checkpoint, with its row), but the error that
+        # stopped the run is the one reported; a failed write is one line more. After on_end nothing is in flight.
+        if self.saver is None:
+            return
+        try:
+            rows = self.saver.close()
+        except Exception as e:  # noqa: BLE001 - it left no directory behind; the run's own error follows
+            t.hooks.on_message(t, f"warning: the checkpoint being written in the background is lost: {e}")
+            return
+        self._rows(t, rows)
 
     @staticmethod
     def _rows(t, rows: list[dict]) -> None:

@@ -1,5 +1,6 @@
-"""SIGTERM and Ctrl-C ask the run to stop: the flag travels in the step's collective, every rank finishes the step,
-the checkpoint hook saves, and the loop stops (exit 128 + signal). A second signal stops at once."""
+"""SIGTERM and Ctrl-C ask the run to stop: the flag is this rank's vote (`StopVote`: under torchrun the ranks agree
+one step later, without waiting on the device), every rank finishes the step, the checkpoint hook saves, and the
+loop stops (exit 128 + signal). A second signal stops at once."""
 from __future__ import annotations
 
 import os
