@@ -1,5 +1,6 @@
 """Shared fixtures: real corpora from ../shared/data, a small prepared data dir, and a way to run the real CLI."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,11 @@ import pytest
 
 # Tests use ../shared/data only: never wait on a network the CI machine does not have.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A test runner started in the background by a non-interactive shell (`pytest &` in a script) inherits SIGINT
+# ignored, and every `tst` it starts would too, so the Ctrl-C tests could not deliver one. They send it as a terminal
+# does to its foreground job: undo the inherited "ignore" (a caught signal is reset to the default in a child).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from tstcli import recipe as recipes
 from tstcli.data.prepare import prepare
