@@ -71,3 +71,14 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "tstcli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+# The suite runs a file per test process (pyproject's addopts) and ends when the last file does: the files that take
+# minutes start first, so that the short ones fill the gaps instead of one long file running alone at the end.
+LONGEST_FIRST = ("test_e2e.py", "test_export.py", "test_distributed.py", "test_workers.py", "test_reliability.py",
+                 "test_exit_codes.py", "test_eval.py", "test_sample.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept

@@ -166,3 +166,22 @@ def test_a_float8_run_trains_and_its_checkpoint_loads_into_a_plain_model(small_d
     plain = Llama(r.model, t.model.output.weight.shape[0])
     checkpoint.load_weights(checkpoint.latest(tmp_path / "checkpoints"), plain)
     assert torch.equal(plain.layers[0].attention.wq.weight, t.model.layers[0].attention.wq.weight.detach())
+
+
+def test_a_compiled_float8_run_matches_the_eager_one(small_data, tmp_path):
+    """`tst train` and bench_gpu compile the step after the conversion: torch.compile traces torchao's float8
+    linears, forward and backward, and gives the eager float8 run's losses. (CPU inductor here: on a GPU the kernels
+    differ, the traced graph does not.)"""
+    from conftest import small_recipe
+
+    from tstcli.train.session import local_trainer
+
+    losses = {}
+    for compiled in (False, True):
+        r = small_recipe(small_data, **{"train.float8": True, "model.dim": 64, "train.steps": 3,
+                                        "train.compile": compiled, "checkpoint.every": 100})
+        local_trainer(r, tmp_path / str(compiled)).run()
+        rows = [json.loads(line) for line in (tmp_path / str(compiled) / "metrics.jsonl").read_text().splitlines()]
+        losses[compiled] = [row["loss"] for row in rows if row["kind"] == "train"]
+    assert len(losses[True]) == 3
+    assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(losses[True], losses[False])), losses
