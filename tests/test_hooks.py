@@ -194,3 +194,19 @@ def test_compare_shows_an_in_loop_benchmark(tracked):
     res = json.loads(out.stdout)
     assert res["higher_better"] is True and res["runs"][0]["final_x"] == 12
     assert_one_line_error(run_cli("compare", run, "--metric", "piqa.acc"), 4, "piqa.acc")
+
+
+def test_eta_counts_when_steps_ran_not_when_their_rows_arrived(capsys):
+    """Rows reach the console in bursts (read from the device every log_every steps): the ETA comes from the
+    steps' own `elapsed_s`, so 25 rows arriving at once after 25 steps of 0.1 s still say 0.1 s per step."""
+    from types import SimpleNamespace
+
+    from tstcli.train.hooks.console import Console
+    console, t = Console(total_steps=300, log_every=25, tty=False), SimpleNamespace()
+    for step in range(1, 51):  # arrive in two bursts (steps 1-25, 26-50), milliseconds apart
+        console.on_row(t, {"kind": "train", "step": step, "phase": 1, "loss": 5.0, "lr": 1e-3, "grad_norm": 1.0,
+                           "tokens_per_s": 1.0, "positions_per_s": 1.0, "mfu": None, "data_share": 0.0,
+                           "elapsed_s": 2.0 + 0.1 * step, "epoch": 0})
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[1] for line in lines] == ["25/300", "50/300"]
+    assert lines[-1].endswith("eta 25s")  # 250 steps left at 0.1 s

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 from tqdm import tqdm
 
@@ -19,8 +18,9 @@ def duration(seconds: float) -> str:
 
 class Eta:
     """Time left, from steady-state steps only: the first step of each phase in this process (which builds a
-    torch.compile graph) is left out of the average. Intervals between train rows include what the hooks did
-    between steps (validation, checkpoints), so those are averaged in."""
+    torch.compile graph) is left out of the average. Intervals between the rows' `elapsed_s` (when each step ran,
+    not when its row arrived: rows are read in bursts) include what the hooks did between steps (validation,
+    checkpoints), so those are averaged in."""
 
     def __init__(self):
         self.phases: set[int] = set()
@@ -79,7 +79,7 @@ class Console(Hook):
 
     def _train(self, t, row: dict) -> None:
         step, phase = row["step"], row["phase"]
-        self.eta.update(phase, time.perf_counter())
+        self.eta.update(phase, row["elapsed_s"])  # when the step ran: rows arrive in bursts, every log_every steps
         if phase in self.epochs and row["epoch"] > self.epochs[phase]:
             self.on_message(t, f"phase {phase}: its rows are exhausted at step {step}; epoch {row['epoch'] + 1} "
                                "re-reads them in a new order (the corpus repeats)")
