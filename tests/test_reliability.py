@@ -126,8 +126,10 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_
     during_save = 0
     for trial in range(10):
         args = ["train", str(recipe), "--run-dir", str(run)] if trial == 0 else ["resume", str(run)]
-        p = subprocess.Popen([sys.executable, "-m", "tstcli", *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        err = tmp_path / f"stderr-{trial}.txt"  # read only if the process did not die by the kill
+        with open(err, "w") as errf:
+            p = subprocess.Popen([sys.executable, "-m", "tstcli", *args], stdout=subprocess.DEVNULL,
+                                 stderr=errf, stdin=subprocess.DEVNULL)
         ckpts = run / "checkpoints"
         hit = False
         if trial % 2:  # kill in the middle of a save: as soon as a temporary checkpoint directory appears
@@ -140,17 +142,26 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_
                 if hit:
                     break
         else:  # at a random moment after start-up
+            if trial == 0:  # not before the run has a checkpoint, which `tst resume` needs (on a loaded machine
+                _wait_until(lambda: checkpoint.latest(ckpts) is not None, p)  # start-up alone can take seconds)
             time.sleep(2.0 + rng.random() * 1.5)
         p.send_signal(signal.SIGKILL)
         p.wait()
         during_save += hit and p.returncode == -signal.SIGKILL
-        assert p.returncode in (-signal.SIGKILL, 0)
+        assert p.returncode in (-signal.SIGKILL, 0), (trial, err.read_text()[-3000:])
         if checkpoint.latest(ckpts) is not None:  # the latest complete checkpoint always loads
             json.loads((checkpoint.latest(ckpts) / "state.json").read_text())
     assert during_save >= 1, "no kill landed during a checkpoint save"
     final = run_cli("resume", run)
     assert final.returncode == 0, final.stderr
     assert train_losses(run) == train_losses(tmp_path / "ref")
+
+
+def _wait_until(cond, p, timeout=120):
+    deadline = time.time() + timeout
+    while not cond():
+        assert p.poll() is None and time.time() < deadline, "the run ended or stalled before the condition held"
+        time.sleep(0.05)
 
 
 def _start_and_wait(recipe, run, rows):
