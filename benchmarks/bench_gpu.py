@@ -1,6 +1,6 @@
 """One GPU, the paper's 270M and 600M shapes (recipes/270m.toml, recipes/600m.toml) at V = 128,256: positions/s,
-MFU, peak memory, phase-1 (the recipes' s = 6) / phase-2 step-time and memory ratios, bf16 vs float8, the chunked loss vs full
-logits (issue #14), and the time a checkpoint blocks the training loop, sync vs async (issue #19).
+MFU, peak memory, phase-1 (the recipes' s = 6) / phase-2 step-time and memory ratios, bf16 vs float8, the chunked
+loss vs full logits (issue #14), and the time a checkpoint blocks the training loop, sync vs async (issue #19).
 
 Each configuration (shape x precision) runs in its own child process: its memory, CUDA caches and compile state
 start clean, and a failure (out of memory, a float8 compile error) costs only its row. A child builds the objective
@@ -55,6 +55,7 @@ FULL = "bf16 full logits"  # (shape, precision, time the checkpoint) below
 # The checkpoint is timed at 270M (~3 GB with AdamW state): the 600M one would spend a minute of the budget on disk.
 CONFIGS = [("600m", "bf16", False), ("270m", "bf16", True), ("600m", "float8", False), ("600m", FULL, False),
            ("270m", FULL, False)]
+PRECISIONS = {"bf16": "bf16", "float8": "float8", "full": FULL}  # --configs names -> the rows' precision
 # --quick: the recipes with tiny dimensions (multiples of 16, so float8 would take every block linear).
 QUICK = {"270m": ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_dim=128"],
          "600m": ["model.dim=96", "model.n_layers=3", "model.n_heads=6", "model.n_kv_heads=2", "model.ffn_dim=256"]}
@@ -63,8 +64,8 @@ QUICK = {"270m": ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.
 def _recipe(shape: str, a, precision: str = "bf16") -> recipes.Recipe:
     chunk = 0 if precision == FULL else a.chunk
     sets = [f"train.batch_size={a.rows * a.accum}", f"train.micro_batch_size={a.rows}", "tst.ratio=0.5",
-            *([f"tst.bag_size={a.bag_size}"] if a.bag_size else []), f"train.compile={'true' if a.compile == 'on' else 'false'}", 'train.dtype="bf16"',
-            f"train.loss_chunk_size={chunk}"]
+            f"train.compile={'true' if a.compile == 'on' else 'false'}", 'train.dtype="bf16"',
+            f"train.loss_chunk_size={chunk}", *([f"tst.bag_size={a.bag_size}"] if a.bag_size else [])]
     if a.quick:
         sets += QUICK[shape] + [f"train.seq_len={a.seq_len or 64}", f"model.max_seq_len={a.seq_len or 64}"]
     elif a.seq_len:
@@ -263,7 +264,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="alternating rounds of timed blocks (default 3; 1 with --quick)")
     p.add_argument("--block", type=int, default=2, help="timed steps per phase and round")
     p.add_argument("--configs", help="comma-separated SHAPE:PRECISION to run, e.g. '600m:bf16,270m:float8' "
-                   f"(precisions: bf16, float8, full; default: {', '.join(f'{s}:{_short(p)}' for s, p, _ in CONFIGS)})")
+                   "(precisions: bf16, float8, full; default: all, most important first)")
     p.add_argument("--budget-s", type=float, default=480, help="start no configuration after this many seconds")
     p.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/bench_gpu.json; with --quick "
                    "a file in the temporary directory, so that a smoke test never replaces real results)")
@@ -277,10 +278,6 @@ def parse_args() -> argparse.Namespace:
     return a
 
 
-def _short(precision: str) -> str:
-    return "full" if precision == FULL else precision
-
-
 def chosen(configs: str | None) -> list[tuple[str, str, bool]]:
     """The configurations `--configs` names, in its order (the checkpoint timed with the first); all by default."""
     if not configs:
@@ -288,10 +285,10 @@ def chosen(configs: str | None) -> list[tuple[str, str, bool]]:
     out = []
     for i, item in enumerate(configs.split(",")):
         shape, _, prec = item.strip().partition(":")
-        if shape not in QUICK or prec not in ("bf16", "float8", "full"):
-            sys.exit(f"bench_gpu: --configs: {item!r} is not SHAPE:PRECISION (shapes 270m, 600m; precisions bf16, "
-                     "float8, full)")
-        out.append((shape, FULL if prec == "full" else prec, i == 0))
+        if shape not in QUICK or prec not in PRECISIONS:
+            sys.exit(f"bench_gpu: --configs: {item!r} is not SHAPE:PRECISION (shapes {', '.join(QUICK)}; "
+                     f"precisions {', '.join(PRECISIONS)})")
+        out.append((shape, PRECISIONS[prec], i == 0))
     return out
 
 

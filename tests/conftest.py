@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,19 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "tstcli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def wait_until(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    """Poll `cond()` until it holds. Fails naming `what` on timeout, or with the process's exit code and stderr
+    (when piped) if `proc` ends first."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            err = proc.communicate()[1] if proc.stderr is not None else ""
+            raise AssertionError(f"exited {proc.returncode} before {what}: {(err or '')[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 # The suite runs a file per test process (pyproject's addopts) and ends when the last file does: the files that take

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli, small_recipe, write_recipe
+from conftest import ROOT, run_cli, small_recipe, wait_until, write_recipe
 from test_resume import SHARD, assert_same_tensors, train_losses
 from tstcli.run.metrics import read_rows
 
@@ -33,15 +33,6 @@ def _slow_cli(*args, step, seconds):
     code = SLOW_CLI.format(step=step, seconds=seconds)
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(cond, what, timeout=120):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _trained_to(run, step):
@@ -77,7 +68,8 @@ def test_training_goes_on_during_a_write_and_kill_9_resumes_from_the_previous_ch
     try:
         ckpts = b / "checkpoints"
         # Step 8 trained while checkpoint 6 is still being written: the write did not stop training.
-        _wait_for(lambda: _trained_to(b, 8) and (ckpts / ".tmp-step-00000006").is_dir(), "step 8 during the write")
+        wait_until(lambda: _trained_to(b, 8) and (ckpts / ".tmp-step-00000006").is_dir(), "step 8 during the write",
+                   p)
         assert not (ckpts / "step-00000006").exists()
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
@@ -98,7 +90,7 @@ def test_sigterm_during_a_write_exits_143_with_both_checkpoints_complete(referen
     b = tmp_path / "b"
     p = _slow_cli("train", recipe, "--run-dir", b, step=6, seconds=4)
     try:
-        _wait_for(lambda: _trained_to(b, 7) and (b / "checkpoints" / ".tmp-step-00000006").is_dir(),
+        wait_until(lambda: _trained_to(b, 7) and (b / "checkpoints" / ".tmp-step-00000006").is_dir(),
                   "a step during the write")
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=120)

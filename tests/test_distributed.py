@@ -14,11 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import run_cli, small_recipe, train_small, write_recipe
+from conftest import run_cli, small_recipe, train_small, wait_until, write_recipe
 
 TOL = 1e-4
 
@@ -147,15 +146,11 @@ def _children(pid):
 
 
 def _wait_for_step(run, step, proc, timeout=300):
-    t_end = time.time() + timeout
-    while time.time() < t_end:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+    def reached():
         m = run / "metrics.jsonl"
-        if m.exists() and any(json.loads(l).get("step", 0) >= step for l in m.read_text().splitlines()
-                              if l.endswith("}")):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached")
+        return m.exists() and any(json.loads(l).get("step", 0) >= step for l in m.read_text().splitlines()
+                                  if l.endswith("}"))
+    wait_until(reached, f"step {step}", proc, timeout)
 
 
 @pytest.fixture(scope="module")

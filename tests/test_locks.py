@@ -4,9 +4,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from conftest import ROOT, SHARED, run_cli, small_recipe, write_recipe
+from conftest import ROOT, SHARED, run_cli, small_recipe, wait_until, write_recipe
 from test_cli_errors import assert_one_line_error
 from tstcli import recipe as recipes
 from tstcli.data import shards
@@ -17,14 +16,6 @@ def _cli(*args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
 
-def _wait_for(path, proc, timeout=300):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline
-        time.sleep(0.1)
-
-
 def _rows(run, kind="train"):
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if f'"kind": "{kind}"' in l]
 
@@ -33,7 +24,7 @@ def test_resume_while_training_is_refused_and_the_run_stays_whole(small_data, tm
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 5000}))
     run = tmp_path / "run"
     trainer = _cli("train", recipe, "--run-dir", run)
-    _wait_for(run / "metrics.jsonl", trainer)
+    wait_until((run / "metrics.jsonl").exists, "the first metrics row", trainer, timeout=300)
     r = run_cli("resume", run)
     assert_one_line_error(r, 4, str(run), "in use by pid", str(trainer.pid), "tst train")
     second = run_cli("train", recipe, "--run-dir", run)
@@ -63,7 +54,7 @@ def test_a_killed_trainer_leaves_no_lock_behind(small_data, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 200}))
     run = tmp_path / "run"
     trainer = _cli("train", recipe, "--run-dir", run)
-    _wait_for(run / "checkpoints" / "step-00000002" / "state.json", trainer)
+    wait_until((run / "checkpoints" / "step-00000002" / "state.json").exists, "checkpoint 2", trainer, timeout=300)
     trainer.kill()
     trainer.wait()
     assert json.loads((run / ".lock").read_text())["pid"] == trainer.pid  # the holder is recorded, and dead

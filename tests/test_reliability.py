@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli, small_recipe, train_small, write_recipe
+from conftest import run_cli, small_recipe, train_small, wait_until, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import train_losses
 from tstcli.errors import CheckpointError
@@ -143,7 +143,8 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_
                     break
         else:  # at a random moment after start-up
             if trial == 0:  # not before the run has a checkpoint, which `tst resume` needs (on a loaded machine
-                _wait_until(lambda: checkpoint.latest(ckpts) is not None, p)  # start-up alone can take seconds)
+                # start-up alone can take seconds)
+                wait_until(lambda: checkpoint.latest(ckpts) is not None, "the run's first checkpoint", p)
             time.sleep(2.0 + rng.random() * 1.5)
         p.send_signal(signal.SIGKILL)
         p.wait()
@@ -155,13 +156,6 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_
     final = run_cli("resume", run)
     assert final.returncode == 0, final.stderr
     assert train_losses(run) == train_losses(tmp_path / "ref")
-
-
-def _wait_until(cond, p, timeout=120):
-    deadline = time.time() + timeout
-    while not cond():
-        assert p.poll() is None and time.time() < deadline, "the run ended or stalled before the condition held"
-        time.sleep(0.05)
 
 
 def _start_and_wait(recipe, run, rows):

@@ -41,8 +41,9 @@ def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _bag_indicator(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(z).scatter_(-1, targets, 1.0)
+def _bag_indicator(z: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """1 where a vocabulary entry is in the position's bag, shaped like `z` (in `dtype`, default z's)."""
+    return torch.zeros_like(z, dtype=dtype).scatter_(-1, targets, 1)
 
 
 # ---- the reference: full logits, torch's functions, autograd ----
@@ -98,7 +99,7 @@ def chunk_loss(kind: str, z: torch.Tensor, targets: torch.Tensor, weights: torch
 def _hinge(z: torch.Tensor, targets: torch.Tensor, with_grad: bool):
     n, V = z.shape
     m = targets.shape[-1]
-    inside = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, targets, True)  # margins: against tokens outside
+    inside = _bag_indicator(z, targets, torch.bool)  # margins are taken against the tokens outside the bag
     picked = z.gather(-1, targets)
     loss = z.new_zeros(n)
     grad = torch.zeros_like(z) if with_grad else None
