@@ -46,7 +46,7 @@ from tstcli.run.saver import Saver  # noqa: E402
 from tstcli.train import float8  # noqa: E402
 from tstcli.train.hardware import peak_flops  # noqa: E402
 from tstcli.train.optim import apply_update, make_optimizer  # noqa: E402
-from tstcli.tst import loss_specs, phase_specs  # noqa: E402
+from tstcli.tst import loss_specs  # noqa: E402
 
 GiB = 2 ** 30
 FULL = "bf16 full logits"  # (shape, precision, time the checkpoint) below
@@ -135,10 +135,11 @@ def _build(a, shape: str, precision: str):
     model.init_weights(torch.Generator().manual_seed(0))
     model.to(device)
     converted = float8.convert(model) if precision == "float8" else []  # before compile, as the trainer does
-    engine = Engine(Objective(model, phase_specs(r), loss_specs(r), torch.bfloat16), r.distributed, World(),
+    losses = loss_specs(r.plan, r.tst, r.train.loss_chunk_size)
+    engine = Engine(Objective(model, r.plan.specs, losses, torch.bfloat16), r.distributed, World(),
                     torch.bfloat16, r.train.compile)
     optimizer = make_optimizer(model, r.train)
-    gen, widths = torch.Generator(device=device).manual_seed(0), {p: s.row_width for p, s in phase_specs(r).items()}
+    gen, widths = torch.Generator(device=device).manual_seed(0), r.plan.row_widths
     rows = {p: torch.randint(0, a.vocab, (a.accum, a.rows, widths[p]), generator=gen, device=device) for p in (1, 2)}
     return r, model, optimizer, {p: _step_fn(engine, model, optimizer, rows[p], p) for p in (1, 2)}, widths, converted
 

@@ -43,7 +43,7 @@ from tstcli.objective import Objective  # noqa: E402
 from tstcli.parallel.engine import Engine  # noqa: E402
 from tstcli.parallel.world import World  # noqa: E402
 from tstcli.train.optim import make_optimizer  # noqa: E402
-from tstcli.tst import loss_specs, phase_specs  # noqa: E402
+from tstcli.tst import loss_specs  # noqa: E402
 
 GiB = 2 ** 30
 
@@ -91,10 +91,11 @@ def child(cfg: dict) -> dict:
     model = Llama(r.model, a.vocab)
     model.init_weights(torch.Generator().manual_seed(0))
     model.to(device)
-    engine = Engine(Objective(model, phase_specs(r), loss_specs(r), amp), r.distributed, World(), amp, cfg["compile"])
+    losses = loss_specs(r.plan, r.tst, r.train.loss_chunk_size)
+    engine = Engine(Objective(model, r.plan.specs, losses, amp), r.distributed, World(), amp, cfg["compile"])
     opt = make_optimizer(model, r.train)
     phase = cfg["phase"]
-    width = phase_specs(r)[phase].row_width
+    width = r.plan.row_widths[phase]
     step_fn = engine.step_fn(phase)
 
     def step():

@@ -82,7 +82,8 @@ def child(recipe: str, data_dir: str, rank: int, world: int) -> dict:
     store = shards.TokenStore(Path(data_dir), manifest, "train")
     out["open_data_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
-    pack, _ = packing.ensure_pack(r, Path(data_dir), manifest, shards.manifest_sha256(Path(data_dir)))
+    pack, _ = packing.ensure_pack(r.plan, r.run.seed, r.data, Path(data_dir), manifest,
+                                  shards.manifest_sha256(Path(data_dir)))
     out["pack_s"] = round(time.perf_counter() - t, 4)
     out["rows"] = {p: len(pack.rows[p]) for p in (1, 2)}
     out["train_tokens"] = manifest["splits"]["train"]["tokens"]

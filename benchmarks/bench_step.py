@@ -57,7 +57,8 @@ class Subject:
         data, _ = open_data(r, data_dir)
         self.t = local_trainer(r, run_dir, data)  # the default hooks, console aside
         self.t.hooks.on_start(self.t)  # opens the metrics log, scores step 0
-        self.steps = {1: iter(range(1, r.phase1_steps + 1)), 2: iter(range(r.phase1_steps + 1, r.train.steps + 1))}
+        n1 = r.plan.phase1_steps
+        self.steps = {1: iter(range(1, n1 + 1)), 2: iter(range(n1 + 1, r.train.steps + 1))}
         t0 = time.perf_counter()
         for phase in (1, 2):  # warm-up: compile both graphs, fill caches
             for _ in range(2):
@@ -93,7 +94,7 @@ class Subject:
         t, r = self.t, self.r
         med = {p: statistics.median(self.times[p]) for p in (1, 2)}
         B, L, s = r.train.batch_size, r.train.seq_len, r.tst.bag_size
-        raw = {p: B * t.data.widths[p] / med[p] for p in (1, 2)}
+        raw = {p: B * t.plan.row_widths[p] / med[p] for p in (1, 2)}
         return {
             "model": self.model, "compile": self.compile, "params": sum(p.numel() for p in t.model.parameters()),
             "active_params": t.model.active_params(),

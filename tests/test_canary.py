@@ -8,7 +8,8 @@ from conftest import small_recipe
 from tstcli.objective import phase_loss
 from tstcli.train.optim import make_optimizer
 from tstcli.train.session import local_trainer
-from tstcli.tst import PhaseSpec, loss_specs
+from tstcli.phases import PhaseSpec
+from tstcli.tst import loss_specs
 
 
 def _trainer(small_data, tmp_path, **kw):
@@ -22,7 +23,8 @@ def test_phase1_with_s1_trains_bitwise_like_next_token(small_data, tmp_path):
     models = [t.model, copy.deepcopy(t.model)]
     opts = [make_optimizer(m, r.train) for m in models]
     specs = [PhaseSpec("full", 1, r.train.seq_len), PhaseSpec.next_token(r.train.seq_len)]
-    losses = [loss_specs(r)[1], loss_specs(r)[2]]  # the chunked head loss, as training runs it
+    by_phase = loss_specs(r.plan, r.tst, r.train.loss_chunk_size)
+    losses = [by_phase[1], by_phase[2]]  # the chunked head loss, as training runs it
     assert losses[0].chunk_size > 0
     for step in range(6):
         rows = torch.from_numpy(t.loaders[1].batch(step)[0])
@@ -40,7 +42,8 @@ def test_next_token_phase_matches_plain_reference(small_data, tmp_path):
     """Phase 2 as the loop computes it equals textbook next-token CE: model(ids) -> logits -> F.cross_entropy."""
     r, t = _trainer(small_data, tmp_path)
     rows = torch.from_numpy(t.loaders[2].batch(0)[0])
-    ours = phase_loss(t.model, rows, PhaseSpec.next_token(r.train.seq_len), loss_specs(r)[2], None)
+    ours = phase_loss(t.model, rows, PhaseSpec.next_token(r.train.seq_len),
+                      loss_specs(r.plan, r.tst, r.train.loss_chunk_size)[2], None)
     logits = t.model.logits(t.model(input_ids=rows[:, :-1]))
     ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
     assert abs(ours.item() - ref.item()) < 1e-6

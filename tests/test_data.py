@@ -102,7 +102,7 @@ def test_loaded_tokenizer_and_missing_eot(small_data, tmp_path):
 def test_packing_phases_are_disjoint_and_cover_the_corpus(small_data):
     r = small_recipe(small_data, **{"train.steps": 40, "tst.ratio": 0.25})
     m = shards.read_manifest(small_data)
-    info, sets = packing.split_phases(r, m)
+    info, sets = packing.split_phases(r.plan, r.run.seed, r.data.mix, m)
     rows = {p: materialise(sets[p]) for p in (1, 2)}
     w1, w2 = info["widths"][1], info["widths"][2]
     assert (w1, w2) == (3 * 33, 33)
@@ -118,12 +118,13 @@ def test_packing_phases_are_disjoint_and_cover_the_corpus(small_data):
 def test_packing_reports_repetition_and_can_refuse_it(small_data):
     m = shards.read_manifest(small_data)
     r = small_recipe(small_data, **{"train.steps": 5000, "train.batch_size": 64})
-    info, rows = packing.split_phases(r, m)
+    info, rows = packing.split_phases(r.plan, r.run.seed, r.data.mix, m)
     assert not info["covered_without_repetition"]
     assert info["phases"]["1"]["epochs"] > 1 and info["phases"]["2"]["epochs"] > 1
     strict = small_recipe(small_data, **{"train.steps": 5000, "train.batch_size": 64, "data.repeat": False})
     with pytest.raises(DataError, match="data.repeat"):
-        packing.ensure_pack(strict, small_data, m, shards.manifest_sha256(small_data))
+        packing.ensure_pack(strict.plan, strict.run.seed, strict.data, small_data, m,
+                            shards.manifest_sha256(small_data))
 
 
 def test_row_order_is_a_pure_function_and_ranks_partition_the_batch():

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tstcli.tst import LossSpec, PhaseSpec, head_loss, make_bags, target_weights
+from tstcli.phases import PhaseSpec
+from tstcli.tst import LossSpec, head_loss, make_bags, target_weights
 
 D = 8  # a small model width: the vocabulary is what these tests are about
 

@@ -76,7 +76,7 @@ def test_rows_read_realise_the_weights_per_phase_and_phases_are_disjoint(mix_dat
     data, tok, _ = mix_data
     r = mixture(data, tok, [(n, [MOBY if n == "moby" else KJV], *w) for n, w in weights.items()])
     _, run = _train(tmp_path, "run", r)
-    shares, tokens = _phase_shares(_rows(run), r.phase1_steps)
+    shares, tokens = _phase_shares(_rows(run), r.plan.phase1_steps)
     for p in (1, 2):
         total = sum(e.weight_in(p) for e in r.data.mix)
         for e in r.data.mix:
@@ -84,7 +84,7 @@ def test_rows_read_realise_the_weights_per_phase_and_phases_are_disjoint(mix_dat
 
     # The counts agree with the pack, read independently: each phase reads its pack's rows exactly once.
     manifest = shards.read_manifest(data)
-    pack, _ = packing.ensure_pack(r, data, manifest, shards.manifest_sha256(data))
+    pack, _ = packing.ensure_pack(r.plan, r.run.seed, r.data, data, manifest, shards.manifest_sha256(data))
     rows = {p: materialise(pack.rows[p]) for p in (1, 2)}
     for p in (1, 2):
         counts = np.bincount(_entry_of(rows[p], pack.info), minlength=2) * pack.widths[p]
@@ -146,8 +146,8 @@ def test_heldout_rows_follow_the_weights(mix_data):
     r = mixture(data, tok, [("moby", [MOBY], 0.75, None, None), ("kjv", [KJV], 0.25, None, None)])
     manifest = shards.read_manifest(data)
     val = shards.TokenStore(data, manifest, "val")
-    rows = heldout_rows(val, r, manifest["mix"])
-    assert len(rows) == r.heldout_rows
+    rows = heldout_rows(val, r.plan, r.data.mix, manifest["mix"])
+    assert len(rows) == r.plan.heldout_rows
     width = r.train.seq_len + 1
     own = {}
     for m in manifest["mix"]:

@@ -64,8 +64,8 @@ def test_packing_2t_tokens_allocates_no_array_of_the_corpus(tmp_path):
     r = small_recipe(tmp_path, **{"train.steps": 50_000, "train.batch_size": 2048, "train.seq_len": 4096,
                                   "model.max_seq_len": 4096, "tst.bag_size": 16, "tst.ratio": 0.25})
     tracemalloc.start()
-    info, rows = packing.split_phases(r, manifest)
-    last = r.train.steps - r.phase1_steps - 1
+    info, rows = packing.split_phases(r.plan, r.run.seed, r.data.mix, manifest)
+    last = r.train.steps - r.plan.phase1_steps - 1
     offsets, _ = batch_offsets(rows[2], r.run.seed, 2, last, r.train.batch_size, rank=63, world=64)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -34,10 +34,10 @@ def test_overrides_use_toml_values_and_bare_strings():
 
 def test_phase_split():
     r = recipes.load(ROOT / "recipes" / "tiny.toml", ["train.steps=10", "tst.ratio=0.25"])
-    assert r.phase1_steps == 2  # round(2.5) -> 2 (banker's rounding, documented as round())
-    assert [r.phase_at(s) for s in range(1, 11)] == [1, 1] + [2] * 8
+    assert r.plan.phase1_steps == 2  # round(2.5) -> 2 (banker's rounding, documented as round())
+    assert [r.plan.phase_at(s) for s in range(1, 11)] == [1, 1] + [2] * 8
     r0 = recipes.load(ROOT / "recipes" / "tiny.toml", ["tst.ratio=0"])
-    assert r0.phase1_steps == 0 and r0.phase_at(1) == 2
+    assert r0.plan.phase1_steps == 0 and r0.plan.phase_at(1) == 2
 
 
 @pytest.mark.parametrize("override,needle", [

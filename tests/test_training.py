@@ -35,7 +35,7 @@ class PoisonGradients(Hook):
 @pytest.mark.parametrize("mode,width", [("full", 3 * 33), ("input", 3 * 33), ("output", 2 * 33)])
 def test_each_mode_trains_through_both_phases(small_data, tmp_path, mode, width):
     t = _trainer(small_data, tmp_path, **{"tst.mode": mode, "train.steps": 8})
-    assert t.data.widths[1] == width and t.data.widths[2] == 33
+    assert t.plan.row_widths[1] == width and t.plan.row_widths[2] == 33
     res = t.run()
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in rows if x["kind"] == "train"]

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tstcli.tst import PhaseSpec, make_bags, multi_hot_ce, superposed_embeddings, target_weights
+from tstcli.phases import PhaseSpec
+from tstcli.tst import make_bags, multi_hot_ce, superposed_embeddings, target_weights
 
 
 @pytest.mark.parametrize("s", [1, 2, 4, 7, 16])

@@ -6,8 +6,8 @@ do if the embedding gather ran outside the model's own call. Phase 2 is the same
 model's own auxiliary loss (a mixture of experts' router losses) is added here without naming it.
 
 `heldout_loss` is the one held-out-loss function: training's validation and `tst eval` both call it, on the same
-rows (`Recipe.heldout_rows` rows of seq_len+1 tokens from the start of the validation split), so one checkpoint
-has one held-out loss. It is always ordinary next-token loss, in every phase.
+rows (the phase plan's `heldout_rows` rows of seq_len+1 tokens from the start of the validation split), so one
+checkpoint has one held-out loss. It is always ordinary next-token loss, in every phase.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from torch import nn
 
 from tstcli.model import Llama
 from tstcli.recipe import TrainConfig
-from tstcli.tst import LossSpec, PhaseSpec, head_loss, make_bags, superposed_embeddings
+from tstcli.phases import PhaseSpec
+from tstcli.tst import LossSpec, head_loss, make_bags, superposed_embeddings
 
 
 def _scored(model: Llama, rows: torch.Tensor, spec: PhaseSpec, loss: LossSpec, amp_dtype):

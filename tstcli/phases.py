@@ -1,12 +1,14 @@
-"""The phases' row geometry: how many tokens one row of a phase spans, for its mode and bag size (the index
-conventions of docs/design.md, "The method"). Free of torch: the data layer (packing, `tst prepare`) reads it, and
-`tst prepare` never imports torch. The bags themselves are made in `tst/bags.py`."""
+"""The phase plan: how a run's steps split into phases and what one row of each phase is — the one place this is
+computed (docs/design.md, "The method"). `Recipe.plan` builds it once; packing, the loader, the loss specs, the
+objective, the schedule, the dry run and the hooks take the plan, never re-derive it. Free of torch: `tst prepare`
+reads it without importing torch. The bags themselves are made in `tst/bags.py`.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from tstcli.recipe import Recipe
+PHASES = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,13 @@ class PhaseSpec:
         return cls("ntp", 1, seq_len)
 
     @property
+    def input_width(self) -> int:
+        """Token ids averaged into one latent position (k): s for full and input, 1 otherwise."""
+        return self.bag_size if self.mode in ("full", "input") else 1
+
+    @property
     def target_width(self) -> int:
+        """Tokens each position predicts (m): s for full and output, 1 otherwise."""
         return 1 if self.mode in ("input", "ntp") else self.bag_size
 
     @property
@@ -38,6 +46,67 @@ class PhaseSpec:
         return self.units * (self.seq_len + 1)
 
 
-def phase_specs(r: Recipe) -> dict[int, PhaseSpec]:
-    """The recipe's two phases: superposition (its mode and bag size), then next-token recovery."""
-    return {1: PhaseSpec(r.tst.mode, r.tst.bag_size, r.train.seq_len), 2: PhaseSpec.next_token(r.train.seq_len)}
+@dataclass(frozen=True)
+class PhasePlan:
+    """Steps 1 … `phase1_steps` are phase 1 (superposition, `phase1`'s geometry), the rest phase 2 (next-token
+    rows of L+1). Every held-out evaluation scores `heldout_rows` next-token rows."""
+    steps: int  # optimizer steps in all
+    phase1_steps: int  # n1 = round(tst.ratio x train.steps)
+    batch_size: int  # global rows per step
+    phase1: PhaseSpec
+    heldout_rows: int
+
+    @classmethod
+    def of(cls, r) -> "PhasePlan":
+        """The plan of a `Recipe` (not imported: the recipe imports this module to offer `Recipe.plan`)."""
+        t = r.train
+        return cls(t.steps, round(r.tst.ratio * t.steps), t.batch_size, PhaseSpec(r.tst.mode, r.tst.bag_size,
+                                                                                    t.seq_len),
+                   r.eval.batches * t.batch_size)
+
+    @property
+    def seq_len(self) -> int:
+        return self.phase1.seq_len
+
+    @property
+    def specs(self) -> dict[int, PhaseSpec]:
+        return {1: self.phase1, 2: self.heldout}
+
+    @property
+    def heldout(self) -> PhaseSpec:
+        """Held-out rows, like phase 2's: next-token rows of L+1 tokens, in every phase."""
+        return PhaseSpec.next_token(self.seq_len)
+
+    @property
+    def phase_steps(self) -> dict[int, int]:
+        return {1: self.phase1_steps, 2: self.steps - self.phase1_steps}
+
+    @property
+    def row_widths(self) -> dict[int, int]:
+        return {p: spec.row_width for p, spec in self.specs.items()}
+
+    @property
+    def rows_needed(self) -> dict[int, int]:
+        """Rows each phase reads over the run (its steps x the global batch)."""
+        return {p: n * self.batch_size for p, n in self.phase_steps.items()}
+
+    @property
+    def switch_step(self) -> int | None:
+        """The first next-token step, where the switch happens; None when a phase is empty (no switch)."""
+        return self.phase1_steps + 1 if 0 < self.phase1_steps < self.steps else None
+
+    def phase_at(self, step: int) -> int:
+        """Phase of optimizer step `step` (1-based)."""
+        return 1 if step <= self.phase1_steps else 2
+
+    def step_in_phase(self, step: int) -> int:
+        """0-based index of optimizer step `step` (1-based) within its phase."""
+        return step - 1 if step <= self.phase1_steps else step - 1 - self.phase1_steps
+
+    def check_rows(self, phase: int, shape: tuple) -> None:
+        """A batch of phase `phase` must be rows of that phase's width: anything else would be scored as other
+        tokens without an error (a view of the wrong width still reshapes)."""
+        want = self.specs[phase].row_width
+        if len(shape) != 2 or shape[1] != want:
+            raise ValueError(f"phase {phase}: a batch of shape {tuple(shape)}, but the phase plan's rows are {want} "
+                             "tokens wide")

@@ -7,6 +7,7 @@ naming the file and the key. Nothing below the CLI reads TOML.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -21,6 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from tstcli.errors import RecipeError
+from tstcli.phases import PhasePlan
 
 
 def key(default, doc: str, choices: tuple | None = None, item: type = str, toml: str | None = None):
@@ -246,18 +248,10 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
-    # ---- derived quantities: the one place the phase split is defined ----
-    @property
-    def phase1_steps(self) -> int:
-        return round(self.tst.ratio * self.train.steps)
-
-    def phase_at(self, step: int) -> int:
-        """Phase of optimizer step `step` (1-based)."""
-        return 1 if step <= self.phase1_steps else 2
-
-    def step_in_phase(self, step: int) -> int:
-        """0-based index of optimizer step `step` (1-based) within its phase."""
-        return step - 1 if step <= self.phase1_steps else step - 1 - self.phase1_steps
+    @functools.cached_property
+    def plan(self) -> PhasePlan:
+        """The phase plan (steps per phase, row geometry, held-out rows), built once per recipe."""
+        return PhasePlan.of(self)
 
     @property
     def data_dir(self) -> str:
@@ -273,11 +267,6 @@ class Recipe:
             keys["mix"] = [{"name": e["name"], "sources": e["sources"]} for e in keys["mix"]]
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:8]
         return f"data/{self.run.name}-{digest}"
-
-    @property
-    def heldout_rows(self) -> int:
-        """Rows of seq_len+1 tokens every held-out evaluation scores (training's and `tst eval`'s alike)."""
-        return self.eval.batches * self.train.batch_size
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
@@ -500,7 +489,7 @@ def _check_mix(r: Recipe, where: str) -> None:
         for p in (1, 2):
             w = getattr(e, f"phase{p}_weight")
             _require(w is None or w >= 0, where, f"{k}.phase{p}_weight", "a number >= 0", w)
-    for p, steps in ((1, r.phase1_steps), (2, r.train.steps - r.phase1_steps)):
+    for p, steps in r.plan.phase_steps.items():
         _require(steps == 0 or sum(e.weight_in(p) for e in mix) > 0, where, f"data.mix[].phase{p}_weight",
                  f"> 0 for at least one entry (phase {p} has {steps} steps to fill)", [e.weight_in(p) for e in mix])
 

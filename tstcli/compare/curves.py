@@ -77,7 +77,7 @@ def _label(run_dir: Path, has_phase1: bool) -> str:
         r = recipes.load(run_dir / "recipe.toml")
     except Exception:  # a bare metrics file still compares; the label is then generic
         return "superposition" if has_phase1 else "baseline"
-    if r.tst.bag_size == 1 or r.phase1_steps == 0:
+    if r.tst.bag_size == 1 or r.plan.phase1_steps == 0:
         return "baseline"
     return f"s={r.tst.bag_size}, ratio={r.tst.ratio:g}" + ("" if r.tst.mode == "full" else f", {r.tst.mode}")
 

@@ -13,7 +13,8 @@ import numpy as np
 from tstcli.data.order import Bijection
 from tstcli.data.packing import proportional_split
 from tstcli.data.shards import TokenStore
-from tstcli.recipe import Recipe
+from tstcli.phases import PhasePlan
+from tstcli.recipe import MixEntry
 
 
 def batch_offsets(rows, seed: int, phase: int, step_in_phase: int, batch_size: int,
@@ -56,16 +57,18 @@ def val_rows(store: TokenStore, width: int, count: int) -> np.ndarray:
     return store.rows(offsets, width)
 
 
-def heldout_rows(val: TokenStore, r: Recipe, mix: list[dict] | None = None) -> np.ndarray:
-    """The rows every held-out evaluation of a run scores, in training and in `tst eval` alike. With a mixture
-    (`mix`: the manifest's layout), each entry gives rows from the start of its own validation shards in proportion
-    to its `weight`, so the held-out loss measures the mixture the run aims at."""
-    width, count = r.train.seq_len + 1, r.heldout_rows
-    if not r.data.mix or not mix:
+def heldout_rows(val: TokenStore, plan: PhasePlan, entries: list[MixEntry] = (),
+                 layout: list[dict] | None = None) -> np.ndarray:
+    """The plan's held-out rows, which every held-out evaluation of a run scores, in training and in `tst eval`
+    alike. With a mixture (`entries`: the recipe's data.mix; `layout`: the manifest's), each entry gives rows from
+    the start of its own validation shards in proportion to its `weight`, so the held-out loss measures the mixture
+    the run aims at."""
+    width, count = plan.heldout.row_width, plan.heldout_rows
+    if not entries or not layout:
         return val_rows(val, width, count)
-    layout = {m["name"]: m["val"] for m in mix}
-    pools = [_entry_val_rows(val, width, layout[e.name]) for e in r.data.mix]
-    want = proportional_split(count, [e.weight for e in r.data.mix])
+    by_name = {m["name"]: m["val"] for m in layout}
+    pools = [_entry_val_rows(val, width, by_name[e.name]) for e in entries]
+    want = proportional_split(count, [e.weight for e in entries])
     take = [min(k, len(p)) for k, p in zip(want, pools)]
     for i, pool in enumerate(pools):  # an entry with too few held-out rows: the others make up the difference
         extra = min(count - sum(take), len(pool) - take[i])

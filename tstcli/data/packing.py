@@ -25,15 +25,11 @@ from tstcli.data import shards
 from tstcli.data.order import Bijection
 from tstcli.data.rows import Chunks, Concat, Drawn, PhaseRows
 from tstcli.errors import DataError
-from tstcli.recipe import Recipe
-from tstcli.phases import phase_specs
+from tstcli.phases import PhasePlan
+from tstcli.recipe import DataConfig, MixEntry
 
 PACKS = "packs"
 ORDER = 2  # the row-order function's version (2: Feistel bijections; 1: materialised permutations, in earlier versions)
-
-
-def row_widths(r: Recipe) -> dict[int, int]:
-    return {p: spec.row_width for p, spec in phase_specs(r).items()}
 
 
 @dataclass(frozen=True)
@@ -47,12 +43,12 @@ class Pack:
         return {int(k): v for k, v in self.info["widths"].items()}
 
 
-def pack_key(r: Recipe, manifest_sha: str) -> str:
-    spec = {"manifest": manifest_sha, "s": r.tst.bag_size, "L": r.train.seq_len, "mode": r.tst.mode,
-            "steps": r.train.steps, "phase1_steps": r.phase1_steps, "batch": r.train.batch_size, "seed": r.run.seed,
-            "order": ORDER}
-    if r.data.mix:  # only then: the packs of runs without a mixture keep their names
-        spec["mix"] = [[e.name, e.weight_in(1), e.weight_in(2)] for e in r.data.mix]
+def pack_key(plan: PhasePlan, seed: int, mix: list[MixEntry], manifest_sha: str) -> str:
+    p1 = plan.phase1
+    spec = {"manifest": manifest_sha, "s": p1.bag_size, "L": p1.seq_len, "mode": p1.mode, "steps": plan.steps,
+            "phase1_steps": plan.phase1_steps, "batch": plan.batch_size, "seed": seed, "order": ORDER}
+    if mix:  # only then: the packs of runs without a mixture keep their names
+        spec["mix"] = [[e.name, e.weight_in(1), e.weight_in(2)] for e in mix]
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -80,15 +76,18 @@ def _phase_info(steps: int, width: int, rows: int, rows_needed: int) -> dict:
             "epochs": (rows_needed / rows) if rows else 0.0}
 
 
-def split_phases(r: Recipe, manifest: dict) -> tuple[dict, dict]:
+def _geometry(plan: PhasePlan) -> tuple[int, int, int]:
+    """(g, unit, chunk): phase-1 rows span g units of L+1 tokens; a phase-2 row is one unit; a chunk, one
+    phase-1 row."""
+    return plan.phase1.units, plan.specs[2].row_width, plan.phase1.row_width
+
+
+def split_phases(plan: PhasePlan, seed: int, mix: list[MixEntry], manifest: dict) -> tuple[dict, dict]:
     """Decide the phase split: returns (info, rows) without touching the disk."""
-    if r.data.mix:
-        return split_mixture(r, manifest)
-    specs = phase_specs(r)
-    g, unit, chunk = specs[1].units, specs[2].row_width, specs[1].row_width
-    widths = {1: chunk, 2: unit}
-    steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
-    need_rows = {p: steps[p] * r.train.batch_size for p in (1, 2)}
+    if mix:
+        return split_mixture(plan, seed, mix, manifest)
+    g, unit, chunk = _geometry(plan)
+    widths, steps, need_rows = plan.row_widths, plan.phase_steps, plan.rows_needed
     need_chunks = {1: need_rows[1], 2: math.ceil(need_rows[2] / g)}
     chunks = Chunks([x["tokens"] for x in manifest["splits"]["train"]["shards"]], chunk)
     n = chunks.count
@@ -96,7 +95,7 @@ def split_phases(r: Recipe, manifest: dict) -> tuple[dict, dict]:
         raise DataError(f"training split has {manifest['splits']['train']['tokens']} tokens, fewer than one row of "
                         f"{chunk} tokens per phase: add data or lower train.seq_len / tst.bag_size")
     c1, covered = _phase1_chunks(n, need_chunks)
-    rows = _phase_rows(chunks, c1, (r.run.seed, 0x7057), g, unit)
+    rows = _phase_rows(chunks, c1, (seed, 0x7057), g, unit)
     phases = {str(p): _phase_info(steps[p], widths[p], len(rows[p]), need_rows[p]) for p in (1, 2)}
     info = {"widths": widths,
             "phases": phases, "train_tokens": manifest["splits"]["train"]["tokens"],
@@ -115,27 +114,24 @@ def proportional_split(total: int, weights: list[float]) -> list[int]:
     return out.tolist()
 
 
-def split_mixture(r: Recipe, manifest: dict) -> tuple[dict, dict]:
+def split_mixture(plan: PhasePlan, seed: int, mix: list[MixEntry], manifest: dict) -> tuple[dict, dict]:
     """The phase split of a weighted mixture. Phase p's R_p rows are dealt to the entries in proportion to their
     phase-p weights (rows of a phase have one width, so row shares are token shares); each entry splits its own
     chunks between the phases as a corpus without a mixture does (disjoint), and its part holds exactly its rows,
     repeated in whole copies when short. A phase reads its pack once (one loader epoch), so the rows a run reads
     realise the weights to within one row per entry."""
-    specs = phase_specs(r)
-    g, unit, chunk = specs[1].units, specs[2].row_width, specs[1].row_width
-    widths = {1: chunk, 2: unit}
-    steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
-    need_rows = {p: steps[p] * r.train.batch_size for p in (1, 2)}
+    g, unit, chunk = _geometry(plan)
+    widths, steps, need_rows = plan.row_widths, plan.phase_steps, plan.rows_needed
     layout = {m["name"]: m for m in manifest.get("mix", [])}
-    if [e.name for e in r.data.mix] != [m["name"] for m in manifest.get("mix", [])]:
+    if [e.name for e in mix] != [m["name"] for m in manifest.get("mix", [])]:
         raise DataError("data.mix: the prepared data holds other mixture entries "
                         f"({', '.join(layout) or 'none'}); re-run `tst prepare RECIPE`")
     train_shards = manifest["splits"]["train"]["shards"]
     starts = np.concatenate([[0], np.cumsum([x["tokens"] for x in train_shards])]).astype(np.int64)
-    share = {p: proportional_split(need_rows[p], [e.weight_in(p) for e in r.data.mix]) for p in (1, 2)}
+    share = {p: proportional_split(need_rows[p], [e.weight_in(p) for e in mix]) for p in (1, 2)}
     rows: dict = {1: [], 2: []}
     entries, covered = [], True
-    for i, e in enumerate(r.data.mix):
+    for i, e in enumerate(mix):
         m = layout[e.name]["train"]
         chunks = Chunks([x["tokens"] for x in train_shards[m["first"]:m["first"] + m["count"]]], chunk,
                         int(starts[m["first"]]))
@@ -146,10 +142,10 @@ def split_mixture(r: Recipe, manifest: dict) -> tuple[dict, dict]:
                             f"{chunk} tokens per phase it takes part in: add data, lower its weight or lower "
                             "train.seq_len / tst.bag_size")
         c1, enough = _phase1_chunks(chunks.count, need_chunks)
-        own = _phase_rows(chunks, c1, (r.run.seed, 0x7057, i + 1), g, unit)
+        own = _phase_rows(chunks, c1, (seed, 0x7057, i + 1), g, unit)
         phases = {}
         for p in (1, 2):
-            rows[p].append(Drawn(own[p], need[p], (r.run.seed, 0x7058, i + 1, p)))
+            rows[p].append(Drawn(own[p], need[p], (seed, 0x7058, i + 1, p)))
             phases[str(p)] = {"weight": need[p] / need_rows[p] if need_rows[p] else 0.0,
                               **_phase_info(steps[p], widths[p], len(own[p]), need[p])}
         covered &= enough
@@ -195,12 +191,13 @@ def _shortfall(info: dict) -> str:
     return f"corpus too small for the recipe without repetition ({needs(info['phases'])})"
 
 
-def ensure_pack(r: Recipe, data_dir: Path, manifest: dict, manifest_sha: str) -> tuple[Pack, bool]:
-    """The pack for this recipe (its `pack.json` written if absent). Returns (pack, written_now)."""
-    info, rows = split_phases(r, manifest)  # microseconds: the rows are functions, not arrays
-    if not r.data.repeat and not info["covered_without_repetition"]:
+def ensure_pack(plan: PhasePlan, seed: int, data: DataConfig, data_dir: Path, manifest: dict,
+                manifest_sha: str) -> tuple[Pack, bool]:
+    """The pack for this plan, seed and data (its `pack.json` written if absent). Returns (pack, written_now)."""
+    info, rows = split_phases(plan, seed, data.mix, manifest)  # microseconds: the rows are functions, not arrays
+    if not data.repeat and not info["covered_without_repetition"]:
         raise DataError(f"{data_dir}: {_shortfall(info)}; set data.repeat = true or add data")
-    key = pack_key(r, manifest_sha)
+    key = pack_key(plan, seed, data.mix, manifest_sha)
     directory = Path(data_dir) / PACKS / key
     info = {**info, "key": key, "order": ORDER}
     built = not (directory / "pack.json").is_file() and _write_pack(directory, info)

@@ -239,7 +239,8 @@ def prepare_recipe(r, force: bool = False, verify: bool = False, log=print,
                 log(f"prepare: {data_dir} is up to date with the recipe's sources and tokenizer; nothing to do "
                     "(--force rebuilds)")
             shards.verify(data_dir, manifest, full=verify)
-            pack, built = packing.ensure_pack(r, data_dir, manifest, shards.manifest_sha256(data_dir))
+            pack, built = packing.ensure_pack(r.plan, r.run.seed, r.data, data_dir, manifest,
+                                              shards.manifest_sha256(data_dir))
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
     out = {"data_dir": str(data_dir), "up_to_date": result is None, "vocab_size": manifest["vocab_size"],
            "dtype": manifest["dtype"], "train_tokens": tr["tokens"], "val_tokens": va["tokens"],

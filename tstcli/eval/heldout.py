@@ -20,7 +20,8 @@ def run_heldout(lm: LoadedModel) -> dict:
     data_dir, _ = rundir.run_data_dir(lm.run_dir)  # exit 3 if it no longer holds the data the run recorded
     manifest = shards.read_manifest(data_dir)
     shards.verify(data_dir, manifest, full=False)
-    rows = torch.from_numpy(heldout_rows(shards.TokenStore(data_dir, manifest, "val"), r, manifest.get("mix")))
+    rows = torch.from_numpy(heldout_rows(shards.TokenStore(data_dir, manifest, "val"), r.plan, r.data.mix,
+                                         manifest.get("mix")))
     amp = torch.bfloat16 if r.train.dtype == "bf16" else None
     h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp, r.train.loss_chunk_size)
     return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens,

@@ -111,7 +111,7 @@ def _check_row_order(run_dir: Path, info: dict, recipe, allow_changed_data: bool
     started by a tst whose row order differs would read other rows from here on."""
     from tstcli.data import packing
 
-    now = packing.pack_key(recipe, info["manifest_sha256"])
+    now = packing.pack_key(recipe.plan, recipe.run.seed, recipe.data.mix, info["manifest_sha256"])
     if info.get("pack") in (None, now):
         return
     if not allow_changed_data:
@@ -150,7 +150,8 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
         shards.verify(data_dir, shards.read_manifest(data_dir), full=True)
         log(f"resume: continuing on changed data in {data_dir} (--allow-changed-data); every shard's sha256 checked")
         sha = shards.manifest_sha256(data_dir)
-        info = {**info, "manifest_sha256": sha, "pack": packing.pack_key(recipe, sha),
+        key = packing.pack_key(recipe.plan, recipe.run.seed, recipe.data.mix, sha)
+        info = {**info, "manifest_sha256": sha, "pack": key,
                 "data_changes": info.get("data_changes", 0) + 1}
         shutil.copyfile(manifest_path, run_dir / MANIFEST)
         write_json_atomic(run_dir / RUN_INFO, info)

@@ -11,6 +11,7 @@ import torch
 from tstcli.data import packing, shards
 from tstcli.data.loader import PhaseLoader, heldout_rows
 from tstcli.errors import RecipeError
+from tstcli.phases import PhasePlan
 from tstcli.recipe import Recipe
 
 
@@ -23,13 +24,10 @@ class TrainData:
     train: shards.TokenStore
     val: shards.TokenStore
 
-    @property
-    def widths(self) -> dict[int, int]:
-        return self.pack.widths
-
-    def loaders(self, r: Recipe) -> dict[int, PhaseLoader]:
-        return {p: PhaseLoader(self.train, self.pack.rows[p], self.widths[p], r.run.seed, p, r.train.batch_size)
-                for p in (1, 2)}
+    def loaders(self, plan: PhasePlan, seed: int) -> dict[int, PhaseLoader]:
+        """Each phase's loader, reading rows of the plan's widths (which the pack was split for)."""
+        return {p: PhaseLoader(self.train, self.pack.rows[p], spec.row_width, seed, p, plan.batch_size)
+                for p, spec in plan.specs.items()}
 
     def mix_tokens(self, loaders: dict[int, PhaseLoader], phase: int, step_in_phase: int) -> dict[str, int]:
         """Raw tokens the step reads from each mixture entry ({} without a mixture)."""
@@ -41,11 +39,11 @@ class TrainData:
         return {e["name"]: int(c) for e, c in zip(entries, counts)}
 
     def heldout_rows(self, r: Recipe) -> np.ndarray:
-        """The rows every held-out evaluation of this run scores (`Recipe.heldout_rows` rows of seq_len+1)."""
-        rows = heldout_rows(self.val, r, self.manifest.get("mix"))
+        """The rows every held-out evaluation of this run scores (the plan's `heldout_rows` rows of seq_len+1)."""
+        rows = heldout_rows(self.val, r.plan, r.data.mix, self.manifest.get("mix"))
         if len(rows) == 0:
             raise RecipeError(f"train.seq_len: the validation split ({self.val.total} tokens) holds no row of "
-                              f"{r.train.seq_len + 1} tokens; lower train.seq_len or raise data.val_fraction")
+                              f"{r.plan.heldout.row_width} tokens; lower train.seq_len or raise data.val_fraction")
         return rows
 
 
@@ -63,6 +61,6 @@ def open_data(r: Recipe, data_dir: Path, full_verify: bool = False) -> tuple[Tra
     manifest = shards.read_manifest(data_dir)
     shards.verify(data_dir, manifest, full=full_verify)
     sha = shards.manifest_sha256(data_dir)
-    pack, built = packing.ensure_pack(r, data_dir, manifest, sha)
+    pack, built = packing.ensure_pack(r.plan, r.run.seed, r.data, data_dir, manifest, sha)
     return TrainData(data_dir, manifest, sha, pack, shards.TokenStore(data_dir, manifest, "train"),
                      shards.TokenStore(data_dir, manifest, "val")), built

@@ -24,7 +24,8 @@ def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int
     under FSDP2 plus the parameters of the block being computed and the next one (gathered in the compute dtype).
     Activations of one micro-batch (Korthikanti et al.): ~34·mb·L·dim bytes per block in bf16 without
     recomputation, 2·mb·L·dim (the block input) for a recomputed block; plus the loss's logits (see `loss_bytes`)
-    and, in phase 1, the gathered bag embeddings (fp32, s per position). `logits` is the recipe's loss path;
+    and, in phase 1, the gathered bag embeddings (fp32, one per token averaged into a position: s in the full
+    and input modes, 1 in the output mode). `logits` is the recipe's loss path;
     `logits_full` and `total_full_logits` are what the full-logits path (train.loss_chunk_size = 0) would need.
     """
     L, d, mb = r.train.seq_len, r.model.dim, r.train.rows_per_micro_batch(world_size)
@@ -39,7 +40,7 @@ def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int
     positions = mb * L
     logits = loss_bytes(positions, vocab_size, d, r.train.loss_chunk_size, act)
     full = loss_bytes(positions, vocab_size, d, 0, act)
-    bags = positions * r.tst.bag_size * d * 4
+    bags = positions * r.plan.phase1.input_width * d * 4
     parts = {"state": state, "gathered_params": gathered, "activations": blocks, "logits": logits, "bags": bags}
     total = sum(parts.values())
     return {k: round(v / GiB, 3) for k, v in parts.items()} | {
@@ -67,8 +68,7 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
     block_params = sum(p.numel() for p in model.layers[0].parameters())
     L, B = r.train.seq_len, r.train.batch_size
     fpp = model.flops_per_position(L)
-    widths = packing.row_widths(r)
-    steps = {1: r.phase1_steps, 2: r.train.steps - r.phase1_steps}
+    widths, steps = r.plan.row_widths, r.plan.phase_steps
     ckpt_gib = checkpoint_bytes(model) / 2 ** 30
     devices = {}
     for n in nprocs or [1]:
@@ -102,7 +102,7 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
         "coverage": None,
     }
     if manifest is not None:
-        info, _ = packing.split_phases(r, manifest)
+        info, _ = packing.split_phases(r.plan, r.run.seed, r.data.mix, manifest)
         plan["coverage"] = info
     return plan
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tstcli.recipe import Recipe, TrainConfig
+from tstcli.phases import PhasePlan
+from tstcli.recipe import TrainConfig
 from tstcli.train.schedule import lr_factor
 
 
@@ -33,11 +34,11 @@ def apply_update(optimizer: torch.optim.Optimizer, ok: torch.Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def lr_at(r: Recipe, step: int) -> float:
+def lr_at(plan: PhasePlan, t: TrainConfig, restart_at_switch: bool, step: int) -> float:
     """Learning rate of optimizer step `step` (1-based): one schedule through both phases, or restarted at the
     switch under the `tst.restart_schedule` ablation."""
-    t, n1 = r.train, r.phase1_steps
-    if r.tst.restart_schedule and step > n1 > 0:
+    n1 = plan.phase1_steps
+    if restart_at_switch and step > n1 > 0:
         step, total = step - n1, t.steps - n1
     else:
         total = t.steps

@@ -1,8 +1,8 @@
 """The training loop: the step math and a short loop. Everything else is a hook (`tstcli.train.hooks`).
 
-Each optimizer step asks `recipe.phase_at(step)` which phase it is in, reads its rows from that phase's loader, and
-runs the objective (bags -> superposed embeddings -> model -> multi-hot CE) forward and backward over the
-micro-batches. Phase 2 is the same code with bags of one token, i.e. ordinary next-token training. Model, optimizer
+Each optimizer step asks the phase plan (`recipe.plan.phase_at(step)`) which phase it is in, reads its rows from
+that phase's loader (checked against the plan's row width), and runs the objective (bags -> superposed embeddings
+-> model -> multi-hot CE) forward and backward over the micro-batches. Phase 2 is the same code with bags of one token, i.e. ordinary next-token training. Model, optimizer
 state and the LR schedule carry straight through the switch unless an ablation hook changes them.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tstcli.train.data import TrainData, to_device
 from tstcli.train.hooks import Hook, Hooks
 from tstcli.train.optim import apply_update, lr_at, make_optimizer
 from tstcli.train.steplog import Read, StepLog, StepResult
-from tstcli.tst import loss_specs, phase_specs
+from tstcli.tst import loss_specs
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, data: TrainData, world: World, device: torch.device,
                  hooks: list[Hook] = ()):
         r = self.r = recipe
+        plan = self.plan = recipe.plan
         self.run_dir, self.data, self.world, self.device = Path(run_dir), data, world, device
         if device.type == "cpu":
             # Bitwise reproducibility (and so exact resume) on CPU: without this, torch.compile lowers the
@@ -63,10 +64,10 @@ class Trainer:
         self.model.to(device)
         if r.train.float8:  # before compile and FSDP wrap the blocks (checked at start: float8.check)
             float8.convert(self.model)
-        self.engine = Engine(Objective(self.model, phase_specs(r), loss_specs(r), self.amp), r.distributed, world,
-                             self.amp, r.train.compile)
+        self.engine = Engine(Objective(self.model, plan.specs, loss_specs(plan, r.tst, r.train.loss_chunk_size),
+                                       self.amp), r.distributed, world, self.amp, r.train.compile)
         self.optimizer = make_optimizer(self.model, r.train)
-        self.loaders = data.loaders(r)
+        self.loaders = data.loaders(plan, r.run.seed)
         self.val_rows = torch.from_numpy(data.heldout_rows(r))
         self.flops_per_position = self.model.flops_per_position(r.train.seq_len)
         self.device_name, self.peak_flops = hardware.peak_flops(device, self.amp is not None)
@@ -81,7 +82,7 @@ class Trainer:
 
     # ---- the step math ----
     def lr_at(self, step: int) -> float:
-        return lr_at(self.r, step)
+        return lr_at(self.plan, self.r.train, self.r.tst.restart_schedule, step)
 
     def _accumulate(self, phase: int, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Forward and backward over the micro-batches of this rank's rows (gradients communicated on the last).
@@ -116,9 +117,10 @@ class Trainer:
     def train_step(self, step: int) -> StepResult:
         """One optimizer step, queued on the device without waiting for it: the update is applied only if the loss
         and gradient norm are finite (decided on the device); `flush` reads the outcome."""
-        r, phase = self.r, self.r.phase_at(step)
+        r, phase = self.r, self.plan.phase_at(step)
         t0 = time.perf_counter()
-        rows_np, epoch = self.loaders[phase].batch(r.step_in_phase(step), self.world.rank, self.world.size)
+        rows_np, epoch = self.loaders[phase].batch(self.plan.step_in_phase(step), self.world.rank, self.world.size)
+        self.plan.check_rows(phase, rows_np.shape)
         rows = to_device(rows_np, self.device)
         data_s = time.perf_counter() - t0
         compiling = self.engine.compiles and not self.engine.built(phase)
@@ -164,7 +166,7 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         s = asdict(self.state)
         s["elapsed_s"] = self.elapsed()
-        return {**s, "phase": self.r.phase_at(max(self.state.step, 1)),
+        return {**s, "phase": self.plan.phase_at(max(self.state.step, 1)),
                 "torch_rng": torch.get_rng_state().tolist()}
 
     def _initial_weights(self) -> list[str]:
@@ -192,12 +194,12 @@ class Trainer:
         """Count the step's tokens, positions and FLOPs into the state (they do not depend on the device's outcome)
         and queue its row until the next `flush`."""
         r, s, phase = self.r, self.state, out.phase
-        tokens, positions = r.train.batch_size * self.data.widths[phase], r.train.batch_size * r.train.seq_len
+        tokens, positions = r.train.batch_size * self.plan.row_widths[phase], r.train.batch_size * r.train.seq_len
         s.tokens += tokens
         s.tokens_phase[str(phase)] += tokens
         s.positions += positions
         s.flops += self.flops_per_position * positions
-        for name, n in self.data.mix_tokens(self.loaders, phase, r.step_in_phase(step)).items():
+        for name, n in self.data.mix_tokens(self.loaders, phase, self.plan.step_in_phase(step)).items():
             s.mix_tokens[name] = s.mix_tokens.get(name, 0) + n
         self.log.add(step, out, {"tokens": s.tokens, "positions": s.positions, "flops": s.flops,
                                  "elapsed_s": self.elapsed(), "dt": dt, "step_tokens": tokens,

@@ -1,9 +1,8 @@
 """Turn a batch of token rows into (input bags, target bags) — the index conventions of docs/design.md ("The
-method"). `PhaseSpec` is also the one place that knows how wide a phase's rows are; the data layer asks it.
+method"). How wide a phase's rows are is the phase plan's (`tstcli/phases.py`); the data layer asks it.
 
 Every phase is expressed the same way: inputs (B, L, k) whose k ids are averaged into one latent position, and
-targets (B, L, m) scored with a multi-hot CE. Next-token training is k = m = 1. `PhaseSpec` (the row geometry)
-lives in `tstcli/phases.py`, free of torch, so the data layer reads it without importing torch.
+targets (B, L, m) scored with a multi-hot CE. Next-token training is k = m = 1.
 
 - full   (rows of s·(L+1)): input bag i = x[i·s : (i+1)·s], target bag i = x[(i+1)·s : (i+2)·s]
 - input  (rows of s·(L+1)): input bag i = x[i·s : (i+1)·s], target = the single token x[(i+1)·s]
@@ -14,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from tstcli.phases import PhaseSpec, phase_specs
-
-__all__ = ["PhaseSpec", "phase_specs", "make_bags"]  # the first two re-exported: the geometry lives in phases.py
+from tstcli.phases import PhaseSpec
 
 
 def make_bags(rows: torch.Tensor, spec: PhaseSpec) -> tuple[torch.Tensor, torch.Tensor]:

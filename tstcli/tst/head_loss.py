@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tstcli.recipe import Recipe
-from tstcli.tst.bags import phase_specs
+from tstcli.phases import PhasePlan
+from tstcli.recipe import TstConfig
 from tstcli.tst.loss import at_least_fp32, chunk_loss, reference_loss, target_weights
 
 
@@ -89,8 +89,9 @@ def head_loss(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, s
     return _ChunkedHeadLoss.apply(h, head, t, spec.weights, spec.kind, spec.chunk_size, dtype)
 
 
-def loss_specs(r: Recipe) -> dict[int, LossSpec]:
-    """How each phase is scored: phase 1 by the recipe's loss and weights, phase 2 by plain cross-entropy."""
-    m = phase_specs(r)[1].target_width
-    return {1: LossSpec(r.tst.loss, target_weights(m, r.tst.weighting, r.tst.alpha), r.train.loss_chunk_size),
-            2: LossSpec("mce", None, r.train.loss_chunk_size)}
+def loss_specs(plan: PhasePlan, tst: TstConfig, chunk_size: int) -> dict[int, LossSpec]:
+    """How each phase is scored: phase 1 by the recipe's loss and weights over its targets, phase 2 by plain
+    cross-entropy."""
+    m = plan.phase1.target_width
+    return {1: LossSpec(tst.loss, target_weights(m, tst.weighting, tst.alpha), chunk_size),
+            2: LossSpec("mce", None, chunk_size)}

@@ -33,7 +33,7 @@ def default_hooks(r: Recipe, world: World, eval_data_dir: Path, console: bool = 
     hooks += [SignalStop(), PhaseSwitch()]
     if r.train.profile_steps:
         hooks.append(Profiler(*r.train.profile_steps))
-    hooks.append(Validation(r.eval.every, r.phase1_steps, last))
+    hooks.append(Validation(r.eval.every, r.plan.phase1_steps, last))
     if r.eval.bench:
         data_dir = Path(r.eval.bench_data_dir) if r.eval.bench_data_dir else eval_data_dir
         hooks.append(Benchmarks(r.eval.bench, r.eval.bench_limit, r.eval.bench_every, last, data_dir))

@@ -12,8 +12,7 @@ from tstcli.train.optim import make_optimizer
 
 class PhaseSwitch(Hook):
     def before_step(self, t, step: int) -> None:
-        n1 = t.r.phase1_steps
-        if n1 > 0 and step == n1 + 1:
+        if step == t.plan.switch_step:
             self.apply(t)
 
     def apply(self, t) -> None:
@@ -25,4 +24,4 @@ class PhaseSwitch(Hook):
                 assign_full(param, torch.empty(param.shape).normal_(0.0, r.model.init_std, generator=g))
         if r.tst.reset_optimizer:
             t.optimizer = make_optimizer(t.model, r.train)
-        t.say(f"switch: phase 1 -> phase 2 at step {r.phase1_steps + 1} (next-token training from here)")
+        t.say(f"switch: phase 1 -> phase 2 at step {t.plan.switch_step} (next-token training from here)")

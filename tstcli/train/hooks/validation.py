@@ -23,5 +23,5 @@ class Validation(Hook):
     def validate(self, t, step: int) -> None:
         h = t.heldout()
         t.state.val_loss = h.val_loss
-        t.emit({"kind": "val", "step": step, "phase": t.r.phase_at(max(step, 1)), "val_loss": h.val_loss,
+        t.emit({"kind": "val", "step": step, "phase": t.plan.phase_at(max(step, 1)), "val_loss": h.val_loss,
                 "val_tokens": h.tokens, "elapsed_s": t.elapsed()})
