@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from tstcli import recipe as recipes  # noqa: E402
 from tstcli.data.prepare import prepare  # noqa: E402
+from tstcli.train import hardware  # noqa: E402
 from tstcli.train.data import open_data  # noqa: E402
 from tstcli.train.session import local_trainer  # noqa: E402
 
@@ -95,6 +96,7 @@ class Subject:
         med = {p: statistics.median(self.times[p]) for p in (1, 2)}
         B, L, s = r.train.batch_size, r.train.seq_len, r.tst.bag_size
         raw = {p: B * t.plan.row_widths[p] / med[p] for p in (1, 2)}
+        device_name, peak = hardware.peak_flops(t.device, t.amp is not None)
         return {
             "model": self.model, "compile": self.compile, "params": sum(p.numel() for p in t.model.parameters()),
             "active_params": t.model.active_params(),
@@ -105,9 +107,8 @@ class Subject:
             "raw_tokens_ratio_over_s": round(raw[1] / raw[2] / s, 3),
             "positions_per_s": {p: round(B * L / med[p]) for p in (1, 2)},
             "data_share": {p: round(statistics.median(self.data_s[p]) / med[p], 4) for p in (1, 2)},
-            "device": t.device_name, "peak_flops": t.peak_flops,
-            "mfu": {p: (round(t.flops_per_position * B * L / med[p] / t.peak_flops, 4) if t.peak_flops else None)
-                    for p in (1, 2)},
+            "device": device_name, "peak_flops": peak,
+            "mfu": {p: (round(t.flops_per_position * B * L / med[p] / peak, 4) if peak else None) for p in (1, 2)},
             "hook_overhead": {p: round(statistics.median(self.hook_s[p]) / med[p], 5) for p in (1, 2)},
             "samples": {p: len(self.times[p]) for p in (1, 2)},
         }

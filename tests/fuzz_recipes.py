@@ -10,10 +10,11 @@ from contextlib import redirect_stderr, redirect_stdout
 
 from hypothesis import strategies as st
 
+from tstcli import keys
 from tstcli import recipe as recipes
 from tstcli.cli.app import main
 
-KNOWN = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in recipes._SECTION_CLASSES.items()}
+KNOWN = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in keys.sections(recipes.Recipe).items()}
 
 toml_scalars = st.one_of(
     st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1), st.floats(allow_nan=True, allow_infinity=True),

@@ -8,7 +8,7 @@ import sys
 from conftest import ROOT, SHARED, run_cli, small_recipe, wait_until, write_recipe
 from test_cli_errors import assert_one_line_error
 from tstcli import recipe as recipes
-from tstcli.data import shards
+from tstcli.data import location, shards
 
 
 def _cli(*args) -> subprocess.Popen:
@@ -76,10 +76,10 @@ def test_two_prepares_on_one_empty_data_dir_both_succeed(tmp_path):
 def test_runs_with_the_same_name_and_other_data_get_their_own_data_dirs():
     tiny = recipes.load(ROOT / "recipes" / "tiny.toml")
     other = recipes.load(ROOT / "recipes" / "tiny.toml", ['data.sources=["mydata"]'])
-    assert tiny.data_dir != other.data_dir and tiny.data_dir.startswith("data/tiny-")
+    assert location.data_dir(tiny) != location.data_dir(other) and str(location.data_dir(tiny)).startswith("data/tiny-")
     # keys that change how rows are read, not what is prepared, keep the directory
     same = recipes.load(ROOT / "recipes" / "tiny.toml", ["data.repeat=false", "train.steps=7"])
-    assert same.data_dir == tiny.data_dir
+    assert location.data_dir(same) == location.data_dir(tiny)
 
 
 def test_prepared_data_is_never_replaced_under_a_run(small_data, tmp_path):
@@ -129,8 +129,8 @@ def test_a_new_data_key_at_its_default_keeps_the_data_dir(monkeypatch):
     import dataclasses
 
     tiny = recipes.load(ROOT / "recipes" / "tiny.toml")
-    before = tiny.data_dir
+    before = location.data_dir(tiny)
     extended = dataclasses.make_dataclass("DataConfig", [("future_key", int, dataclasses.field(default=7))],
                                           bases=(recipes.DataConfig,), frozen=True)
     monkeypatch.setattr(recipes, "DataConfig", extended)
-    assert dataclasses.replace(tiny, data=extended(**dataclasses.asdict(tiny.data))).data_dir == before
+    assert location.data_dir(dataclasses.replace(tiny, data=extended(**dataclasses.asdict(tiny.data)))) == before

@@ -10,7 +10,7 @@ import pytest
 from conftest import MOBY, ROOT, SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import assert_same_tensors, train_losses
-from tstcli.data import packing, shards
+from tstcli.data import location, packing, shards
 from tstcli.data.loader import heldout_rows
 from tstcli.data.rows import materialise
 from tstcli.recipe import from_dict, to_dict
@@ -138,7 +138,7 @@ def test_changing_a_weight_repacks_without_retokenizing(mix_data, tmp_path):
     # Without data.dir, the default directory does not depend on the weights either.
     a, b = (mixture(data, tok, [("moby", [MOBY], w, None, None), ("kjv", [KJV], 1 - w, None, None)],
                     **{"data.dir": ""}) for w in (0.3, 0.6))
-    assert a.data_dir == b.data_dir
+    assert location.data_dir(a) == location.data_dir(b)
 
 
 def test_heldout_rows_follow_the_weights(mix_data):

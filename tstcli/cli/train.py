@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from tstcli import recipe as recipes
+from tstcli import recipe_rules
 from tstcli.cli.common import JsonOption, SetList, SetOption, emit, eval_data_dir, log
 
 
@@ -25,7 +26,7 @@ def train(
     from tstcli.cli.report import plan_lines, summary_lines
 
     r = recipes.load(recipe, set_ or [])
-    for advice in recipes.advisories(r):
+    for advice in recipe_rules.advisories(r):
         log(f"warning: {advice}")
     if dry_run:
         from tstcli.train.dryrun import dry_run_plan

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tstcli import locks
-from tstcli.data import dependents, encode, readers, shards, sources, token_files, units, work
+from tstcli.data import dependents, encode, location, readers, shards, sources, token_files, units, work
 from tstcli.data.encode import Groups
 from tstcli.data.tokenizer import tokenizer_sha256
 from tstcli.errors import DataError, SourceUnavailable, Terminated, as_error, environment_fault
@@ -214,7 +214,7 @@ def _say_not_utf8(recs: list[dict], log) -> None:
 def ensure_prepared(r, force: bool = False, log=print,
                     worker: work.Worker = work.Worker()) -> tuple[Path, PrepareResult | None]:
     """Prepare the recipe's data if it is missing or stale (saying so), else leave it. (data dir, result or None)"""
-    data_dir = Path(r.data_dir)
+    data_dir = location.data_dir(r)
     result = prepare(r.data, data_dir, force=force, log=log, worker=worker)
     return data_dir, (None if result.up_to_date else result)
 
@@ -225,7 +225,7 @@ def prepare_recipe(r, force: bool = False, verify: bool = False, log=print,
     worker that does not merge, its units tokenized. Returns what it found and did (a JSON-able dict)."""
     from tstcli.data import packing
 
-    data_dir = Path(r.data_dir)
+    data_dir = location.data_dir(r)
     if not worker.merge:
         result = prepare(r.data, data_dir, force=force, log=log, worker=worker)
         out = {"data_dir": str(data_dir), "up_to_date": result.up_to_date, "worker": worker.index,

@@ -89,6 +89,21 @@ def host_group(timeout_s: float):
     return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
+def mean_stats_across(loss: torch.Tensor, metrics: dict) -> tuple[torch.Tensor, dict]:
+    """The mean of a loss and of named metrics over ranks, in one collective on the device (nothing read by the
+    host). A vector metric `v` is reported as `v_min` and `v_max` of its mean."""
+    names = sorted(metrics)
+    flat = mean_across(torch.cat([loss.reshape(1), *(metrics[n].reshape(-1) for n in names)]).double())
+    out, pos = {}, 1
+    for name in names:
+        n = metrics[name].numel()
+        values = flat[pos:pos + n]
+        pos += n
+        out.update({name: values[0]} if metrics[name].ndim == 0 else
+                   {f"{name}_min": values.min(), f"{name}_max": values.max()})
+    return flat[0], out
+
+
 class StopVote:
     """Whether any rank was asked to stop (a signal), agreed by all ranks after the same step without making the
     host wait for the device: each step's vote is an all-reduce on a CPU group, started at the step and read at
@@ -130,6 +145,13 @@ def assign_full(param: torch.Tensor, full: torch.Tensor) -> None:
     param.copy_(full)
 
 
+def assign_state(model: torch.nn.Module, full: dict) -> None:
+    """Every parameter of `model` from a full (unsharded) state dict, each rank into its own shards; names as an
+    unwrapped model has them (activation checkpointing wraps blocks)."""
+    for name, param in model.named_parameters():
+        assign_full(param, full[name.replace("_checkpoint_wrapped_module.", "")])
+
+
 def check_batch_split(t: TrainConfig, world_size: int) -> None:
     mb = t.rows_per_micro_batch(world_size)
     if mb < 1 or t.batch_size % (world_size * mb):
@@ -152,5 +174,11 @@ def start(r: Recipe, env) -> tuple[World, torch.device]:
         raise RecipeError(f"run.device: local rank {world.local_rank} but only {torch.cuda.device_count()} GPUs "
                           "on this node (torchrun --nproc-per-node must not exceed them)")
     device = device_for(world, device_name)
+    if device.type == "cpu":
+        # Bitwise reproducibility (and so exact resume) on CPU: without this, torch.compile lowers the
+        # embedding backward (a scatter-add) to parallel atomic adds, whose order varies run to run.
+        torch.use_deterministic_algorithms(True)
+    if r.train.threads:
+        torch.set_num_threads(r.train.threads)
     init(world, device, cfg)
     return world, device

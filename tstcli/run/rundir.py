@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from tstcli import __version__, locks
+from tstcli import recipe as recipes
 from tstcli.data import dependents
 from tstcli.data.shards import write_json_atomic
 from tstcli.errors import CheckpointError, RecipeError, as_error, environment_fault
@@ -84,15 +85,11 @@ def read_info(run_dir: Path) -> dict:
         raise CheckpointError(f"{path}: corrupt run description (expected JSON)") from None
 
 
-# Recipe keys a user may change between a stop and a resume: they do not change what is computed.
-# The [distributed] keys are here too: how the work is split changes neither the rows nor the math (a checkpoint
-# reshards to any strategy and world size), only floating-point summation order.
-# Side jobs (trackers, in-loop benchmarks, the profiler window) observe the run and change nothing in it.
-NEUTRAL_KEYS = {"train.log_every", "eval.every", "eval.batches", "checkpoint.every", "checkpoint.keep",
-                "checkpoint.async",
-                "distributed.strategy", "distributed.activation_checkpointing", "distributed.backend",
-                "distributed.timeout_s", "train.profile_steps", "eval.bench", "eval.bench_limit",
-                "eval.bench_every", "eval.bench_data_dir", "log.tensorboard", "log.wandb", "log.wandb_project"}
+# Recipe keys a user may change between a stop and a resume: they do not change what is computed. Declared with
+# each key (`neutral=True` in recipe.py): how often to log, save or evaluate; side jobs that observe the run
+# (trackers, in-loop benchmarks, the profiler window); how the work is split across devices ([distributed]: a
+# checkpoint reshards to any strategy and world size; only floating-point summation order changes).
+NEUTRAL_KEYS = recipes.NEUTRAL_KEYS
 
 
 def recipe_differences(old: dict, new: dict) -> list[str]:
@@ -128,7 +125,6 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
     recipe: the run directory's recipe (as loaded); ckpt: the checkpoint to resume from (None: from the start).
     A changed data manifest is allowed with `allow_changed_data` (then every shard's sha256 is checked).
     """
-    from tstcli import recipe as recipes
     from tstcli.data import packing, shards
     from tstcli.errors import DataError
 

@@ -2,11 +2,10 @@
 device. Built on the meta device, so it takes seconds for any model size; `cli/report.py` turns it into text."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from tstcli.data import packing, shards
+from tstcli.data import location, packing, shards
 from tstcli.data.tokenizer import load_tokenizer
 from tstcli.errors import DataError
 from tstcli.model import Llama
@@ -122,7 +121,7 @@ def plan_vocab_size(r: Recipe, manifest: dict | None) -> tuple[int, str | None]:
 
 def dry_run_plan(r: Recipe, nprocs: list[int]) -> tuple[dict, str | None]:
     """The plan for the recipe's data (prepared or not) and world sizes, and a note on the vocabulary if guessed."""
-    data_dir = Path(r.data_dir)
+    data_dir = location.data_dir(r)
     manifest = shards.read_manifest(data_dir) if (data_dir / shards.MANIFEST).is_file() else None
     vocab, note = plan_vocab_size(r, manifest)
     return build_plan(r, vocab, manifest, nprocs), note

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from tstcli import recipe as recipes
+from tstcli.data import location
 from tstcli.data.prepare import data_lock, ensure_prepared
 from tstcli.eval.datafiles import default_data_dir
 from tstcli.parallel.world import World, barrier, shutdown, start
@@ -37,7 +38,7 @@ def _start_run(r: Recipe, run_dir: Path, world: World, log) -> TrainData:
     """Rank 0, holding the run's lock: prepare the data if needed and pack it, check `model.init_from`, write the
     run directory (registered on the data under the data directory's lock)."""
     rundir.ensure_new(run_dir)  # again, under the lock: another process may have started it meanwhile
-    with data_lock(Path(r.data_dir), log):
+    with data_lock(location.data_dir(r), log):
         data_dir, _ = ensure_prepared(r, log=log)
         data, built = open_data(r, data_dir)
         if built:
@@ -72,7 +73,7 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
             raise
         barrier()
         if not world.main:
-            data, _ = open_data(r, Path(r.data_dir))
+            data, _ = open_data(r, location.data_dir(r))
         try:
             return Trainer(r, run_dir, data, world, device, hooks).run()
         finally:
@@ -116,7 +117,7 @@ def local_trainer(r: Recipe, run_dir: Path, data: TrainData | None = None, hooks
     the default hooks without the console, unless given. Joins no process group."""
     world, device = start(r, {})
     if data is None:
-        data, _ = open_data(r, Path(r.data_dir))
+        data, _ = open_data(r, location.data_dir(r))
     if hooks is None:
         hooks = default_hooks(r, world, eval_data_dir or default_data_dir({}), console=False)
     Path(run_dir).mkdir(parents=True, exist_ok=True)

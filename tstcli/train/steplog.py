@@ -66,3 +66,24 @@ class StepLog:
             reads.append(Read(step, out, host, loss, gn, ok > 0, dict(zip(ns, rest)), wait))
         self._pending.clear()
         return reads
+
+
+def row_of(x: Read, phase1_loss: str, skipped_total: int) -> dict:
+    """The metrics row of a read step: a `skip` row when it was not finite (nothing applied), else a `train` row
+    with the step's figures and timing; `complete_row` hooks add what is derived from them (speed, MFU)."""
+    phase, h = x.out.phase, x.host
+    if not x.ok:
+        return {"kind": "skip", "step": x.step, "phase": phase, "loss": repr(x.loss), "grad_norm": repr(x.grad_norm),
+                "skipped_total": skipped_total}
+    row = {"kind": "train", "step": x.step, "phase": phase, "loss": x.loss}
+    if phase == 1:
+        row[f"{phase1_loss}_loss"] = x.loss  # mce_loss: mean of s CEs, floor about log s (or bce/hinge_loss)
+    # The host's time of the step plus its share of the read's wait: on a GPU the host runs ahead and the wait is
+    # where the device's time shows; on a CPU the wait is nil and this is the step's own time.
+    dt = h["dt"] + x.wait_s
+    row.update(lr=x.out.lr, grad_norm=x.grad_norm, tokens=h["tokens"], positions=h["positions"], flops=h["flops"],
+               elapsed_s=h["elapsed_s"], step_time_s=dt, data_share=x.out.data_s / dt, epoch=x.out.epoch,
+               **x.metrics)
+    if h["mix_tokens"]:
+        row["mix_tokens"] = h["mix_tokens"]
+    return row

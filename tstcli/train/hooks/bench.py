@@ -19,6 +19,8 @@ from tstcli.train.hooks import Hook
 
 
 class Benchmarks(Hook):
+    priority = 70  # after the held-out evaluation, before the checkpoint of the step
+
     def __init__(self, bench: list[str], limit: int, every: int, last_step: int, data_dir: Path):
         try:
             self.names = parse_bench(",".join(bench))

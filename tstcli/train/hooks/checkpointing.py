@@ -13,6 +13,8 @@ from tstcli.train.hooks import Hook
 
 
 class Checkpointing(Hook):
+    priority = 80  # last: a checkpoint holds everything its step did
+
     def __init__(self, every: int, keep: int, last_step: int, background: bool = False):
         self.every, self.keep, self.last_step, self.background = every, keep, last_step, background
         self.saver: Saver | None = None
@@ -22,28 +24,23 @@ class Checkpointing(Hook):
                            pinned=t.device.type == "cuda", timeout_s=t.r.distributed.timeout_s)
 
     def should_save(self, t, step: int) -> bool:
-        return step % self.every == 0 or step == self.last_step or t.stop_agreed
+        return step % self.every == 0 or step == self.last_step or t.stopping
 
     def after_step(self, t, step: int) -> None:
         self._rows(t, self.saver.poll())
-        self._signalled(t)
+        # One process needs no agreement: a signal during this step's side jobs (the held-out evaluation, the wait
+        # for the previous write) stops here, not after another step and a second save.
+        t.stop.settle()
         if self.should_save(t, step):
             self.save(t, step)
-
-    @staticmethod
-    def _signalled(t) -> None:
-        if t.stop_signal is not None and not t.world.distributed:
-            # One process needs no agreement: a signal during this step's side jobs (the held-out evaluation, the
-            # wait for the previous write) stops here, not after another step and a second save.
-            t.stop_agreed = True
 
     def save(self, t, step: int) -> None:
         t.flush()  # the rows of every step up to this one are written before the checkpoint names the step
         started = time.perf_counter()  # training stands still from here: blocking_s counts the fsync and wait too
         t.hooks.before_save(t, step)
         self._rows(t, self.saver.wait())  # at most one write in flight (a signal may come while we wait)
-        self._signalled(t)
-        last = step == self.last_step or t.stop_agreed  # nothing may be left in flight when the run returns
+        t.stop.settle()
+        last = step == self.last_step or t.stopping  # nothing may be left in flight when the run returns
         self._rows(t, self.saver.save(step, t.model, t.optimizer, t.checkpoint_state(), to_toml(t.r), wait=last,
                                       started=started))
 

@@ -39,6 +39,8 @@ class Eta:
 
 
 class Console(Hook):
+    priority = 30  # after the metrics log and trackers
+
     def __init__(self, total_steps: int, log_every: int, tty: bool | None = None):
         self.total, self.log_every = total_steps, log_every
         self.tty = sys.stderr.isatty() if tty is None else tty

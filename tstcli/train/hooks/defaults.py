@@ -1,4 +1,4 @@
-"""The hooks of a training run, in the order they are called (see `tstcli.train.hooks`)."""
+"""The hooks of a training run (called by their priorities: see `tstcli.train.hooks`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +8,13 @@ from tstcli.recipe import Recipe
 from tstcli.train.hooks import Hook
 from tstcli.train.hooks.bench import Benchmarks
 from tstcli.train.hooks.checkpointing import Checkpointing
+from tstcli.train.hooks.compile_notice import CompileNotice
 from tstcli.train.hooks.console import Console
+from tstcli.train.hooks.init_from import InitFrom
 from tstcli.train.hooks.metrics_log import MetricsLog
 from tstcli.train.hooks.profiler import Profiler
 from tstcli.train.hooks.signals import SignalStop
+from tstcli.train.hooks.speed import Speed
 from tstcli.train.hooks.switch import PhaseSwitch
 from tstcli.train.hooks.trackers import TensorBoard, WandB
 from tstcli.train.hooks.validation import Validation
@@ -30,7 +33,9 @@ def default_hooks(r: Recipe, world: World, eval_data_dir: Path, console: bool = 
             hooks.append(WandB(r.log.wandb_project))
         if console:
             hooks.append(Console(last, r.train.log_every))
-    hooks += [SignalStop(), PhaseSwitch()]
+    hooks += [Speed(), SignalStop(), PhaseSwitch(), CompileNotice()]
+    if r.model.init_from:
+        hooks.append(InitFrom(r.model.init_from))
     if r.train.profile_steps:
         hooks.append(Profiler(*r.train.profile_steps))
     hooks.append(Validation(r.eval.every, r.plan.phase1_steps, last))

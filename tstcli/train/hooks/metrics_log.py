@@ -6,6 +6,8 @@ from tstcli.train.hooks import Hook
 
 
 class MetricsLog(Hook):
+    priority = 10  # rows reach the log first
+
     def __init__(self):
         self.writer: metrics.MetricsWriter | None = None
 

@@ -9,6 +9,8 @@ from tstcli.train.hooks import Hook
 
 
 class Profiler(Hook):
+    priority = 45  # around the steps, after the switch
+
     def __init__(self, first: int, last: int):
         self.first, self.last = first, last
         self.prof = None

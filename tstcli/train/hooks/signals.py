@@ -1,6 +1,6 @@
-"""SIGTERM and Ctrl-C ask the run to stop: the flag is this rank's vote (`StopVote`: under torchrun the ranks agree
-one step later, without waiting on the device), every rank finishes the step, the checkpoint hook saves, and the
-loop stops (exit 128 + signal). A second signal stops at once."""
+"""SIGTERM and Ctrl-C ask the run to stop (`t.stop.request`: this rank's vote; under torchrun the ranks agree one
+step later, without waiting on the device), every rank finishes the step, the checkpoint hook saves, and the loop
+stops (exit 128 + signal). A second signal stops at once."""
 from __future__ import annotations
 
 import os
@@ -12,15 +12,16 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class SignalStop(Hook):
+    priority = 32  # signals are caught before anything long runs
+
     def __init__(self):
         self._old: dict = {}
 
     def on_start(self, t) -> None:
         def handler(signum, _frame):
-            if t.stop_signal is not None:  # second signal: stop now, the last checkpoint is intact
+            if not t.stop.request(signum):  # second signal: stop now, the last checkpoint is intact
                 signal.signal(signum, signal.SIG_DFL)
                 os.kill(os.getpid(), signum)
-            t.stop_signal = signum
 
         self._old = {s: signal.signal(s, handler) for s in SIGNALS}
 

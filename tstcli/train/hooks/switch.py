@@ -7,10 +7,11 @@ import torch
 
 from tstcli.parallel.world import assign_full
 from tstcli.train.hooks import Hook
-from tstcli.train.optim import make_optimizer
 
 
 class PhaseSwitch(Hook):
+    priority = 38  # the switch before the first phase-2 step's other side jobs
+
     def before_step(self, t, step: int) -> None:
         if step == t.plan.switch_step:
             self.apply(t)
@@ -23,5 +24,5 @@ class PhaseSwitch(Hook):
             if wanted:  # drawn in full on the CPU, so the values do not depend on the device or the sharding
                 assign_full(param, torch.empty(param.shape).normal_(0.0, r.model.init_std, generator=g))
         if r.tst.reset_optimizer:
-            t.optimizer = make_optimizer(t.model, r.train)
+            t.reset_optimizer()
         t.say(f"switch: phase 1 -> phase 2 at step {t.plan.switch_step} (next-token training from here)")

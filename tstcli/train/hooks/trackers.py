@@ -46,6 +46,7 @@ def _save_state(run_dir, **values) -> None:
 
 class Tracker(Hook):
     """Shared failure handling: every call into the tracker goes through `_guard`."""
+    priority = 20  # after the metrics log
     name = "tracker"
 
     def __init__(self):

@@ -6,6 +6,8 @@ from tstcli.train.hooks import Hook
 
 
 class Validation(Hook):
+    priority = 60  # after the step (and the switch), before benchmarks and the checkpoint
+
     def __init__(self, every: int, switch_step: int, last_step: int):
         self.every, self.switch_step, self.last_step = every, switch_step, last_step
 
@@ -22,6 +24,6 @@ class Validation(Hook):
 
     def validate(self, t, step: int) -> None:
         h = t.heldout()
-        t.state.val_loss = h.val_loss
+        t.record_val(h.val_loss)
         t.emit({"kind": "val", "step": step, "phase": t.plan.phase_at(max(step, 1)), "val_loss": h.val_loss,
                 "val_tokens": h.tokens, "elapsed_s": t.elapsed()})
