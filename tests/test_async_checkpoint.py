@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, run_cli, small_recipe, wait_until, write_recipe
 from test_resume import SHARD, assert_same_tensors, train_losses
 from tstcli.run.metrics import read_rows
+from tstcli.train.hooks import Hook
 
 # The real CLI, with the background write of checkpoint SLOW_STEP held up for SLOW_S seconds (a slow file system).
 SLOW_CLI = """
@@ -169,14 +170,14 @@ def test_at_most_one_write_in_flight_a_save_waits_for_the_previous(monkeypatch, 
     assert torch.equal(one.weight + 1.0, model.weight.detach())  # step 1's weights, not the ones after it
 
 
-class Messages:
-    """The lines a run says (a hook: only `on_message`)."""
+class Messages(Hook):
+    """The lines a run says."""
 
     def __init__(self):
         self.lines = []
 
-    def __getattr__(self, point):
-        return (lambda t, text: self.lines.append(text)) if point == "on_message" else (lambda *a: None)
+    def on_message(self, t, text):
+        self.lines.append(text)
 
 
 @pytest.mark.parametrize("write_fails", [False, True], ids=["write-completes", "write-fails"])
