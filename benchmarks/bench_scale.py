@@ -33,6 +33,7 @@ def make_data(directory: Path, tokens: int, vocab: int, entries: list[str]) -> N
     """A manifest and sparse shards: what `tst prepare` would leave for `tokens` training tokens, split evenly over
     the mixture `entries` (or one corpus when there are none)."""
     from tstcli.data import shards
+    from tstcli.files import write_json_atomic
     dtype = shards.token_dtype(vocab)
     directory.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -56,7 +57,7 @@ def make_data(directory: Path, tokens: int, vocab: int, entries: list[str]) -> N
                                "shards": [x for _, v, _ in parts for x in v[s]]} for s in ("train", "val")}}
     if entries:
         manifest["mix"] = shards.mix_layout(parts)
-    shards.write_json_atomic(directory / shards.MANIFEST, manifest)
+    write_json_atomic(directory / shards.MANIFEST, manifest)
 
 
 def child(recipe: str, data_dir: str, rank: int, world: int) -> dict:

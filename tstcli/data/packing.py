@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tstcli.data import shards
 from tstcli.data.order import Bijection
 from tstcli.data.rows import Chunks, Concat, Drawn, PhaseRows
 from tstcli.errors import DataError
+from tstcli.files import write_json_atomic
 from tstcli.phases import PhasePlan
 from tstcli.recipe import DataConfig, MixEntry
 
@@ -166,7 +166,7 @@ def _write_pack(directory: Path, info: dict) -> bool:
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
-        shards.write_json_atomic(tmp / "pack.json", info)
+        write_json_atomic(tmp / "pack.json", info)
         if directory.exists() and not (directory / "pack.json").is_file():
             shutil.rmtree(directory, ignore_errors=True)  # an incomplete pack from before atomic renames
         try:

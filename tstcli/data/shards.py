@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tstcli.errors import DataError
+from tstcli.files import file_sha256
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -100,16 +101,6 @@ def mix_layout(entries: list[tuple[str, dict, dict]]) -> list[dict]:
     return out
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def read_manifest(data_dir: Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
@@ -123,15 +114,7 @@ def read_manifest(data_dir: Path) -> dict:
 
 
 def manifest_sha256(data_dir: Path) -> str:
-    return hashlib.sha256((Path(data_dir) / MANIFEST).read_bytes()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(Path(data_dir) / MANIFEST)
 
 
 EDGE_BYTES = 1 << 16

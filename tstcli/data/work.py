@@ -23,6 +23,7 @@ from tstcli.data.encode import make_tokenizer, tokenize_unit
 from tstcli.data.tokenizer import eot_id, load_tokenizer
 from tstcli.data.units import Unit
 from tstcli.errors import DataError, as_error
+from tstcli.files import write_json_atomic
 
 WORK = ".prepare-work"
 POLL_S = 2.0
@@ -57,7 +58,7 @@ def open_work(data_dir: Path, inputs: dict, fresh: bool) -> Path:
         if fresh or not same:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
-            shards.write_json_atomic(stamp, inputs)
+            write_json_atomic(stamp, inputs)
     except OSError as e:
         raise as_error(e, DataError, f"data.dir {data_dir} must be writable to prepare data", path=data_dir) from None
     return work
@@ -165,5 +166,5 @@ def install(data_dir: Path, work: Path, manifest: dict) -> None:
         p.replace(data_dir / p.name)
     shutil.copyfile(work / "tokenizer.json", data_dir / "tokenizer.json.tmp")
     (data_dir / "tokenizer.json.tmp").replace(data_dir / "tokenizer.json")
-    shards.write_json_atomic(data_dir / shards.MANIFEST, manifest)
+    write_json_atomic(data_dir / shards.MANIFEST, manifest)
     shutil.rmtree(work, ignore_errors=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from tstcli.data.shards import file_sha256
 from tstcli.errors import DataError, RecipeError
+from tstcli.files import file_sha256
 from tstcli.recipe import ModelConfig
 from tstcli.run.load import LoadedModel, load_model
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from tstcli import __version__, locks
 from tstcli import recipe as recipes
 from tstcli.data import dependents
-from tstcli.data.shards import write_json_atomic
 from tstcli.errors import CheckpointError, RecipeError, as_error, environment_fault
+from tstcli.files import file_sha256, write_json_atomic
 from tstcli.run.metrics import METRICS
 
 RECIPE, RUN_INFO, CHECKPOINTS = "recipe.toml", "run.json", "checkpoints"
@@ -137,7 +137,7 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
     data_dir, changed = run_data_dir(run_dir, info, allow_changed=True)
     _check_row_order(run_dir, info, recipe, allow_changed_data, log)
     ours, theirs = run_dir / TOKENIZER, data_dir / TOKENIZER
-    if not theirs.is_file() or shards.file_sha256(ours) != shards.file_sha256(theirs):
+    if not theirs.is_file() or file_sha256(ours) != file_sha256(theirs):
         raise DataError(f"{theirs}: the tokenizer differs from the run's ({ours}); the run cannot continue on it")
     if changed:
         if not allow_changed_data:
