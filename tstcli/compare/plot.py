@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tstcli.compare.curves import AXES, Curve
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 from tstcli.files import replacing
 
 
@@ -13,8 +13,8 @@ def plot(curves: list[Curve], result: dict, out: Path, ylabel: str = "held-out l
     try:
         import matplotlib
     except ImportError:
-        raise RecipeError(f"--out {out}: drawing needs matplotlib: pip install 'tst[plot]' (the table above "
-                          "needs nothing)") from None
+        raise UsageError(f"--out {out}: drawing needs matplotlib: pip install 'tst[plot]' (the table above "
+                         "needs nothing)") from None
     matplotlib.use("Agg")  # files only: no display on clusters and CI
     import matplotlib.pyplot as plt
 

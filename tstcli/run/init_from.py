@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from tstcli.errors import DataError, RecipeError
+from tstcli.errors import DataError, UsageError
 from tstcli.files import file_sha256
 from tstcli.recipe import ModelConfig
 from tstcli.run.load import LoadedModel, load_model
@@ -74,7 +74,7 @@ def check(source: str, model_cfg: ModelConfig, vocab_size: int, tokenizer_path: 
     where = f"model.init_from {source!r}"
     diff = _first_difference(model_cfg, lm.model.cfg)
     if diff:
-        raise RecipeError(f"{where}: {diff} (set the recipe's model shape to the checkpoint's)")
+        raise UsageError(f"{where}: {diff} (set the recipe's model shape to the checkpoint's)")
     if lm.model.vocab_size != vocab_size:
         raise DataError(f"{where}: vocabulary of {lm.model.vocab_size:,} tokens, the prepared data's has "
                         f"{vocab_size:,} (prepare the data with the checkpoint's tokenizer: data.tokenizer)")

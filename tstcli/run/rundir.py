@@ -8,7 +8,7 @@ from pathlib import Path
 from tstcli import __version__, locks
 from tstcli import recipe as recipes
 from tstcli.data import dependents
-from tstcli.errors import CheckpointError, RecipeError, as_error, environment_fault
+from tstcli.errors import CheckpointError, UsageError, as_error, environment_fault
 from tstcli.files import file_sha256, write_json_atomic
 from tstcli.run.metrics import METRICS
 
@@ -24,8 +24,8 @@ def holds_run(run_dir: Path) -> bool:
 
 def ensure_new(run_dir: Path) -> None:
     if holds_run(run_dir):
-        raise RecipeError(f"run directory {run_dir} already holds a run: continue it with `tst resume {run_dir}` "
-                          "or pass another --run-dir")
+        raise UsageError(f"run directory {run_dir} already holds a run: continue it with `tst resume {run_dir}` "
+                         "or pass another --run-dir")
 
 
 def lock(run_dir: Path) -> locks.DirLock:

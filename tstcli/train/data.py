@@ -10,7 +10,7 @@ import torch
 
 from tstcli.data import packing, shards
 from tstcli.data.loader import PhaseLoader, heldout_rows
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 from tstcli.phases import PhasePlan
 from tstcli.recipe import Recipe
 
@@ -42,8 +42,8 @@ class TrainData:
         """The rows every held-out evaluation of this run scores (the plan's `heldout_rows` rows of seq_len+1)."""
         rows = heldout_rows(self.val, r.plan, r.data.mix, self.manifest.get("mix"))
         if len(rows) == 0:
-            raise RecipeError(f"train.seq_len: the validation split ({self.val.total} tokens) holds no row of "
-                              f"{r.plan.heldout.row_width} tokens; lower train.seq_len or raise data.val_fraction")
+            raise UsageError(f"train.seq_len: the validation split ({self.val.total} tokens) holds no row of "
+                             f"{r.plan.heldout.row_width} tokens; lower train.seq_len or raise data.val_fraction")
         return rows
 
 
