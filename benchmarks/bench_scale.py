@@ -34,7 +34,8 @@ def make_data(directory: Path, tokens: int, vocab: int, entries: list[str]) -> N
     the mixture `entries` (or one corpus when there are none)."""
     from tstcli.data import shards
     from tstcli.files import write_json_atomic
-    dtype = shards.token_dtype(vocab)
+    from tstcli.prep import shard_writer
+    dtype = shard_writer.token_dtype(vocab)
     directory.mkdir(parents=True, exist_ok=True)
     parts = []
     for e, name in enumerate(entries or [None]):
@@ -56,7 +57,7 @@ def make_data(directory: Path, tokens: int, vocab: int, entries: list[str]) -> N
                                "tokens": sum(x["tokens"] for _, v, _ in parts for x in v[s]),
                                "shards": [x for _, v, _ in parts for x in v[s]]} for s in ("train", "val")}}
     if entries:
-        manifest["mix"] = shards.mix_layout(parts)
+        manifest["mix"] = shard_writer.mix_layout(parts)
     write_json_atomic(directory / shards.MANIFEST, manifest)
 
 

@@ -10,9 +10,9 @@ import typer
 from tstcli import recipe as recipes
 from tstcli.cli.common import JsonOption, SetList, SetOption, emit, log
 from tstcli.cli.report import prepare_lines, worker_lines
-from tstcli.data.prepare import prepare_recipe
-from tstcli.data.work import Worker
 from tstcli.errors import UsageError
+from tstcli.prep.prepare import prepare_recipe
+from tstcli.prep.work import Worker
 
 
 def _worker(worker: int | None, workers: int | None, merge: bool, force: bool) -> Worker:

@@ -1,1 +1,3 @@
-"""Corpus sources, tokenizer, shards, per-phase packing and the deterministic row loader."""
+"""What training reads: the prepared shards (`shards.py`: manifest, verify, memory maps), each phase's rows
+(`packing.py`, `rows.py`, `order.py`), the deterministic row loader and the held-out rows (`loader.py`). Free of
+torch; nothing here imports `tstcli.prep` (the preparation that writes the shards)."""

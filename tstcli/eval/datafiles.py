@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tstcli.data import hub
 from tstcli.errors import DataError, UsageError
 from tstcli.eval.tasks import Task
+from tstcli.prep import hub
 
 def default_data_dir(env) -> Path:
     """Where benchmark files are looked for first: $TST_EVAL_DATA (from the environment mapping `env`), else

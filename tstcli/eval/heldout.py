@@ -5,10 +5,11 @@ from pathlib import Path
 
 import torch
 
-from tstcli.data import shards, sources
+from tstcli.data import shards
 from tstcli.data.loader import heldout_rows
 from tstcli.errors import DataError
 from tstcli.objective import next_token_loss
+from tstcli.prep import sources
 from tstcli.run import rundir
 from tstcli.run.load import LoadedModel
 

@@ -39,7 +39,7 @@ def locate(source: str) -> tuple[Path, str | None]:
         raise DataError(f"model.init_from {source!r}: no such directory (and not a hub repo id OWNER/NAME)")
     from huggingface_hub import snapshot_download
 
-    from tstcli.data import hub
+    from tstcli.prep import hub
 
     hub.quiet()
     offline = not hub.reachable()

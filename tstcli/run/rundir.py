@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tstcli import __version__, locks
 from tstcli import recipe as recipes
-from tstcli.data import dependents
 from tstcli.errors import CheckpointError, UsageError, as_error, environment_fault
 from tstcli.files import file_sha256, write_json_atomic
+from tstcli.prep import dependents
 from tstcli.run.metrics import METRICS
 
 RECIPE, RUN_INFO, CHECKPOINTS = "recipe.toml", "run.json", "checkpoints"

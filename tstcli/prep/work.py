@@ -18,12 +18,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tstcli import locks
-from tstcli.data import shards, units as unit_plan
-from tstcli.data.encode import make_tokenizer, tokenize_unit
-from tstcli.data.tokenizer import eot_id, load_tokenizer
-from tstcli.data.units import Unit
+from tstcli.data import shards
 from tstcli.errors import DataError, as_error
 from tstcli.files import write_json_atomic
+from tstcli.prep import shard_writer, units as unit_plan
+from tstcli.prep.encode import make_tokenizer, tokenize_unit
+from tstcli.prep.tokenizer import eot_id, load_tokenizer
+from tstcli.prep.units import Unit
 
 WORK = ".prepare-work"
 POLL_S = 2.0
@@ -96,7 +97,7 @@ def _claim(work: Path, unit: Unit):
 def run_units(cfg, work: Path, plan: list[Unit], worker: Worker, tok, eot: int, log) -> tuple[int, list[Unit]]:
     """Tokenize this worker's unfinished units. Returns how many it did, and the units another process was
     tokenizing meanwhile (a second launch of the same worker). An interrupted unit leaves no shard."""
-    dtype = shards.token_dtype(tok.get_vocab_size(with_added_tokens=True))
+    dtype = shard_writer.token_dtype(tok.get_vocab_size(with_added_tokens=True))
     todo = [u for u in unit_plan.mine(plan, worker.index, worker.count) if unit_plan.finished(work, u) is None]
     who = "" if worker.alone else f"worker {worker.index} of {worker.count}: "
     if todo:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tstcli import locks
-from tstcli.data import dependents, encode, location, readers, shards, sources, token_files, units, work
-from tstcli.data.encode import Groups
-from tstcli.data.tokenizer import tokenizer_sha256
+from tstcli.data import shards
 from tstcli.errors import DataError, SourceUnavailable, Terminated, as_error, environment_fault
 from tstcli.files import file_sha256
+from tstcli.prep import dependents, encode, location, readers, sources, token_files, units, work
+from tstcli.prep.encode import Groups
+from tstcli.prep.tokenizer import tokenizer_sha256
 from tstcli.recipe import DataConfig
 
 

@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tstcli.data import readers
-from tstcli.data.sources import SourceFile
 from tstcli.files import write_json_atomic
+from tstcli.prep import readers
+from tstcli.prep.sources import SourceFile
 
 UNIT_BYTES = 256 * 10 ** 6  # the default of data.unit_mb
 RECORDS = "units"
