@@ -49,12 +49,12 @@ class PhaseSpec:
 @dataclass(frozen=True)
 class PhasePlan:
     """Steps 1 … `phase1_steps` are phase 1 (superposition, `phase1`'s geometry), the rest phase 2 (next-token
-    rows of L+1). Every held-out evaluation scores `heldout_rows` next-token rows."""
+    rows of L+1). Every held-out evaluation scores `heldout_count` next-token rows."""
     steps: int  # optimizer steps in all
     phase1_steps: int  # n1 = round(tst.ratio x train.steps)
     batch_size: int  # global rows per step
     phase1: PhaseSpec
-    heldout_rows: int
+    heldout_count: int  # rows every held-out evaluation scores (eval.batches x train.batch_size)
 
     @classmethod
     def of(cls, r) -> "PhasePlan":

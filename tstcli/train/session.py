@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from tstcli import recipe as recipes
+from tstcli.data.opener import TrainData, open_data
 from tstcli.eval.datafiles import default_data_dir
 from tstcli.files import write_json_atomic
 from tstcli.parallel.world import World, barrier, shutdown, start
@@ -17,7 +18,6 @@ from tstcli.prep.work import Worker
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train import float8
-from tstcli.train.data import TrainData, open_data
 from tstcli.train.hooks import Hooks
 from tstcli.train.hooks.defaults import default_hooks
 from tstcli.train.trainer import Trainer
