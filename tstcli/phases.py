@@ -32,8 +32,8 @@ class PhaseSpec:
         return 1 if self.mode in ("input", "ntp") else self.bag_size
 
     @property
-    def units(self) -> int:
-        """Consecutive units of L+1 tokens one row of this phase spans: s for full and input, the fewest covering
+    def spans(self) -> int:
+        """Consecutive spans of L+1 tokens one row of this phase covers: s for full and input, the fewest covering
         L+s tokens for output, 1 for next-token rows."""
         s, L = self.bag_size, self.seq_len
         if self.mode in ("full", "input"):
@@ -43,7 +43,7 @@ class PhaseSpec:
     @property
     def row_width(self) -> int:
         """Tokens in one row of this phase."""
-        return self.units * (self.seq_len + 1)
+        return self.spans * (self.seq_len + 1)
 
 
 @dataclass(frozen=True)
