@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-PHASES = (1, 2)
-
 
 @dataclass(frozen=True)
 class PhaseSpec:

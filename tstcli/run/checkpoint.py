@@ -87,13 +87,6 @@ def _tmp_dir(root: Path, step: int) -> Path:
     return root / f".tmp-step-{step:08d}"
 
 
-def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
-         world: World = World()) -> Path:
-    """Collective under torchrun: every rank calls it at the same step."""
-    tmp = begin(root, step, model, world)
-    return write(tmp, step, state_dicts(model, optimizer), state, recipe_toml, world)
-
-
 def begin(root: Path, step: int, model, world: World) -> Path:
     """Every rank: check the space (all ranks take rank 0's decision) and make the temporary directory of `step`."""
     tmp = _tmp_dir(root, step)
