@@ -20,7 +20,7 @@ from tqdm import tqdm
 from tstcli import locks
 from tstcli.data import shards
 from tstcli.errors import DataError, as_error
-from tstcli.files import write_json_atomic
+from tstcli.files import replacing, write_json_atomic
 from tstcli.prep import shard_writer, units as unit_plan
 from tstcli.prep.encode import make_tokenizer, tokenize_unit
 from tstcli.prep.tokenizer import eot_id, load_tokenizer
@@ -73,9 +73,8 @@ def tokenizer(cfg, work: Path, files, log):
         tok = load_tokenizer(str(path))
         return tok, eot_id(tok, cfg.eot_token, "data.eot_token"), tok.get_vocab_size(with_added_tokens=True)
     tok, eot, vocab = make_tokenizer(cfg, files, work / "download", log)
-    tmp = path.with_name("tokenizer.json.tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        tok.save(str(tmp))
     return tok, eot, vocab
 
 
@@ -165,7 +164,7 @@ def install(data_dir: Path, work: Path, manifest: dict) -> None:
     shutil.rmtree(data_dir / "packs", ignore_errors=True)
     for p in work.glob("*.bin"):
         p.replace(data_dir / p.name)
-    shutil.copyfile(work / "tokenizer.json", data_dir / "tokenizer.json.tmp")
-    (data_dir / "tokenizer.json.tmp").replace(data_dir / "tokenizer.json")
+    with replacing(data_dir / "tokenizer.json") as tmp:
+        shutil.copyfile(work / "tokenizer.json", tmp)
     write_json_atomic(data_dir / shards.MANIFEST, manifest)
     shutil.rmtree(work, ignore_errors=True)
