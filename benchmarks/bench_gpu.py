@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tstcli import recipe as recipes  # noqa: E402
-from tstcli.errors import RecipeError  # noqa: E402
+from tstcli.errors import UsageError  # noqa: E402
 from tstcli.model import Llama  # noqa: E402
 from tstcli.objective import Objective  # noqa: E402
 from tstcli.parallel.engine import Engine  # noqa: E402
@@ -300,7 +300,7 @@ def run_all(a: argparse.Namespace, args: dict) -> list[dict]:
         try:
             if precision == "float8":
                 float8.check(torch.device(a.device))
-        except RecipeError as e:
+        except UsageError as e:
             results.append({**where, "skipped": e.message})
         else:
             results.append(run_child({"args": args, **where, "checkpoint": ckpt}, timeout=left + 60) if left > 0

@@ -33,7 +33,9 @@ def make_data(directory: Path, tokens: int, vocab: int, entries: list[str]) -> N
     """A manifest and sparse shards: what `tst prepare` would leave for `tokens` training tokens, split evenly over
     the mixture `entries` (or one corpus when there are none)."""
     from tstcli.data import shards
-    dtype = shards.token_dtype(vocab)
+    from tstcli.files import write_json_atomic
+    from tstcli.prep import shard_writer
+    dtype = shard_writer.token_dtype(vocab)
     directory.mkdir(parents=True, exist_ok=True)
     parts = []
     for e, name in enumerate(entries or [None]):
@@ -55,8 +57,8 @@ def make_data(directory: Path, tokens: int, vocab: int, entries: list[str]) -> N
                                "tokens": sum(x["tokens"] for _, v, _ in parts for x in v[s]),
                                "shards": [x for _, v, _ in parts for x in v[s]]} for s in ("train", "val")}}
     if entries:
-        manifest["mix"] = shards.mix_layout(parts)
-    shards.write_json_atomic(directory / shards.MANIFEST, manifest)
+        manifest["mix"] = shard_writer.mix_layout(parts)
+    write_json_atomic(directory / shards.MANIFEST, manifest)
 
 
 def child(recipe: str, data_dir: str, rank: int, world: int) -> dict:

@@ -7,11 +7,12 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import MOBY, ROOT, SHARED, run_cli, small_recipe, write_recipe
-from tstcli.data import packing, shards, sources
+from tstcli.data import packing, shards
+from tstcli.prep import sources
 from tstcli.data.loader import batch_offsets
 from tstcli.data.rows import materialise
-from tstcli.data.encode import _is_val
-from tstcli.data.prepare import prepare
+from tstcli.prep.encode import _is_val
+from tstcli.prep.prepare import prepare
 from tstcli.errors import DataError
 
 
@@ -144,7 +145,7 @@ def test_row_order_is_a_pure_function_and_ranks_partition_the_batch():
 
 
 def test_bpe_sample_is_bounded_deterministic_ordered_and_spread():
-    from tstcli.data.tokenizer import sample_documents
+    from tstcli.prep.tokenizer import sample_documents
     docs = [f"document {i} " + "x" * (i % 50) for i in range(2000)]
     budget = sum(map(len, docs)) // 4
     sample = sample_documents(iter(docs), budget)
@@ -173,7 +174,7 @@ def test_changing_the_recipe_repacks_without_retokenizing(small_data, tmp_path):
 
 def test_a_document_longer_than_a_piece_tokenizes_as_the_whole(small_data, tmp_path):
     """One document of 2.4M characters (> PIECE_CHARS) is tokenized in pieces, giving exactly the whole's tokens."""
-    from tstcli.data.encode import PIECE_CHARS, pieces
+    from tstcli.prep.encode import PIECE_CHARS, pieces
 
     text = "\n\n".join(_docs(MOBY)) * 2
     assert len(text) > 2 * PIECE_CHARS

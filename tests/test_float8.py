@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tstcli import recipe as recipes
-from tstcli.errors import EXIT_USAGE, RecipeError
+from tstcli.errors import EXIT_USAGE, UsageError
 from tstcli.model import Llama
 from tstcli.parallel.engine import apply_activation_checkpointing
 from tstcli.train import float8
@@ -35,7 +35,7 @@ def block_linears(n_layers: int, ffn: str = "feed_forward", attention=ATTENTION)
 
 
 def refusal(device) -> str:
-    with pytest.raises(RecipeError) as e:
+    with pytest.raises(UsageError) as e:
         float8.check(torch.device(device))
     assert e.value.exit_code == EXIT_USAGE
     message = e.value.message

@@ -11,7 +11,7 @@ import zstandard
 
 from conftest import MOBY, ROOT, run_cli, small_recipe
 from test_cli_errors import assert_one_line_error
-from tstcli.data.prepare import prepare
+from tstcli.prep.prepare import prepare
 
 TINY = ROOT / "recipes" / "tiny.toml"
 

@@ -8,8 +8,8 @@ PKG = Path(__file__).resolve().parents[1] / "tstcli"
 # Layers, bottom up: a module imports only from its own package or a lower layer.
 LAYERS = [
     {"tstcli", "tstcli.errors", "tstcli.keys", "tstcli.binder", "tstcli.recipe", "tstcli.recipe_rules", "tstcli.locks",
-     "tstcli.phases"},
-    {"tstcli.model", "tstcli.tst", "tstcli.data"},
+     "tstcli.phases", "tstcli.files"},
+    {"tstcli.model", "tstcli.tst", "tstcli.data", "tstcli.prep"},
     {"tstcli.objective", "tstcli.parallel"},
     {"tstcli.run"},
     {"tstcli.eval", "tstcli.compare", "tstcli.export", "tstcli.sample"},
@@ -89,6 +89,15 @@ def test_no_import_cycle_between_packages_or_modules():
     # within a package, __init__ re-exports are not cycles worth failing on; plain modules must not loop
     plain = {n: {d for d in deps if not known[d].name == "__init__.py"} for n, deps in graph.items()}
     assert cycle(plain) is None, cycle(plain)
+
+
+def test_rows_never_import_preparation():
+    """Two rooms: `tstcli.prep` (`tst prepare`: sources, tokenizer, work units, the shard writer) may read what
+    `tstcli.data` defines (the manifest's reader, packing); what training reads never imports the preparation."""
+    known = modules()
+    bad = [f"{name} imports {i}" for name, path in known.items() if unit(name) == "tstcli.data"
+           for i in imports(path) if i in known and unit(i) == "tstcli.prep"]
+    assert not bad, bad
 
 
 def test_small_modules_and_short_loop_functions():

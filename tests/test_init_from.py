@@ -10,7 +10,7 @@ from test_cli_errors import assert_one_line_error
 from tstcli.objective import next_token_loss
 from tstcli.run import metrics
 from tstcli.run.load import load_model
-from tstcli.train.data import open_data
+from tstcli.data.opener import open_data
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_a_run_starts_from_an_export_with_its_held_out_loss(exported, small_data
     assert f"init: from {export}" in out.stderr
     val0 = next(x for x in metrics.read_rows(tmp_path / "b", "val") if x["step"] == 0)["val_loss"]
     data, _ = open_data(r, small_data)
-    rows = torch.from_numpy(data.heldout_rows(r))
+    rows = torch.from_numpy(data.heldout_batch(r))
     expected = next_token_loss(load_model(export).model, rows, r.train.rows_per_micro_batch(1)).val_loss
     assert abs(val0 - expected) <= 1e-5, (val0, expected)
     record = json.loads((tmp_path / "b" / "init_from.json").read_text())

@@ -8,7 +8,8 @@ import sys
 from conftest import ROOT, SHARED, run_cli, small_recipe, wait_until, write_recipe
 from test_cli_errors import assert_one_line_error
 from tstcli import recipe as recipes
-from tstcli.data import location, shards
+from tstcli.data import shards
+from tstcli.prep import location
 
 
 def _cli(*args) -> subprocess.Popen:

@@ -10,8 +10,9 @@ import pytest
 from conftest import MOBY, ROOT, SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import assert_same_tensors, train_losses
-from tstcli.data import location, packing, shards
-from tstcli.data.loader import heldout_rows
+from tstcli.data import packing, shards
+from tstcli.prep import location
+from tstcli.data.loader import select_heldout_rows
 from tstcli.data.rows import materialise
 from tstcli.recipe import from_dict, to_dict
 
@@ -146,8 +147,8 @@ def test_heldout_rows_follow_the_weights(mix_data):
     r = mixture(data, tok, [("moby", [MOBY], 0.75, None, None), ("kjv", [KJV], 0.25, None, None)])
     manifest = shards.read_manifest(data)
     val = shards.TokenStore(data, manifest, "val")
-    rows = heldout_rows(val, r.plan, r.data.mix, manifest["mix"])
-    assert len(rows) == r.plan.heldout_rows
+    rows = select_heldout_rows(val, r.plan, r.data.mix, manifest["mix"])
+    assert len(rows) == r.plan.heldout_count
     width = r.train.seq_len + 1
     own = {}
     for m in manifest["mix"]:
@@ -223,7 +224,7 @@ def test_the_example_recipe_trains_on_the_shipped_corpus(tmp_path):
 
 
 def test_builtin_sample_file_names_one_file_or_fails_naming_it(tmp_path):
-    from tstcli.data import sources
+    from tstcli.prep import sources
     assert [f.origin for f in sources.resolve(["builtin:sample/kjv.txt.gz"])] == ["builtin:sample/kjv.txt.gz"]
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[data]\ndir = "{tmp_path / "d"}"\n[[data.mix]]\nname = "a"\n'

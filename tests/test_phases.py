@@ -25,7 +25,7 @@ def test_plan_geometry_per_mode(mode, row1, k, m):
     p = _plan(f"tst.mode={mode}")
     assert (p.phase1_steps, p.phase_steps, p.switch_step) == (3, {1: 3, 2: 7}, 4)
     assert p.row_widths == {1: row1, 2: 9} and (p.phase1.input_width, p.phase1.target_width) == (k, m)
-    assert (p.heldout.row_width, p.heldout_rows, p.rows_needed) == (9, 6, {1: 6, 2: 14})
+    assert (p.heldout.row_width, p.heldout_count, p.rows_needed) == (9, 6, {1: 6, 2: 14})
     assert [p.phase_at(s) for s in range(1, 11)] == [1] * 3 + [2] * 7
     assert [p.step_in_phase(s) for s in range(1, 11)] == [0, 1, 2, 0, 1, 2, 3, 4, 5, 6]
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 from tstcli import recipe as recipes
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 
 
 def test_every_shipped_recipe_parses_and_round_trips(tmp_path):
@@ -28,7 +28,7 @@ def test_overrides_use_toml_values_and_bare_strings():
                                                       "train.lr=1e-4", 'data.sources=["a.txt", "b.jsonl"]'])
     assert (r.train.steps, r.tst.mode, r.run.name, r.train.lr) == (17, "input", "x", 1e-4)
     assert r.data.sources == ["a.txt", "b.jsonl"]
-    with pytest.raises(RecipeError, match="key.path=value"):
+    with pytest.raises(UsageError, match="key.path=value"):
         recipes.load(ROOT / "recipes" / "tiny.toml", ["train.steps"])
 
 
@@ -53,7 +53,7 @@ def test_phase_split():
     ('tst.loss="focal"', "tst.loss"),
 ])
 def test_validation_names_the_key(override, needle):
-    with pytest.raises(RecipeError, match=re.escape(needle)):
+    with pytest.raises(UsageError, match=re.escape(needle)):
         recipes.load(ROOT / "recipes" / "tiny.toml", [override])
 
 

@@ -157,7 +157,7 @@ def test_a_gpu_batch_is_copied_from_pinned_memory_without_waiting(monkeypatch):
     pinned memory and a non-blocking copy. (The CPU build cannot pin, so the two calls are recorded.)"""
     import numpy as np
 
-    from tstcli.train.data import to_device
+    from tstcli.train.batch import to_device
     calls = []
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: calls.append("pin") or t.clone())
     monkeypatch.setattr(torch.Tensor, "to", lambda t, device, non_blocking=False:

@@ -9,9 +9,10 @@ from tokenizers import Tokenizer
 from conftest import run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_formats import _moby_docs
-from tstcli.data import shards, token_files
-from tstcli.data.encode import _is_val
-from tstcli.data.prepare import prepare
+from tstcli.data import shards
+from tstcli.prep import token_files
+from tstcli.prep.encode import _is_val
+from tstcli.prep.prepare import prepare
 
 
 def _split_docs(tok_path, val_fraction=0.05):

@@ -15,8 +15,8 @@ from conftest import ROOT, SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_distributed import torchrun
 from test_formats import _moby_docs
-from tstcli.data.prepare import prepare
-from tstcli.data.work import Worker
+from tstcli.prep.prepare import prepare
+from tstcli.prep.work import Worker
 
 CORPUS = SHARED / "corpus"  # six files of 0.5-3.6 MB: six work units of data.unit_mb = 1
 
@@ -139,7 +139,7 @@ def test_torchrun_prepares_on_every_rank_and_trains_without_a_collective_timeout
 def test_streamed_hub_sources_give_the_same_data_and_keep_one_file_on_disk(small_data, tmp_path, monkeypatch):
     """data.stream: hub files are listed with their sizes, downloaded one at a time when their unit (or the BPE
     sample) reads them, and deleted after; the data equals that of the same files read locally."""
-    from tstcli.data import hub
+    from tstcli.prep import hub
     local = tmp_path / "files"
     local.mkdir()
     names = ["a/moby.jsonl.gz", "a/kjv.txt.gz", "b/sotu.jsonl.gz"]
@@ -227,7 +227,7 @@ def test_the_slurm_example_script_prepares_the_same_data(one_worker, tmp_path):
 def test_a_merge_cut_short_during_install_finishes_on_the_rerun(one_worker, tmp_path, monkeypatch):
     """Killed after the shards moved into the data directory but before the manifest: the re-run neither deletes
     the moved shards nor makes another tokenizer, and gives the same data."""
-    from tstcli.data import work
+    from tstcli.prep import work
     _, _, expected = one_worker
     recipe = _recipe(tmp_path, tmp_path / "data")
     for i in range(2):
@@ -278,7 +278,7 @@ def test_a_unit_claimed_by_another_process_is_waited_for_then_taken_over(one_wor
 
 
 def test_small_files_share_a_unit_and_a_large_one_stands_alone():
-    from tstcli.data import sources, units
+    from tstcli.prep import sources, units
     files = sources.resolve([str(CORPUS)])  # sorted: factbook 1.7, kjv 1.2, kjv_sample 1.0, moby 0.5, python 3.0,
     plan = units.plan([(None, files)], 4 * 10 ** 6)  # sotu 3.6 MB
     assert [[f.origin.rsplit("/", 1)[1] for f in u.files] for u in plan] == [

@@ -1,7 +1,7 @@
 """TOML to frozen dataclasses and back, for a root dataclass whose fields are sections of keys (`Recipe`).
 
 The only module that reads TOML. Unknown tables and keys, wrong types and values outside a key's declared set or
-bounds are `RecipeError`s naming the file and the key (`keys.check`); `--set section.key=value` overrides are
+bounds are `UsageError`s naming the file and the key (`keys.check`); `--set section.key=value` overrides are
 applied to the table before binding.
 """
 from __future__ import annotations
@@ -17,20 +17,20 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from tstcli import keys
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 
 
 def read(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """A TOML file's tables with `--set` overrides applied; every failure is one RecipeError line."""
+    """A TOML file's tables with `--set` overrides applied; every failure is one UsageError line."""
     p = Path(path)
     if not p.is_file():
-        raise RecipeError(f"recipe {path}: no such file")
+        raise UsageError(f"recipe {path}: no such file")
     try:
         table = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"recipe {path}: invalid TOML: {e}") from None
+        raise UsageError(f"recipe {path}: invalid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(f"recipe {path}: cannot read: {e}") from None
+        raise UsageError(f"recipe {path}: cannot read: {e}") from None
     for item in overrides:
         k, v = parse_set(item)
         _apply_override(table, k, v, f"recipe {path} (--set {item})")
@@ -40,7 +40,7 @@ def read(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
 def parse_set(item: str) -> tuple[str, Any]:
     """`key.path=value` with TOML value syntax; a bare word is taken as a string."""
     if "=" not in item:
-        raise RecipeError(f"--set {item!r}: expected key.path=value, e.g. --set train.steps=100")
+        raise UsageError(f"--set {item!r}: expected key.path=value, e.g. --set train.steps=100")
     path, raw = item.split("=", 1)
     path, raw = path.strip(), raw.strip()
     try:
@@ -53,10 +53,10 @@ def parse_set(item: str) -> tuple[str, Any]:
 def _apply_override(table: dict, path: str, value: Any, where: str) -> None:
     parts = path.split(".")
     if len(parts) != 2 or not all(parts):
-        raise RecipeError(f"{where}: override key {path!r} must be section.key, e.g. train.steps")
+        raise UsageError(f"{where}: override key {path!r} must be section.key, e.g. train.steps")
     table.setdefault(parts[0], {})
     if not isinstance(table[parts[0]], dict):
-        raise RecipeError(f"{where}: '{parts[0]}' must be a table")
+        raise UsageError(f"{where}: '{parts[0]}' must be a table")
     table[parts[0]][parts[1]] = value
 
 
@@ -66,14 +66,14 @@ def bind(table: dict, root, where: str):
     sections = {}
     for name, value in table.items():
         if name not in classes:
-            raise RecipeError(f"{where}: unknown table [{name}] (known: {', '.join(classes)})")
+            raise UsageError(f"{where}: unknown table [{name}] (known: {', '.join(classes)})")
         if not isinstance(value, dict):
-            raise RecipeError(f"{where}: '{name}' must be a table [{name}], got {value!r}")
+            raise UsageError(f"{where}: '{name}' must be a table [{name}], got {value!r}")
         fields = keys.fields(classes[name])
         kwargs = {}
         for k, v in value.items():
             if k not in fields:
-                raise RecipeError(f"{where}: unknown key '{name}.{k}' (known keys in [{name}]: {', '.join(fields)})")
+                raise UsageError(f"{where}: unknown key '{name}.{k}' (known keys in [{name}]: {', '.join(fields)})")
             kwargs[fields[k].name] = _value(where, f"{name}.{k}", fields[k], v)
         sections[name] = classes[name](**kwargs)
     return root(**sections)
@@ -89,21 +89,21 @@ def _value(where: str, dotted: str, f: dataclasses.Field, value: Any) -> Any:
 def _tables(where: str, name: str, cls: type, value: Any) -> list:
     """A list of TOML tables (`[[data.mix]]`), each parsed into a `cls`; keys without a default are required."""
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise RecipeError(f"{where}: key '{name}' must be a list of [[{name}]] tables, got {value!r}")
+        raise UsageError(f"{where}: key '{name}' must be a list of [[{name}]] tables, got {value!r}")
     if not value:
-        raise RecipeError(f"{where}: key '{name}' is empty: give at least one [[{name}]] table ("
-                          f"{', '.join(cls.REQUIRED)}) or leave {name} out")
+        raise UsageError(f"{where}: key '{name}' is empty: give at least one [[{name}]] table ("
+                         f"{', '.join(cls.REQUIRED)}) or leave {name} out")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     out = []
     for i, table in enumerate(value):
         for k in table:
             if k not in fields:
-                raise RecipeError(f"{where}: unknown key '{name}[{i}].{k}' (known keys in [[{name}]]: "
-                                  f"{', '.join(fields)})")
+                raise UsageError(f"{where}: unknown key '{name}[{i}].{k}' (known keys in [[{name}]]: "
+                                 f"{', '.join(fields)})")
         for k in cls.REQUIRED:
             if k not in table:
-                raise RecipeError(f"{where}: [[{name}]] table {i} ({table.get('name', 'unnamed')!r}) lacks key "
-                                  f"'{name}[{i}].{k}'")
+                raise UsageError(f"{where}: [[{name}]] table {i} ({table.get('name', 'unnamed')!r}) lacks key "
+                                 f"'{name}[{i}].{k}'")
         out.append(cls(**{k: _value(where, f"{name}[{i}].{k}", fields[k], v) for k, v in table.items()}))
     return out
 

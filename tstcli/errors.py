@@ -21,7 +21,7 @@ class TstError(Exception):
         self.message = message
 
 
-class RecipeError(TstError):
+class UsageError(TstError):
     """Bad usage, bad recipe file, bad key or value."""
 
     exit_code = EXIT_USAGE

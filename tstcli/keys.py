@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -87,17 +87,17 @@ def check(where: str, dotted: str, f: dataclasses.Field, value: Any) -> Any:
           isinstance(value, list) and all(is_int(v) if item is int else isinstance(v, str) for v in value)
           if t is list else isinstance(value, str))
     if not ok:
-        raise RecipeError(f"{where}: key '{dotted}' must be {_type_name(t, item)}, got {value!r}")
+        raise UsageError(f"{where}: key '{dotted}' must be {_type_name(t, item)}, got {value!r}")
     if t is float:
         value = float(value)
         if not math.isfinite(value):
-            raise RecipeError(f"{where}: key '{dotted}' must be a finite number, got {value!r}")
+            raise UsageError(f"{where}: key '{dotted}' must be a finite number, got {value!r}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise RecipeError(f"{where}: key '{dotted}' must be one of {', '.join(choices)}; got {value!r}")
+        raise UsageError(f"{where}: key '{dotted}' must be one of {', '.join(choices)}; got {value!r}")
     bounds = f.metadata.get("within")
     if bounds is not None and value is not None and not bounds.holds(value):
-        raise RecipeError(f"{where}: key '{dotted}' must be {bounds}; got {value!r}")
+        raise UsageError(f"{where}: key '{dotted}' must be {bounds}; got {value!r}")
     return value
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-PHASES = (1, 2)
-
 
 @dataclass(frozen=True)
 class PhaseSpec:
@@ -32,8 +30,8 @@ class PhaseSpec:
         return 1 if self.mode in ("input", "ntp") else self.bag_size
 
     @property
-    def units(self) -> int:
-        """Consecutive units of L+1 tokens one row of this phase spans: s for full and input, the fewest covering
+    def spans(self) -> int:
+        """Consecutive spans of L+1 tokens one row of this phase covers: s for full and input, the fewest covering
         L+s tokens for output, 1 for next-token rows."""
         s, L = self.bag_size, self.seq_len
         if self.mode in ("full", "input"):
@@ -43,18 +41,18 @@ class PhaseSpec:
     @property
     def row_width(self) -> int:
         """Tokens in one row of this phase."""
-        return self.units * (self.seq_len + 1)
+        return self.spans * (self.seq_len + 1)
 
 
 @dataclass(frozen=True)
 class PhasePlan:
     """Steps 1 … `phase1_steps` are phase 1 (superposition, `phase1`'s geometry), the rest phase 2 (next-token
-    rows of L+1). Every held-out evaluation scores `heldout_rows` next-token rows."""
+    rows of L+1). Every held-out evaluation scores `heldout_count` next-token rows."""
     steps: int  # optimizer steps in all
     phase1_steps: int  # n1 = round(tst.ratio x train.steps)
     batch_size: int  # global rows per step
     phase1: PhaseSpec
-    heldout_rows: int
+    heldout_count: int  # rows every held-out evaluation scores (eval.batches x train.batch_size)
 
     @classmethod
     def of(cls, r) -> "PhasePlan":

@@ -259,7 +259,7 @@ def from_dict(table: dict, where: str) -> Recipe:
 
 
 def load(path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe file, apply `--set` overrides, validate; every failure is one RecipeError line."""
+    """Read a recipe file, apply `--set` overrides, validate; every failure is one UsageError line."""
     return from_dict(binder.read(path, overrides), f"recipe {path}")
 
 

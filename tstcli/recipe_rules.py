@@ -2,14 +2,14 @@
 checked as it is read: `tstcli/keys.py`), and the advisories: settings that are valid but probably not meant."""
 from __future__ import annotations
 
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 
 NAME_CHARS = "letters, digits, '_', '-' and '.'"
 
 
 def _require(cond: bool, where: str, key_name: str, expected: str, got) -> None:
     if not cond:
-        raise RecipeError(f"{where}: key '{key_name}' must be {expected}; got {got!r}")
+        raise UsageError(f"{where}: key '{key_name}' must be {expected}; got {got!r}")
 
 
 def check(r, where: str) -> None:

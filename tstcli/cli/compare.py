@@ -8,7 +8,7 @@ import typer
 
 from tstcli.cli.common import JsonOption, emit, log
 from tstcli.compare.curves import AXES, VAL_LOSS, compare, load_curve
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 
 
 def _fmt(x, axis: str) -> str:
@@ -28,15 +28,15 @@ def compare_runs(
 ):
     """Plot and tabulate held-out loss (or a benchmark score) of runs against compute; equal-quality speed-up."""
     if x not in AXES:
-        raise RecipeError(f"--x {x!r}: expected one of {', '.join(AXES)}")
+        raise UsageError(f"--x {x!r}: expected one of {', '.join(AXES)}")
     if metric != VAL_LOSS and "." not in metric:
-        raise RecipeError(f"--metric {metric!r}: expected val_loss or TASK.METRIC, e.g. hellaswag.acc_norm")
+        raise UsageError(f"--metric {metric!r}: expected val_loss or TASK.METRIC, e.g. hellaswag.acc_norm")
     curves = [load_curve(Path(d), metric) for d in run_dirs]
     ref = 0
     if reference is not None:
         names = [Path(d).resolve() for d in run_dirs]
         if Path(reference).resolve() not in names:
-            raise RecipeError(f"--reference {reference}: not one of the compared run directories")
+            raise UsageError(f"--reference {reference}: not one of the compared run directories")
         ref = names.index(Path(reference).resolve())
     result = compare(curves, x, ref)
     label = AXES[x][1]

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from tstcli.cli.common import JsonOption, emit, eval_data_dir, log
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 
 
 def eval_(
@@ -35,9 +35,9 @@ def eval_(
 
     names = parse_bench(bench) if bench else []
     if limit is not None and limit < 1:
-        raise RecipeError(f"--limit {limit}: expected a positive number of items")
+        raise UsageError(f"--limit {limit}: expected a positive number of items")
     if num_fewshot < 0 or batch_size < 1:
-        raise RecipeError("--num-fewshot must be >= 0 and --batch-size >= 1")
+        raise UsageError("--num-fewshot must be >= 0 and --batch-size >= 1")
     out, rows = run_evaluation(path, step, names, limit, num_fewshot, data_dir or eval_data_dir(), batch_size, corpus,
                                log)
     if samples and names:

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from tstcli.cli.common import JsonOption, emit
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 
 
 def export(
@@ -28,11 +28,11 @@ def export(
     from tstcli.run.load import from_run
 
     if dtype not in DTYPES:
-        raise RecipeError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if push_to_hub is not None and push_to_hub.count("/") != 1:
-        raise RecipeError(f"--push-to-hub {push_to_hub!r}: expected OWNER/NAME")
+        raise UsageError(f"--push-to-hub {push_to_hub!r}: expected OWNER/NAME")
     if (private or revision) and push_to_hub is None:
-        raise RecipeError("--private and --revision apply to --push-to-hub")
+        raise UsageError("--private and --revision apply to --push-to-hub")
     rundir.read_info(run_dir)
     refuse_overlap(out, run_dir)  # before loading anything: --force would delete the run
     res = write_export(from_run(run_dir, step), out, dtype, force)

@@ -10,9 +10,9 @@ import typer
 from tstcli import recipe as recipes
 from tstcli.cli.common import JsonOption, SetList, SetOption, emit, log
 from tstcli.cli.report import prepare_lines, worker_lines
-from tstcli.data.prepare import prepare_recipe
-from tstcli.data.work import Worker
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
+from tstcli.prep.prepare import prepare_recipe
+from tstcli.prep.work import Worker
 
 
 def _worker(worker: int | None, workers: int | None, merge: bool, force: bool) -> Worker:
@@ -21,18 +21,18 @@ def _worker(worker: int | None, workers: int | None, merge: bool, force: bool) -
     if worker is None and workers is None and not merge:
         # Under torchrun the ranks are the workers: rank 0 merges once every unit is finished.
         if size > 1 and force:
-            raise RecipeError(f"--force under torchrun ({size} processes): --force rebuilds with one process only; "
-                              "delete the data directory to restart the job's workers")
+            raise UsageError(f"--force under torchrun ({size} processes): --force rebuilds with one process only; "
+                             "delete the data directory to restart the job's workers")
         return Worker(rank, size, merge=rank == 0, wait=True) if size > 1 else Worker()
     if workers is None or workers < 1:
-        raise RecipeError("--workers N (N >= 1) is needed with --worker and --merge")
+        raise UsageError("--workers N (N >= 1) is needed with --worker and --merge")
     if worker is not None and not 0 <= worker < workers:
-        raise RecipeError(f"--worker {worker}: must be in [0, {workers - 1}] with --workers {workers}")
+        raise UsageError(f"--worker {worker}: must be in [0, {workers - 1}] with --workers {workers}")
     if worker is None and not merge:
-        raise RecipeError("--workers N needs --worker I (tokenize worker I's units) or --merge (write the manifest)")
+        raise UsageError("--workers N needs --worker I (tokenize worker I's units) or --merge (write the manifest)")
     if force and workers > 1:
-        raise RecipeError(f"--force with --workers {workers}: --force rebuilds with one worker only; delete the "
-                          "data directory to restart N workers")
+        raise UsageError(f"--force with --workers {workers}: --force rebuilds with one worker only; delete the "
+                         "data directory to restart N workers")
     return Worker(worker or 0, workers, tokenize=worker is not None, merge=merge)
 
 

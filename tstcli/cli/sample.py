@@ -8,12 +8,12 @@ from typing import Optional
 import typer
 
 from tstcli.cli.common import JsonOption, emit
-from tstcli.errors import DataError, RecipeError
+from tstcli.errors import DataError, UsageError
 
 
 def _prompt_text(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
     if prompt is not None and prompt_file is not None:
-        raise RecipeError("--prompt and --prompt-file: give one of them")
+        raise UsageError("--prompt and --prompt-file: give one of them")
     if prompt_file is None:
         return prompt or ""
     try:
@@ -42,13 +42,13 @@ def sample(
     from tstcli.sample.generate import Sampling, generate
 
     if max_new_tokens < 1 or num_samples < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise RecipeError("--max-new-tokens and --num-samples must be >= 1, --temperature and --top-k >= 0, "
-                          "--top-p in (0, 1]")
+        raise UsageError("--max-new-tokens and --num-samples must be >= 1, --temperature and --top-k >= 0, "
+                         "--top-p in (0, 1]")
     text = _prompt_text(prompt, prompt_file)
     lm = load_model(path, step)
     ids = lm.encode(text) if text else [lm.eot_id]  # no prompt: continue from a document boundary
     if len(ids) >= lm.max_len:
-        raise RecipeError(f"the prompt is {len(ids)} tokens; the model's context holds {lm.max_len}")
+        raise UsageError(f"the prompt is {len(ids)} tokens; the model's context holds {lm.max_len}")
     settings = Sampling(max_new_tokens, temperature, top_k, top_p)
     generator = torch.Generator().manual_seed(seed)
     stream = sys.stdout.isatty() and not json_

@@ -2,19 +2,19 @@
 marked, the reference loss drawn across. matplotlib is an optional extra (`pip install 'tst[plot]'`)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tstcli.compare.curves import AXES, Curve
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
+from tstcli.files import replacing
 
 
 def plot(curves: list[Curve], result: dict, out: Path, ylabel: str = "held-out loss") -> None:
     try:
         import matplotlib
     except ImportError:
-        raise RecipeError(f"--out {out}: drawing needs matplotlib: pip install 'tst[plot]' (the table above "
-                          "needs nothing)") from None
+        raise UsageError(f"--out {out}: drawing needs matplotlib: pip install 'tst[plot]' (the table above "
+                         "needs nothing)") from None
     matplotlib.use("Agg")  # files only: no display on clusters and CI
     import matplotlib.pyplot as plt
 
@@ -38,7 +38,6 @@ def plot(curves: list[Curve], result: dict, out: Path, ylabel: str = "held-out l
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png")
+    with replacing(out) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, out)

@@ -53,21 +53,21 @@ class PhaseLoader:
 
 def val_rows(store: TokenStore, width: int, count: int) -> np.ndarray:
     """The fixed held-out rows: consecutive rows of `width` tokens from the start of the validation split."""
-    offsets = _entry_val_rows(store, width, {"first": 0, "count": len(store.lengths)})[:count]
+    offsets = _entry_val_offsets(store, width, {"first": 0, "count": len(store.lengths)})[:count]
     return store.rows(offsets, width)
 
 
-def heldout_rows(val: TokenStore, plan: PhasePlan, entries: list[MixEntry] = (),
-                 layout: list[dict] | None = None) -> np.ndarray:
-    """The plan's held-out rows, which every held-out evaluation of a run scores, in training and in `tst eval`
-    alike. With a mixture (`entries`: the recipe's data.mix; `layout`: the manifest's), each entry gives rows from
+def select_heldout_rows(val: TokenStore, plan: PhasePlan, entries: list[MixEntry] = (),
+                        layout: list[dict] | None = None) -> np.ndarray:
+    """The plan's `heldout_count` held-out rows, which every held-out evaluation of a run scores, in training and
+    in `tst eval` alike (both through `opener.PreparedData.heldout_batch`). With a mixture (`entries`: the recipe's data.mix; `layout`: the manifest's), each entry gives rows from
     the start of its own validation shards in proportion to its `weight`, so the held-out loss measures the mixture
     the run aims at."""
-    width, count = plan.heldout.row_width, plan.heldout_rows
+    width, count = plan.heldout.row_width, plan.heldout_count
     if not entries or not layout:
         return val_rows(val, width, count)
     by_name = {m["name"]: m["val"] for m in layout}
-    pools = [_entry_val_rows(val, width, by_name[e.name]) for e in entries]
+    pools = [_entry_val_offsets(val, width, by_name[e.name]) for e in entries]
     want = proportional_split(count, [e.weight for e in entries])
     take = [min(k, len(p)) for k, p in zip(want, pools)]
     for i, pool in enumerate(pools):  # an entry with too few held-out rows: the others make up the difference
@@ -77,7 +77,8 @@ def heldout_rows(val: TokenStore, plan: PhasePlan, entries: list[MixEntry] = (),
     return val.rows(np.concatenate(parts), width) if parts else np.zeros((0, width), np.int64)
 
 
-def _entry_val_rows(val: TokenStore, width: int, m: dict) -> np.ndarray:
+def _entry_val_offsets(val: TokenStore, width: int, m: dict) -> np.ndarray:
+    """Start offsets of the consecutive rows of `width` tokens in shards m["first"] ... of the validation split."""
     starts = [val.starts[sid] + width * np.arange(int(val.lengths[sid]) // width, dtype=np.int64)
               for sid in range(m["first"], m["first"] + m["count"])]
     return np.concatenate(starts) if starts else np.zeros(0, np.int64)

@@ -1,7 +1,7 @@
 """Per-phase packing: which rows of the flat training stream each phase reads (docs/design.md, "Data").
 
-The training stream is cut, shard by shard, into *chunks* of `g` consecutive units of `L+1` tokens, where
-`g = s` for the full and input modes (a chunk is exactly one phase-1 row of `s·(L+1)` tokens) and the fewest units
+The training stream is cut, shard by shard, into *chunks* of `g` consecutive spans of `L+1` tokens, where
+`g = s` for the full and input modes (a chunk is exactly one phase-1 row of `s·(L+1)` tokens) and the fewest spans
 covering `L+s` tokens for the output mode. A seeded order over the chunks (`order.Bijection`) gives phase 1 its
 first chunks and phase 2 the rest, so the phases are disjoint and both draw from across the whole corpus; a phase-2
 chunk yields `g` phase-2 rows of `L+1` tokens. The rows are functions from index to offset (`rows.py`), built from
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tstcli.data import shards
 from tstcli.data.order import Bijection
 from tstcli.data.rows import Chunks, Concat, Drawn, PhaseRows
 from tstcli.errors import DataError
+from tstcli.files import write_json_atomic
 from tstcli.phases import PhasePlan
 from tstcli.recipe import DataConfig, MixEntry
 
@@ -63,11 +63,11 @@ def _phase1_chunks(n: int, need: dict) -> tuple[int, bool]:
     return min(max(c1, 1 if need[1] else 0), n - (1 if need[2] else 0)), False
 
 
-def _phase_rows(chunks: Chunks, c1: int, key: tuple, g: int, unit: int) -> dict:
-    """Phase 1: chunks 0..c1-1 of the seeded order, one row each; phase 2: the others, `g` rows of `unit` each."""
+def _phase_rows(chunks: Chunks, c1: int, key: tuple, g: int, span: int) -> dict:
+    """Phase 1: chunks 0..c1-1 of the seeded order, one row each; phase 2: the others, `g` rows of `span` each."""
     order = Bijection(chunks.count, key)
     return {1: PhaseRows(chunks, order, 0, c1, 1, chunks.size),
-            2: PhaseRows(chunks, order, c1, chunks.count - c1, g, unit)}
+            2: PhaseRows(chunks, order, c1, chunks.count - c1, g, span)}
 
 
 def _phase_info(steps: int, width: int, rows: int, rows_needed: int) -> dict:
@@ -77,16 +77,16 @@ def _phase_info(steps: int, width: int, rows: int, rows_needed: int) -> dict:
 
 
 def _geometry(plan: PhasePlan) -> tuple[int, int, int]:
-    """(g, unit, chunk): phase-1 rows span g units of L+1 tokens; a phase-2 row is one unit; a chunk, one
+    """(g, span, chunk): phase-1 rows cover g spans of L+1 tokens; a phase-2 row is one span; a chunk, one
     phase-1 row."""
-    return plan.phase1.units, plan.specs[2].row_width, plan.phase1.row_width
+    return plan.phase1.spans, plan.specs[2].row_width, plan.phase1.row_width
 
 
 def split_phases(plan: PhasePlan, seed: int, mix: list[MixEntry], manifest: dict) -> tuple[dict, dict]:
     """Decide the phase split: returns (info, rows) without touching the disk."""
     if mix:
         return split_mixture(plan, seed, mix, manifest)
-    g, unit, chunk = _geometry(plan)
+    g, span, chunk = _geometry(plan)
     widths, steps, need_rows = plan.row_widths, plan.phase_steps, plan.rows_needed
     need_chunks = {1: need_rows[1], 2: math.ceil(need_rows[2] / g)}
     chunks = Chunks([x["tokens"] for x in manifest["splits"]["train"]["shards"]], chunk)
@@ -95,7 +95,7 @@ def split_phases(plan: PhasePlan, seed: int, mix: list[MixEntry], manifest: dict
         raise DataError(f"training split has {manifest['splits']['train']['tokens']} tokens, fewer than one row of "
                         f"{chunk} tokens per phase: add data or lower train.seq_len / tst.bag_size")
     c1, covered = _phase1_chunks(n, need_chunks)
-    rows = _phase_rows(chunks, c1, (seed, 0x7057), g, unit)
+    rows = _phase_rows(chunks, c1, (seed, 0x7057), g, span)
     phases = {str(p): _phase_info(steps[p], widths[p], len(rows[p]), need_rows[p]) for p in (1, 2)}
     info = {"widths": widths,
             "phases": phases, "train_tokens": manifest["splits"]["train"]["tokens"],
@@ -120,7 +120,7 @@ def split_mixture(plan: PhasePlan, seed: int, mix: list[MixEntry], manifest: dic
     chunks between the phases as a corpus without a mixture does (disjoint), and its part holds exactly its rows,
     repeated in whole copies when short. A phase reads its pack once (one loader epoch), so the rows a run reads
     realise the weights to within one row per entry."""
-    g, unit, chunk = _geometry(plan)
+    g, span, chunk = _geometry(plan)
     widths, steps, need_rows = plan.row_widths, plan.phase_steps, plan.rows_needed
     layout = {m["name"]: m for m in manifest.get("mix", [])}
     if [e.name for e in mix] != [m["name"] for m in manifest.get("mix", [])]:
@@ -142,7 +142,7 @@ def split_mixture(plan: PhasePlan, seed: int, mix: list[MixEntry], manifest: dic
                             f"{chunk} tokens per phase it takes part in: add data, lower its weight or lower "
                             "train.seq_len / tst.bag_size")
         c1, enough = _phase1_chunks(chunks.count, need_chunks)
-        own = _phase_rows(chunks, c1, (seed, 0x7057, i + 1), g, unit)
+        own = _phase_rows(chunks, c1, (seed, 0x7057, i + 1), g, span)
         phases = {}
         for p in (1, 2):
             rows[p].append(Drawn(own[p], need[p], (seed, 0x7058, i + 1, p)))
@@ -166,7 +166,7 @@ def _write_pack(directory: Path, info: dict) -> bool:
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
-        shards.write_json_atomic(tmp / "pack.json", info)
+        write_json_atomic(tmp / "pack.json", info)
         if directory.exists() and not (directory / "pack.json").is_file():
             shutil.rmtree(directory, ignore_errors=True)  # an incomplete pack from before atomic renames
         try:

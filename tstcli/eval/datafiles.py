@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tstcli.data import hub
-from tstcli.errors import DataError, RecipeError
+from tstcli.errors import DataError, UsageError
 from tstcli.eval.tasks import Task
+from tstcli.prep import hub
 
 def default_data_dir(env) -> Path:
     """Where benchmark files are looked for first: $TST_EVAL_DATA (from the environment mapping `env`), else
@@ -22,8 +22,8 @@ def read_parquet(path: str) -> list[dict]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise RecipeError(f"{path}: reading the hub's parquet files needs pyarrow: pip install 'tst[eval]' "
-                          "(or pass --data-dir with local copies)") from None
+        raise UsageError(f"{path}: reading the hub's parquet files needs pyarrow: pip install 'tst[eval]' "
+                         "(or pass --data-dir with local copies)") from None
     try:
         return pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for damaged files

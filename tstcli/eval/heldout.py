@@ -5,10 +5,10 @@ from pathlib import Path
 
 import torch
 
-from tstcli.data import shards, sources
-from tstcli.data.loader import heldout_rows
+from tstcli.data.opener import open_prepared
 from tstcli.errors import DataError
 from tstcli.objective import next_token_loss
+from tstcli.prep import sources
 from tstcli.run import rundir
 from tstcli.run.load import LoadedModel
 
@@ -18,10 +18,7 @@ def run_heldout(lm: LoadedModel) -> dict:
     train.batch_size rows of seq_len+1 from the start of the validation split), its micro-batch and compute dtype."""
     r = lm.recipe
     data_dir, _ = rundir.run_data_dir(lm.run_dir)  # exit 3 if it no longer holds the data the run recorded
-    manifest = shards.read_manifest(data_dir)
-    shards.verify(data_dir, manifest, full=False)
-    rows = torch.from_numpy(heldout_rows(shards.TokenStore(data_dir, manifest, "val"), r.plan, r.data.mix,
-                                         manifest.get("mix")))
+    rows = torch.from_numpy(open_prepared(data_dir).heldout_batch(r))  # the rows training's validation scores
     amp = torch.bfloat16 if r.train.dtype == "bf16" else None
     h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp, r.train.loss_chunk_size)
     return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens,

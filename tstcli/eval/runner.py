@@ -7,8 +7,8 @@ import math
 import random
 from pathlib import Path
 
-from tstcli.data.shards import file_sha256
 from tstcli.errors import DataError
+from tstcli.files import file_sha256
 from tstcli.eval.datafiles import split_rows
 from tstcli.eval.scoring import encode_pair, loglikelihoods
 from tstcli.eval.tasks import MMLU_SUBJECTS, Doc, Task, resolve

@@ -220,19 +220,19 @@ ALIASES = {"arc": ["arc_easy", "arc_challenge"],
 
 def parse_bench(spec: str) -> list[str]:
     """Task names from `--bench`; `mmlu:SUBJECT` selects MMLU subjects (`mmlu` alone is all 57)."""
-    from tstcli.errors import RecipeError
+    from tstcli.errors import UsageError
     names: list[str] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         if part.startswith("mmlu:"):
             if part[5:] not in MMLU_SUBJECTS:
-                raise RecipeError(f"--bench {part!r}: unknown MMLU subject (e.g. mmlu:anatomy)")
+                raise UsageError(f"--bench {part!r}: unknown MMLU subject (e.g. mmlu:anatomy)")
             names.append(part)
             continue
         expanded = ALIASES.get(part, [part])
         for n in expanded:
             if n not in TASKS:
-                raise RecipeError(f"--bench {part!r}: unknown benchmark (known: "
-                                  f"{', '.join(list(TASKS) + list(ALIASES))})")
+                raise UsageError(f"--bench {part!r}: unknown benchmark (known: "
+                                 f"{', '.join(list(TASKS) + list(ALIASES))})")
             if n not in names:
                 names.append(n)
     return names

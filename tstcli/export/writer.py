@@ -13,7 +13,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from tstcli.errors import CheckpointError, RecipeError, as_error, environment_fault
+from tstcli.errors import CheckpointError, UsageError, as_error, environment_fault
 from tstcli.export.card import model_card
 from tstcli.model import Llama
 from tstcli.model.hf import hf_config, hf_state_dict
@@ -85,7 +85,7 @@ def refuse_overlap(out: Path, run_dir: Path | None) -> None:
     o, r = out.resolve(), run_dir.resolve()
     if o == r or r in o.parents or o in r.parents:
         where = "is" if o == r else "lies inside" if r in o.parents else "contains"
-        raise RecipeError(f"--out {out}: {where} the run directory {run_dir}; export somewhere else")
+        raise UsageError(f"--out {out}: {where} the run directory {run_dir}; export somewhere else")
 
 
 def _weight_files(out: Path) -> list[str]:
@@ -104,7 +104,7 @@ def export(lm: LoadedModel, out: Path, dtype_name: str, force: bool) -> dict:
     """Write the export to a temporary directory, self-test it, then rename it to `out`."""
     refuse_overlap(out, lm.run_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise RecipeError(f"--out {out}: exists and is not empty (pass --force to replace it)")
+        raise UsageError(f"--out {out}: exists and is not empty (pass --force to replace it)")
     dtype = DTYPES[dtype_name]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from tstcli import __version__
-from tstcli.errors import CheckpointError, RecipeError
+from tstcli.errors import CheckpointError, UsageError
 from tstcli.model.llama import Llama
 from tstcli.recipe import ModelConfig
 
@@ -32,8 +32,8 @@ def architecture(cfg: ModelConfig) -> str:
     """The transformers model_type a native model exports as."""
     if cfg.moe_experts:
         if cfg.moe_shared_ffn_dim:
-            raise RecipeError("model.moe_shared_ffn_dim: Qwen3-MoE has no shared expert, so this model has no "
-                              "standard Hugging Face form to export to")
+            raise UsageError("model.moe_shared_ffn_dim: Qwen3-MoE has no shared expert, so this model has no "
+                             "standard Hugging Face form to export to")
         return "qwen3_moe"
     return "qwen3" if cfg.qk_norm else "llama"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 from tstcli.recipe import DistributedConfig, Recipe, TrainConfig
 
 
@@ -155,9 +155,9 @@ def assign_state(model: torch.nn.Module, full: dict) -> None:
 def check_batch_split(t: TrainConfig, world_size: int) -> None:
     mb = t.rows_per_micro_batch(world_size)
     if mb < 1 or t.batch_size % (world_size * mb):
-        raise RecipeError(f"train.batch_size: {t.batch_size} rows do not split evenly into {world_size} ranks x "
-                          f"micro-batches of {mb} (train.micro_batch_size); use a multiple of "
-                          f"{world_size * max(mb, 1)}")
+        raise UsageError(f"train.batch_size: {t.batch_size} rows do not split evenly into {world_size} ranks x "
+                         f"micro-batches of {mb} (train.micro_batch_size); use a multiple of "
+                         f"{world_size * max(mb, 1)}")
 
 
 def start(r: Recipe, env) -> tuple[World, torch.device]:
@@ -169,10 +169,10 @@ def start(r: Recipe, env) -> tuple[World, torch.device]:
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("run.device: 'cuda' requested but no CUDA device is available")
+        raise UsageError("run.device: 'cuda' requested but no CUDA device is available")
     if device_name == "cuda" and world.local_rank >= torch.cuda.device_count():
-        raise RecipeError(f"run.device: local rank {world.local_rank} but only {torch.cuda.device_count()} GPUs "
-                          "on this node (torchrun --nproc-per-node must not exceed them)")
+        raise UsageError(f"run.device: local rank {world.local_rank} but only {torch.cuda.device_count()} GPUs "
+                         "on this node (torchrun --nproc-per-node must not exceed them)")
     device = device_for(world, device_name)
     if device.type == "cpu":
         # Bitwise reproducibility (and so exact resume) on CPU: without this, torch.compile lowers the

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import warnings
@@ -31,25 +30,13 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_state_dict)
 
 from tstcli.errors import CheckpointError, as_error, environment_fault
+from tstcli.files import fsync_dir, fsync_file
 from tstcli.parallel.world import World, barrier, sum_across
 from tstcli.run.integrity import check_finite, checksums, file_name_inside, verify_files
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE, RECIPE = "state.json", "recipe.toml"
 FORMAT = "dcp-safetensors-1"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
 
 
 # DCP warns when used without a process group (one process), a supported use here. Filtered once, for DCP's own
@@ -98,13 +85,6 @@ def _untied(model_sd: dict) -> tuple[dict, dict[str, str]]:
 
 def _tmp_dir(root: Path, step: int) -> Path:
     return root / f".tmp-step-{step:08d}"
-
-
-def save(root: Path, step: int, model, optimizer, state: dict, recipe_toml: str,
-         world: World = World()) -> Path:
-    """Collective under torchrun: every rank calls it at the same step."""
-    tmp = begin(root, step, model, world)
-    return write(tmp, step, state_dicts(model, optimizer), state, recipe_toml, world)
 
 
 def begin(root: Path, step: int, model, world: World) -> Path:
@@ -175,15 +155,15 @@ def _finish(tmp: Path, final: Path, root: Path, state: dict, recipe_toml: str, w
     (tmp / STATE).write_text(json.dumps({**state, "format": FORMAT, "world_size": world.size, "files": files,
                                          "sha256": checksums(tmp, files)}, indent=1, sort_keys=True) + "\n")
     for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
+        fsync_file(f)
+    fsync_dir(tmp)
     old = None
     if final.exists():  # a checkpoint of the same step from an earlier attempt: set it aside, atomically
         old = final.with_name(f".tmp-old-{final.name}")
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
-    _fsync_dir(root)
+    fsync_dir(root)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

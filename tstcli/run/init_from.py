@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from tstcli.data.shards import file_sha256
-from tstcli.errors import DataError, RecipeError
+from tstcli.errors import DataError, UsageError
+from tstcli.files import file_sha256
 from tstcli.recipe import ModelConfig
 from tstcli.run.load import LoadedModel, load_model
 
@@ -39,7 +39,7 @@ def locate(source: str) -> tuple[Path, str | None]:
         raise DataError(f"model.init_from {source!r}: no such directory (and not a hub repo id OWNER/NAME)")
     from huggingface_hub import snapshot_download
 
-    from tstcli.data import hub
+    from tstcli.prep import hub
 
     hub.quiet()
     offline = not hub.reachable()
@@ -74,7 +74,7 @@ def check(source: str, model_cfg: ModelConfig, vocab_size: int, tokenizer_path: 
     where = f"model.init_from {source!r}"
     diff = _first_difference(model_cfg, lm.model.cfg)
     if diff:
-        raise RecipeError(f"{where}: {diff} (set the recipe's model shape to the checkpoint's)")
+        raise UsageError(f"{where}: {diff} (set the recipe's model shape to the checkpoint's)")
     if lm.model.vocab_size != vocab_size:
         raise DataError(f"{where}: vocabulary of {lm.model.vocab_size:,} tokens, the prepared data's has "
                         f"{vocab_size:,} (prepare the data with the checkpoint's tokenizer: data.tokenizer)")

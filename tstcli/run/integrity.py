@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from tstcli.data.shards import file_sha256
 from tstcli.errors import CheckpointError
+from tstcli.files import file_sha256
 
 
 def checksums(directory: Path, files: list[str]) -> dict[str, str]:

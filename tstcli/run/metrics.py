@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from tstcli.errors import CheckpointError, as_error, environment_fault
+from tstcli.files import write_text_atomic
 
 METRICS = "metrics.jsonl"
 
@@ -51,9 +52,7 @@ def truncate(run_dir: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = [json.dumps(row) for row in read_rows(run_dir) if row.get("step", 0) <= last_step]
-    tmp = path.with_name(METRICS + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class MetricsWriter:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tstcli import __version__, locks
 from tstcli import recipe as recipes
-from tstcli.data import dependents
-from tstcli.data.shards import write_json_atomic
-from tstcli.errors import CheckpointError, RecipeError, as_error, environment_fault
+from tstcli.errors import CheckpointError, UsageError, as_error, environment_fault
+from tstcli.files import file_sha256, write_json_atomic
+from tstcli.prep import dependents
 from tstcli.run.metrics import METRICS
 
 RECIPE, RUN_INFO, CHECKPOINTS = "recipe.toml", "run.json", "checkpoints"
@@ -24,8 +24,8 @@ def holds_run(run_dir: Path) -> bool:
 
 def ensure_new(run_dir: Path) -> None:
     if holds_run(run_dir):
-        raise RecipeError(f"run directory {run_dir} already holds a run: continue it with `tst resume {run_dir}` "
-                          "or pass another --run-dir")
+        raise UsageError(f"run directory {run_dir} already holds a run: continue it with `tst resume {run_dir}` "
+                         "or pass another --run-dir")
 
 
 def lock(run_dir: Path) -> locks.DirLock:
@@ -137,7 +137,7 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
     data_dir, changed = run_data_dir(run_dir, info, allow_changed=True)
     _check_row_order(run_dir, info, recipe, allow_changed_data, log)
     ours, theirs = run_dir / TOKENIZER, data_dir / TOKENIZER
-    if not theirs.is_file() or shards.file_sha256(ours) != shards.file_sha256(theirs):
+    if not theirs.is_file() or file_sha256(ours) != file_sha256(theirs):
         raise DataError(f"{theirs}: the tokenizer differs from the run's ({ours}); the run cannot continue on it")
     if changed:
         if not allow_changed_data:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from tstcli.data import location, packing, shards
-from tstcli.data.tokenizer import load_tokenizer
+from tstcli.data import packing, shards
 from tstcli.errors import DataError
 from tstcli.model import Llama
 from tstcli.parallel.engine import checkpointed_blocks
-from tstcli.run.checkpoint import checkpoint_bytes
+from tstcli.prep import location
+from tstcli.prep.tokenizer import load_tokenizer
 from tstcli.recipe import Recipe
+from tstcli.run.checkpoint import checkpoint_bytes
 
 GiB = 2 ** 30
 

@@ -26,15 +26,15 @@ import logging
 import torch
 from torch import nn
 
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 
 MIN_CAPABILITY = (8, 9)  # the first CUDA architecture with float8 tensor cores (Ada: L4, L40; then H100, B200)
 INSTALL = "pip install 'tst[float8]'"
 _KEPT_HIGH_PRECISION = ("router",)  # module names inside a block that stay in bf16/fp32
 
 
-def _refuse(reason: str) -> RecipeError:
-    return RecipeError(f"train.float8: {reason}")
+def _refuse(reason: str) -> UsageError:
+    return UsageError(f"train.float8: {reason}")
 
 
 # torchao logs a warning for each optional C++ kernel library it cannot load (mxfp8, CUTLASS builds for other
@@ -68,7 +68,7 @@ def _import_float8():
 
 
 def check(device: torch.device) -> None:
-    """Raise `RecipeError` (exit 2) with one line starting `train.float8: ` when float8 training cannot run on
+    """Raise `UsageError` (exit 2) with one line starting `train.float8: ` when float8 training cannot run on
     `device`: not a CUDA device, a GPU older than compute capability 8.9, or torchao missing."""
     device = torch.device(device)
     if device.type != "cuda":

@@ -8,16 +8,16 @@ import shutil
 from pathlib import Path
 
 from tstcli import recipe as recipes
-from tstcli.data import location
-from tstcli.data.prepare import data_lock, ensure_prepared
+from tstcli.data.opener import TrainData, open_data
 from tstcli.eval.datafiles import default_data_dir
+from tstcli.files import write_json_atomic
 from tstcli.parallel.world import World, barrier, shutdown, start
+from tstcli.prep import location
+from tstcli.prep.prepare import data_lock, ensure_prepared
+from tstcli.prep.work import Worker
 from tstcli.recipe import Recipe
-from tstcli.data.shards import write_json_atomic
-from tstcli.data.work import Worker
 from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train import float8
-from tstcli.train.data import TrainData, open_data
 from tstcli.train.hooks import Hooks
 from tstcli.train.hooks.defaults import default_hooks
 from tstcli.train.trainer import Trainer

@@ -2,8 +2,7 @@
 is the stop controller's (`train/stopping.py`) and a non-finite step's fate the divergence policy's. A step asks
 the phase plan which phase it is in, reads that phase's rows (their width checked against the plan) and runs the
 objective forward and backward over the micro-batches; phase 2 is the same code with bags of one token. Model,
-optimizer state and the LR schedule carry straight through the switch unless an ablation hook changes them.
-"""
+optimizer state and the LR schedule carry straight through the switch unless an ablation hook changes them."""
 from __future__ import annotations
 
 import signal
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from tstcli.data.opener import TrainData
 from tstcli.errors import Stopped
 from tstcli.model import Llama
 from tstcli.objective import HeldOut, Objective, heldout_loss
@@ -20,8 +20,8 @@ from tstcli.parallel.world import World, full_value, mean_stats_across
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, rundir
 from tstcli.train import float8
+from tstcli.train.batch import to_device
 from tstcli.train.divergence import DivergencePolicy
-from tstcli.train.data import TrainData, to_device
 from tstcli.train.hooks import Hook, Hooks
 from tstcli.train.optim import apply_update, lr_at, make_optimizer
 from tstcli.train.state import TrainState
@@ -49,7 +49,7 @@ class Trainer:
                                        self.amp), r.distributed, world, self.amp, r.train.compile)
         self.optimizer = make_optimizer(self.model, r.train)
         self.loaders = data.loaders(plan, r.run.seed)
-        self.val_rows = torch.from_numpy(data.heldout_rows(r))
+        self.val_rows = torch.from_numpy(data.heldout_batch(r))
         self.flops_per_position = self.model.flops_per_position(r.train.seq_len)
         self.state = TrainState()
         self.resumed_from: Path | None = None  # the checkpoint this process continued from

@@ -17,8 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSS_KINDS = ("mce", "bce", "hinge")
-
 
 def target_weights(m: int, weighting: str, alpha: float) -> torch.Tensor | None:
     """None for uniform weights (a plain mean), else w_j ∝ (j+1)^−alpha normalised to sum 1."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from tstcli.errors import RecipeError
+from tstcli.errors import UsageError
 from tstcli.eval.runner import DEFAULT_BATCH_SIZE, check_available, evaluate
 from tstcli.eval.tasks import parse_bench
 from tstcli.model import Llama
@@ -24,8 +24,8 @@ class Benchmarks(Hook):
     def __init__(self, bench: list[str], limit: int, every: int, last_step: int, data_dir: Path):
         try:
             self.names = parse_bench(",".join(bench))
-        except RecipeError as e:
-            raise RecipeError(f"eval.bench: {e.message.removeprefix('--bench ')}") from None
+        except UsageError as e:
+            raise UsageError(f"eval.bench: {e.message.removeprefix('--bench ')}") from None
         self.limit, self.every, self.last_step, self.data_dir = limit or None, every, last_step, data_dir
 
     def should_bench(self, step: int) -> bool:

@@ -39,7 +39,7 @@ def _state(run_dir) -> dict:
 
 
 def _save_state(run_dir, **values) -> None:
-    from tstcli.data.shards import write_json_atomic
+    from tstcli.files import write_json_atomic
 
     write_json_atomic(run_dir / rundir.TRACKERS, {**_state(run_dir), **values})
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tstcli.data.shards import MANIFEST, manifest_sha256, write_json_atomic
+from tstcli.data.shards import MANIFEST, manifest_sha256
 from tstcli.errors import DataError, environment_fault
+from tstcli.files import write_json_atomic
 
 REGISTRY = "runs.json"
 RUN_INFO = "run.json"  # written by tstcli.run.rundir: {"data_dir", "manifest_sha256", ...}

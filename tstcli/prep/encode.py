@@ -14,10 +14,10 @@ from typing import Iterator
 
 import numpy as np
 
-from tstcli.data import readers, shards, sources
-from tstcli.data.tokenizer import eot_id, load_tokenizer, train_bpe
-from tstcli.data.units import Unit
 from tstcli.errors import DataError
+from tstcli.prep import readers, shard_writer, sources
+from tstcli.prep.tokenizer import eot_id, load_tokenizer, train_bpe
+from tstcli.prep.units import Unit
 from tstcli.recipe import DataConfig
 
 Groups = list[tuple[str | None, list[sources.SourceFile]]]  # (mixture entry name or None, its files)
@@ -79,7 +79,7 @@ def make_tokenizer(cfg: DataConfig, files: list[sources.SourceFile], scratch: Pa
 def tokenize_unit(cfg: DataConfig, unit: Unit, tok, eot: int, dtype, work: Path, bar=None) -> dict:
     """Pass 2 over one unit into shards of its own in `work`; returns the unit's record: its shards, documents and
     characters per split, and the bytes that were not valid UTF-8."""
-    writers = {s: shards.ShardWriter(work, s + unit.prefix, dtype, cfg.shard_tokens) for s in ("train", "val")}
+    writers = {s: shard_writer.ShardWriter(work, s + unit.prefix, dtype, cfg.shard_tokens) for s in ("train", "val")}
     docs_per_split = {"train": 0, "val": 0}
     chars = 0
     eot_arr = np.array([eot], dtype=np.int64)
@@ -141,12 +141,12 @@ def manifest_of(cfg: DataConfig, inputs: dict, groups: Groups, units: list[Unit]
                 if split == "val" else "no training documents: lower data.val_fraction or add documents"
             raise DataError(f"{key}: {what}")
     files = list({f.origin: f for u in units for f in u.files}.values())
-    manifest = shards.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path or f.origin, "bytes": f.size}
+    manifest = shard_writer.new_manifest(cfg, inputs, [{"origin": f.origin, "path": f.path or f.origin, "bytes": f.size}
                                                  for f in files],
                                    tok_sha, eot, vocab, sum(r["characters"] for r in records), docs,
                                    {s: [x for r in records for x in r["shards"][s]] for s in ("train", "val")})
     if cfg.mix:
-        manifest["mix"] = shards.mix_layout([
+        manifest["mix"] = shard_writer.mix_layout([
             (name, {s: [x for r in records if r["entry"] == name for x in r["shards"][s]] for s in ("train", "val")},
              {s: sum(r["documents"][s] for r in records if r["entry"] == name) for s in ("train", "val")})
             for name in names])

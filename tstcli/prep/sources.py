@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tstcli.data import hub, readers
 from tstcli.errors import DataError
+from tstcli.prep import hub, readers
 
 SUFFIXES = readers.SUFFIXES
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "corpus"

@@ -19,9 +19,9 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from tstcli.data import shards
-from tstcli.data.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
 from tstcli.errors import DataError
+from tstcli.prep import shard_writer
+from tstcli.prep.tokenizer import eot_id, load_tokenizer, tokenizer_sha256
 from tstcli.recipe import DataConfig
 
 CHUNK = 1 << 24  # tokens (or index entries) per read
@@ -159,14 +159,14 @@ def register(cfg: DataConfig, train: list[dict], val: list[dict], tmp: Path, inp
     tok = load_tokenizer(cfg.tokenizer)
     eot = eot_id(tok, cfg.eot_token, "data.eot_token")
     vocab = tok.get_vocab_size(with_added_tokens=True)
-    dtype = shards.token_dtype(vocab)
-    writers = {s: shards.ShardWriter(tmp, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
+    dtype = shard_writer.token_dtype(vocab)
+    writers = {s: shard_writer.ShardWriter(tmp, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
     docs = write(cfg, train, val, vocab, eot, writers)
     split_shards = {s: w.finish() for s, w in writers.items()}
     for split, key in (("train", "data.token_files"), ("val", "data.token_val_files")):
         if not sum(x["tokens"] for x in split_shards[split]):
             raise DataError(f"{key}: no {split} tokens")
     tok.save(str(tmp / "tokenizer.json"))
-    return shards.new_manifest(cfg, inputs, [{"origin": f["origin"], "path": f["path"], "bytes": f["bytes"],
+    return shard_writer.new_manifest(cfg, inputs, [{"origin": f["origin"], "path": f["path"], "bytes": f["bytes"],
                                               "split": split} for split, fs in (("train", train), ("val", val))
                                              for f in fs], tokenizer_sha256(tok), eot, vocab, 0, docs, split_shards)

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tstcli import locks
-from tstcli.data import dependents, encode, location, readers, shards, sources, token_files, units, work
-from tstcli.data.encode import Groups
-from tstcli.data.tokenizer import tokenizer_sha256
+from tstcli.data import shards
 from tstcli.errors import DataError, SourceUnavailable, Terminated, as_error, environment_fault
+from tstcli.files import file_sha256
+from tstcli.prep import dependents, encode, location, readers, sources, token_files, units, work
+from tstcli.prep.encode import Groups
+from tstcli.prep.tokenizer import tokenizer_sha256
 from tstcli.recipe import DataConfig
 
 
@@ -40,7 +42,7 @@ def _inputs(cfg: DataConfig, groups: Groups) -> dict:
     tok = cfg.tokenizer
     tok_path = Path(tok).expanduser()
     if tok != "bpe" and (tok_path.is_file() or (tok_path / "tokenizer.json").is_file()):
-        tok = "sha256:" + shards.file_sha256(tok_path if tok_path.is_file() else tok_path / "tokenizer.json")
+        tok = "sha256:" + file_sha256(tok_path if tok_path.is_file() else tok_path / "tokenizer.json")
     return {
         "format": shards.FORMAT_VERSION,
         "sources": [{"origin": f.origin, "fingerprint": f.fingerprint} for _, files in groups for f in files],

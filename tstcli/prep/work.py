@@ -18,11 +18,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tstcli import locks
-from tstcli.data import shards, units as unit_plan
-from tstcli.data.encode import make_tokenizer, tokenize_unit
-from tstcli.data.tokenizer import eot_id, load_tokenizer
-from tstcli.data.units import Unit
+from tstcli.data import shards
 from tstcli.errors import DataError, as_error
+from tstcli.files import replacing, write_json_atomic
+from tstcli.prep import shard_writer, units as unit_plan
+from tstcli.prep.encode import make_tokenizer, tokenize_unit
+from tstcli.prep.tokenizer import eot_id, load_tokenizer
+from tstcli.prep.units import Unit
 
 WORK = ".prepare-work"
 POLL_S = 2.0
@@ -57,7 +59,7 @@ def open_work(data_dir: Path, inputs: dict, fresh: bool) -> Path:
         if fresh or not same:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
-            shards.write_json_atomic(stamp, inputs)
+            write_json_atomic(stamp, inputs)
     except OSError as e:
         raise as_error(e, DataError, f"data.dir {data_dir} must be writable to prepare data", path=data_dir) from None
     return work
@@ -71,9 +73,8 @@ def tokenizer(cfg, work: Path, files, log):
         tok = load_tokenizer(str(path))
         return tok, eot_id(tok, cfg.eot_token, "data.eot_token"), tok.get_vocab_size(with_added_tokens=True)
     tok, eot, vocab = make_tokenizer(cfg, files, work / "download", log)
-    tmp = path.with_name("tokenizer.json.tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        tok.save(str(tmp))
     return tok, eot, vocab
 
 
@@ -95,7 +96,7 @@ def _claim(work: Path, unit: Unit):
 def run_units(cfg, work: Path, plan: list[Unit], worker: Worker, tok, eot: int, log) -> tuple[int, list[Unit]]:
     """Tokenize this worker's unfinished units. Returns how many it did, and the units another process was
     tokenizing meanwhile (a second launch of the same worker). An interrupted unit leaves no shard."""
-    dtype = shards.token_dtype(tok.get_vocab_size(with_added_tokens=True))
+    dtype = shard_writer.token_dtype(tok.get_vocab_size(with_added_tokens=True))
     todo = [u for u in unit_plan.mine(plan, worker.index, worker.count) if unit_plan.finished(work, u) is None]
     who = "" if worker.alone else f"worker {worker.index} of {worker.count}: "
     if todo:
@@ -163,7 +164,7 @@ def install(data_dir: Path, work: Path, manifest: dict) -> None:
     shutil.rmtree(data_dir / "packs", ignore_errors=True)
     for p in work.glob("*.bin"):
         p.replace(data_dir / p.name)
-    shutil.copyfile(work / "tokenizer.json", data_dir / "tokenizer.json.tmp")
-    (data_dir / "tokenizer.json.tmp").replace(data_dir / "tokenizer.json")
-    shards.write_json_atomic(data_dir / shards.MANIFEST, manifest)
+    with replacing(data_dir / "tokenizer.json") as tmp:
+        shutil.copyfile(work / "tokenizer.json", tmp)
+    write_json_atomic(data_dir / shards.MANIFEST, manifest)
     shutil.rmtree(work, ignore_errors=True)

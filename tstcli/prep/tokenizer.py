@@ -62,7 +62,7 @@ def load_tokenizer(spec: str, local_only: bool = False) -> Tokenizer:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
-        from tstcli.data import hub
+        from tstcli.prep import hub
         hub.quiet()
         try:
             return Tokenizer.from_file(hf_hub_download(spec, "tokenizer.json",

@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tstcli.data import readers, shards
-from tstcli.data.sources import SourceFile
+from tstcli.files import write_json_atomic
+from tstcli.prep import readers
+from tstcli.prep.sources import SourceFile
 
 UNIT_BYTES = 256 * 10 ** 6  # the default of data.unit_mb
 RECORDS = "units"
@@ -120,7 +121,7 @@ def finished(work: Path, unit: Unit) -> dict | None:
 
 def save_record(work: Path, unit: Unit, record: dict) -> None:
     (work / RECORDS).mkdir(exist_ok=True)
-    shards.write_json_atomic(record_path(work, unit), record)
+    write_json_atomic(record_path(work, unit), record)
 
 
 def unfinished(work: Path, units: list[Unit]) -> list[Unit]:
