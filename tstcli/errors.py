@@ -1,4 +1,4 @@
-"""User-facing errors and the exit codes of docs/design.md ("Contracts").
+"""User-facing errors and their exit codes (the table users read: docs/reliability.md, tested against these).
 
 Anything raised as a `TstError` is a user or environment problem: the CLI prints its one-line message and exits
 with its code. Any other exception is a bug (exit 1, traceback to a log file).

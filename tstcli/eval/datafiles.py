@@ -15,7 +15,8 @@ def default_data_dir(env) -> Path:
     return Path(env.get("TST_EVAL_DATA") or Path.home() / ".cache" / "tst" / "eval")
 
 
-OFFLINE_HINT = "pass --data-dir with local copies (layout in the README), or run once with network access"
+OFFLINE_HINT = ("pass --data-dir with local copies (layout in docs/evaluation.md, 'Benchmark files'), or run once "
+                "with network access")
 
 
 def read_parquet(path: str) -> list[dict]:

@@ -60,7 +60,7 @@ class Task:
 def _open(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: benchmark file not found (pass --data-dir pointing at a copy of the data set "
-                        "layout described in the README)")
+                        "layout described in docs/evaluation.md)")
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8",
                                                                                         newline="")
 

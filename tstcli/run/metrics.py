@@ -1,14 +1,7 @@
 """The metrics log of a run, `metrics.jsonl`: one JSON object per line, each with a `kind`.
 
-The row schema (fields every row of a kind carries; a mixture of experts adds its own metrics to train rows):
-- `train`: one per optimizer step (below, TRAIN_FIELDS); phase-1 rows add `mce_loss` (`bce_loss` or
-  `hinge_loss` under those `tst.loss` ablations).
-- `val`: held-out next-token loss at step 0, every `eval.every` steps, at the switch and at the end.
-- `bench`: one per benchmark task each `eval.bench_every` steps and at the end (`acc_norm` where the task has it).
-- `skip`: a non-finite step that `train.skip_nonfinite_steps` let pass (nothing applied).
-- `checkpoint`: one per save, when it is complete: `blocking_s` (how long training stood still for it) and `total_s`
-  (until it was complete); `async` whether it was written in the background (`checkpoint.async`).
-This module is the one writer and the one reader of the file; `tst compare` and the trackers read rows from here.
+The kinds of row and the fields each carries are `SCHEMA` below; what they mean is documented once, in
+docs/metrics-and-run-dir.md (a test holds that page to this schema and to the rows a real run writes). This module is the one writer and the one reader of the file; `tst compare` and the trackers read rows from here.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ copy (`checkpoint.write`: shards, state.json, fsync, the rename that makes it co
 checkpoint as the latest, and at most one write is in flight (a save first waits for the one before). Under
 torchrun the writers' collectives run on their own CPU process group, apart from the training's.
 
-Each finished save gives a metrics row: `{"kind": "checkpoint", "step", "blocking_s", "total_s", "async"}`, where
-`blocking_s` is how long the training loop stood still and `total_s` how long until the checkpoint was complete.
+Each finished save gives a `checkpoint` metrics row (docs/metrics-and-run-dir.md): how long the loop stood still
+for it, and how long until it was complete.
 """
 from __future__ import annotations
 

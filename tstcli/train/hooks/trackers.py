@@ -1,6 +1,7 @@
 """Experiment trackers: TensorBoard (`log.tensorboard`, extra `tst[tensorboard]`) and Weights & Biases (`log.wandb`,
-extra `tst[wandb]`). Each receives every train, val and bench row. A tracker that fails — not installed, no network,
-a bad key — prints one warning line and is dropped; training goes on and `metrics.jsonl` keeps every row.
+extra `tst[wandb]`). Each receives every train, val, bench and checkpoint row. A tracker that fails — not installed,
+no network, a bad key — prints one warning line and is dropped; training goes on and `metrics.jsonl` keeps every
+row.
 
 A resume continues the same tracker run: TensorBoard writes to `tensorboard/` in the run directory again and purges
 the steps being replayed; the W&B run id is kept in the run directory's `trackers.json`, and steps W&B has already
