@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tstcli import recipe as recipes  # noqa: E402
+from tstcli.data.opener import open_data  # noqa: E402
 from tstcli.prep.prepare import prepare  # noqa: E402
 from tstcli.train import hardware  # noqa: E402
-from tstcli.data.opener import open_data  # noqa: E402
 from tstcli.train.session import local_trainer  # noqa: E402
 
 MODELS = {

@@ -8,10 +8,10 @@ import random
 from pathlib import Path
 
 from tstcli.errors import DataError
-from tstcli.files import file_sha256
 from tstcli.eval.datafiles import split_rows
 from tstcli.eval.scoring import encode_pair, loglikelihoods
 from tstcli.eval.tasks import MMLU_SUBJECTS, Doc, Task, resolve
+from tstcli.files import file_sha256
 
 FEWSHOT_SEED = 1234  # the harness's default fewshot_seed
 DEFAULT_BATCH_SIZE = 32  # sequences per forward pass (`tst eval --batch-size`, in-loop benchmarks)
