@@ -72,4 +72,5 @@ def next_token_loss(model: Llama, rows: torch.Tensor, batch_size: int, amp_dtype
                     chunk_size: int = TrainConfig.loss_chunk_size) -> HeldOut:
     """Held-out loss of a plain model (no training engine around it): `tst eval`, tests."""
     spec, loss = PhaseSpec.next_token(rows.shape[1] - 1), LossSpec("mce", None, chunk_size)
-    return heldout_loss(lambda part: phase_loss(model, part, spec, loss, amp_dtype), rows, batch_size)
+    device = model.get_input_embeddings().weight.device  # the rows go where the model is (a GPU for `tst eval`)
+    return heldout_loss(lambda part: phase_loss(model, part.to(device), spec, loss, amp_dtype), rows, batch_size)

@@ -15,6 +15,9 @@ SetOption = typer.Option(None, "--set", help="override a recipe key: key.path=va
 JsonOption = typer.Option(False, "--json", help="print one JSON object on stdout instead of text")
 
 SetList = Optional[List[str]]
+DeviceOption = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu or cuda")
+DtypeOption = typer.Option("auto", "--dtype", help="weights and compute: auto (bf16 on a GPU, fp32 on the CPU), "
+                           "fp32 or bf16")
 
 
 def eval_data_dir() -> Path:

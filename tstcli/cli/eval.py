@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tstcli.cli.common import JsonOption, emit, eval_data_dir, log
+from tstcli.cli.common import DeviceOption, DtypeOption, JsonOption, emit, eval_data_dir, log
 from tstcli.errors import UsageError
 
 
@@ -26,20 +26,24 @@ def eval_(
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="held-out loss on this corpus (file or directory of "
                                           ".txt/.jsonl[.gz]); default for a run: its validation split"),
     samples: Optional[Path] = typer.Option(None, "--samples", help="write per-item results (JSON lines) here"),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
     json_: bool = JsonOption,
 ):
     """Evaluate a run or an export: held-out next-token loss and multiple-choice benchmarks."""
     from tstcli.cli.report import eval_lines
     from tstcli.eval.evaluation import run_evaluation
     from tstcli.eval.tasks import parse_bench
+    from tstcli.run import placement
 
     names = parse_bench(bench) if bench else []
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: expected a positive number of items")
     if num_fewshot < 0 or batch_size < 1:
         raise UsageError("--num-fewshot must be >= 0 and --batch-size >= 1")
+    where = placement.resolve(device, dtype)
     out, rows = run_evaluation(path, step, names, limit, num_fewshot, data_dir or eval_data_dir(), batch_size, corpus,
-                               log)
+                               log, where)
     if samples and names:
         samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     emit(out, json_, eval_lines(out))

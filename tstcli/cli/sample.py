@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tstcli.cli.common import JsonOption, emit
+from tstcli.cli.common import DeviceOption, DtypeOption, JsonOption, emit
 from tstcli.errors import DataError, UsageError
 
 
@@ -33,19 +33,23 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="random seed: the same seed gives the same samples"),
     num_samples: int = typer.Option(1, "--num-samples", help="independent continuations of the prompt"),
     step: Optional[int] = typer.Option(None, "--step", help="checkpoint step of a run directory (default: latest)"),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
     json_: bool = JsonOption,
 ):
     """Generate text: continue a prompt until the end-of-text token or --max-new-tokens."""
     import torch
 
+    from tstcli.run import placement
     from tstcli.run.load import load_model
     from tstcli.sample.generate import Sampling, generate
 
     if max_new_tokens < 1 or num_samples < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
         raise UsageError("--max-new-tokens and --num-samples must be >= 1, --temperature and --top-k >= 0, "
                          "--top-p in (0, 1]")
+    where = placement.resolve(device, dtype)
     text = _prompt_text(prompt, prompt_file)
-    lm = load_model(path, step)
+    lm = load_model(path, step, where)
     ids = lm.encode(text) if text else [lm.eot_id]  # no prompt: continue from a document boundary
     if len(ids) >= lm.max_len:
         raise UsageError(f"the prompt is {len(ids)} tokens; the model's context holds {lm.max_len}")
@@ -62,7 +66,7 @@ def sample(
             printer.finish()
         samples.append({"text": lm.tokenizer.decode(out.token_ids), "token_ids": out.token_ids, "stop": out.stop})
     result = {"model": lm.source, "prompt": text, "prompt_tokens": len(ids) if text else 0, "seed": seed,
-              "temperature": temperature, "top_k": top_k, "top_p": top_p, "samples": samples}
+              "temperature": temperature, "top_k": top_k, "top_p": top_p, **where.describe(), "samples": samples}
     if stream:
         return
     lines = []

@@ -9,16 +9,19 @@ import torch
 from tstcli.eval.heldout import corpus_heldout, run_heldout
 from tstcli.eval.runner import evaluate
 from tstcli.run.load import load_model
+from tstcli.run.placement import CPU_FP32, Placement
 
 
 def run_evaluation(path: Path, step: int | None, names: list[str], limit: int | None, num_fewshot: int,
-                   data_dir: Path, batch_size: int, corpus: Path | None, log) -> tuple[dict, list[dict]]:
+                   data_dir: Path, batch_size: int, corpus: Path | None, log,
+                   placement: Placement = CPU_FP32) -> tuple[dict, list[dict]]:
     torch.use_deterministic_algorithms(True)
-    lm = load_model(path, step)
+    lm = load_model(path, step, placement)
     if lm.recipe is not None and lm.recipe.train.threads:  # the run's thread count: the same float summation order
         torch.set_num_threads(lm.recipe.train.threads)
-    log(f"eval: {lm.source}")
-    out: dict = {"model": lm.source, "num_fewshot": num_fewshot, "limit": limit, "results": {}}
+    log(f"eval: {lm.source} ({placement.device}, {placement.dtype_name})")
+    out: dict = {"model": lm.source, **placement.describe(), "num_fewshot": num_fewshot, "limit": limit,
+                 "results": {}}
     if corpus is not None:
         out["heldout"] = corpus_heldout(lm, corpus, batch_size)
     elif lm.run_dir is not None:

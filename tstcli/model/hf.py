@@ -38,54 +38,77 @@ def architecture(cfg: ModelConfig) -> str:
     return "qwen3" if cfg.qk_norm else "llama"
 
 
+def hf_pieces(name: str, t: torch.Tensor, cfg: ModelConfig) -> list[tuple[str, torch.Tensor]]:
+    """One native tensor under transformers' names: itself renamed, or (stacked experts) one matrix per expert;
+    nothing for the head when it is tied to the embedding."""
+    if name == "tok_embeddings.weight":
+        return [("model.embed_tokens.weight", t)]
+    if name == "norm.weight":
+        return [("model.norm.weight", t)]
+    if name == "output.weight":
+        return [] if cfg.tie_embeddings else [("lm_head.weight", t)]
+    i, rest = name[len("layers."):].split(".", 1)
+    if cfg.moe_experts and rest in EXPERTS:
+        return [(f"model.layers.{i}.mlp.experts.{e}.{EXPERTS[rest]}.weight", t[e].t()) for e in range(t.shape[0])]
+    for ours, theirs in RENAME.items():
+        if rest.startswith(ours + "."):
+            return [(f"model.layers.{i}.{theirs}{rest[len(ours):]}", t)]
+    raise RuntimeError(f"no Hugging Face name for {name}")  # a new parameter without a mapping must fail loudly
+
+
+def export_order(names) -> list[str]:
+    """Embedding, final norm and head first, then the blocks: the order (and so the shard layout) of an export."""
+    first = ["tok_embeddings.weight", "norm.weight", "output.weight"]
+    return [n for n in first if n in names] + [n for n in names if n not in first]
+
+
 def hf_state_dict(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Native parameter names -> transformers' names (tied head left out)."""
     architecture(model.cfg)
-    out = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight}
-    if not model.cfg.tie_embeddings:
-        out["lm_head.weight"] = model.output.weight
-    for i, layer in enumerate(model.layers):
-        for name, p in layer.named_parameters():
-            if layer.moe and name in EXPERTS:
-                for e in range(p.shape[0]):
-                    out[f"model.layers.{i}.mlp.experts.{e}.{EXPERTS[name]}.weight"] = p[e].t()
-                continue
-            for ours, theirs in RENAME.items():
-                if name.startswith(ours + "."):
-                    out[f"model.layers.{i}.{theirs}{name[len(ours):]}"] = p
-                    break
-            else:  # pragma: no cover - a new parameter without a mapping must fail loudly
-                raise RuntimeError(f"no Hugging Face name for layers.{i}.{name}")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out = {}
+    for name in export_order(params):
+        out.update(hf_pieces(name, params[name], model.cfg))
     return {k: v.detach().to(dtype).contiguous().cpu() for k, v in out.items()}
+
+
+def native_target(name: str) -> tuple[str, int | None] | None:
+    """Where a transformers tensor goes in the native model: (native name, expert index or None), transposed when
+    it is an expert's matrix; None for a tensor the native model does not keep (RoPE's inverse frequencies)."""
+    if name == "model.embed_tokens.weight":
+        return "tok_embeddings.weight", None
+    if name == "model.norm.weight":
+        return "norm.weight", None
+    if name == "lm_head.weight":
+        return "output.weight", None
+    if name.endswith("rotary_emb.inv_freq"):
+        return None
+    if name.startswith("model.layers."):
+        i, rest = name[len("model.layers."):].split(".", 1)
+        if rest.startswith("mlp.experts."):
+            e, proj = rest[len("mlp.experts."):].split(".", 1)
+            ours = {v: k for k, v in EXPERTS.items()}.get(proj.removesuffix(".weight"))
+            if ours is not None and e.isdigit():
+                return f"layers.{i}.{ours}", int(e)
+        else:
+            for ours, theirs in RENAME.items():
+                if rest.startswith(theirs + "."):
+                    return f"layers.{i}.{ours}{rest[len(theirs):]}", None
+    raise CheckpointError(f"unsupported tensor {name!r} in an export")
 
 
 def native_state_dict(hf: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
     """transformers' names -> native names (the inverse of `hf_state_dict`; experts stacked back)."""
     out, experts = {}, {}
     for name, t in hf.items():
-        if name == "model.embed_tokens.weight":
-            out["tok_embeddings.weight"] = t
-        elif name == "model.norm.weight":
-            out["norm.weight"] = t
-        elif name == "lm_head.weight":
-            out["output.weight"] = t
-        elif name.startswith("model.layers."):
-            i, rest = name[len("model.layers."):].split(".", 1)
-            if rest.startswith("mlp.experts."):
-                e, proj = rest[len("mlp.experts."):].split(".", 1)
-                ours = {v: k for k, v in EXPERTS.items()}.get(proj.removesuffix(".weight"))
-                if ours is None or not e.isdigit():
-                    raise CheckpointError(f"unsupported tensor {name!r} in an export")
-                experts.setdefault(f"layers.{i}.{ours}", {})[int(e)] = t.t()
-                continue
-            for ours, theirs in RENAME.items():
-                if rest.startswith(theirs + "."):
-                    out[f"layers.{i}.{ours}{rest[len(theirs):]}"] = t
-                    break
-            else:
-                raise CheckpointError(f"unsupported tensor {name!r} in an export")
-        elif not name.endswith("rotary_emb.inv_freq"):
-            raise CheckpointError(f"unsupported tensor {name!r} in an export")
+        target = native_target(name)
+        if target is None:
+            continue
+        ours, e = target
+        if e is None:
+            out[ours] = t
+        else:
+            experts.setdefault(ours, {})[e] = t.t()
     for key, per_expert in experts.items():
         out[key] = torch.stack([per_expert[e] for e in sorted(per_expert)])
     if tied:

@@ -104,6 +104,17 @@ class Llama(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
+    def materialize(self, device: torch.device, dtype: torch.dtype) -> "Llama":
+        """A model built on the meta device, given uninitialised storage on `device` in `dtype` (weights are loaded
+        next); the RoPE tables, which no checkpoint holds, recomputed there in fp32."""
+        self.to_empty(device=device)
+        self.to(dtype)  # parameters created on the meta device in `dtype` (see load.py): nothing is allocated twice
+        if self.cfg.tie_embeddings:  # to_empty gives each module its own storage: tie them again
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(self.cfg.head_size, self.cfg.max_seq_len, self.cfg.rope_theta)
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+        return self
+
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, init_std) for matrices, scaled by 1/sqrt(2·layers) on residual outputs; ones for norms."""
         std = self.cfg.init_std

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from tstcli.errors import CheckpointError, as_error, environment_fault
 from tstcli.files import fsync_dir, fsync_file
 from tstcli.parallel.world import World, barrier, sum_across
+from tstcli.run import pins
 from tstcli.run.integrity import check_finite, checksums, file_name_inside, verify_files
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -46,7 +47,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distri
 
 
 @contextlib.contextmanager
-def _quiet_dcp():
+def quiet_dcp():
     """DCP logs failures with tracebacks on the root logger, where our single error line says it instead."""
     root = logging.getLogger()
     level = root.level
@@ -121,7 +122,7 @@ def write(tmp: Path, step: int, sd: dict, state: dict, recipe_toml: str, world: 
     root = tmp.parent
     final = root / f"step-{step:08d}"
     try:
-        with _quiet_dcp():
+        with quiet_dcp():
             dcp.save(sd, storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True),
                      process_group=group)
         barrier(group)
@@ -131,7 +132,7 @@ def write(tmp: Path, step: int, sd: dict, state: dict, recipe_toml: str, world: 
         shutil.rmtree(tmp, ignore_errors=True)
         fault = environment_fault(e) or _first_os_error(e)
         if fault is None:
-            raise CheckpointError(f"{tmp}: cannot write the checkpoint ({_reason(e)})") from None
+            raise CheckpointError(f"{tmp}: cannot write the checkpoint ({reason(e)})") from None
         raise as_error(fault, CheckpointError, "writing a checkpoint; the previous checkpoint is intact, free space "
                                                "and run `tst resume`", path=tmp) from None
     barrier(group)
@@ -152,6 +153,7 @@ def _finish(tmp: Path, final: Path, root: Path, state: dict, recipe_toml: str, w
     """Rank 0: recipe and state.json (files and their sha256) into `tmp`, fsync, rename into place."""
     files = sorted(p.name for p in tmp.glob("*.safetensors"))
     (tmp / RECIPE).write_text(recipe_toml)
+    pins.make(tmp)
     (tmp / STATE).write_text(json.dumps({**state, "format": FORMAT, "world_size": world.size, "files": files,
                                          "sha256": checksums(tmp, files)}, indent=1, sort_keys=True) + "\n")
     for f in tmp.iterdir():
@@ -210,19 +212,20 @@ def latest(root: Path) -> Path | None:
 
 
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints and any leftover temporary directories."""
+    """Delete all but the newest `keep` complete checkpoints — but not one a reader holds (`pins`): the next prune
+    takes it — and any leftover temporary directories."""
     found = complete(root)
     if keep > 0:
         for p in found[:-keep]:
-            shutil.rmtree(p, ignore_errors=True)
+            pins.remove_unless_read(p)
     for p in root.glob(".tmp-*"):  # unfinished saves, and a replaced checkpoint set aside
         shutil.rmtree(p, ignore_errors=True)
 
 
-_LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, AssertionError, SafetensorError, CheckpointException)
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, AssertionError, SafetensorError, CheckpointException)
 
 
-def _reason(e: BaseException) -> str:
+def reason(e: BaseException) -> str:
     """One line: the first rank's underlying error for DCP's CheckpointException (which carries tracebacks)."""
     if isinstance(e, CheckpointException) and e.failures:
         e = next(iter(e.failures.values()))[0]
@@ -237,13 +240,13 @@ def load(path: Path, model, optimizer) -> dict:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         model_sd, aliases = _untied(model_sd)
         sd = {"model": model_sd, "optim": {"state": optim_sd["state"]}}
-        with _quiet_dcp():
+        with quiet_dcp():
             dcp.load(sd, storage_reader=HuggingFaceStorageReader(str(path)))
         sd["model"].update({alias: sd["model"][name] for alias, name in aliases.items()})
         set_state_dict(model, optimizer, model_state_dict=sd["model"],
                        optim_state_dict={"state": sd["optim"]["state"], "param_groups": optim_sd["param_groups"]})
-    except _LOAD_ERRORS as e:
-        raise CheckpointError(f"{path}: cannot load checkpoint ({_reason(e)})") from None
+    except LOAD_ERRORS as e:
+        raise CheckpointError(f"{path}: cannot load checkpoint ({reason(e)})") from None
     check_finite(model.named_parameters(), path)
     for k in ("format", "files", "sha256"):
         state.pop(k, None)
@@ -269,10 +272,10 @@ def load_weights(path: Path, model) -> None:
     verify_files(path, read_state(path).get("sha256", {}))
     try:
         sd, aliases = _untied(get_model_state_dict(model))
-        with _quiet_dcp():
+        with quiet_dcp():
             dcp.load({"model": sd}, storage_reader=HuggingFaceStorageReader(str(path)))
         sd.update({alias: sd[name] for alias, name in aliases.items()})
         set_model_state_dict(model, sd, options=StateDictOptions(strict=True))
-    except _LOAD_ERRORS as e:
-        raise CheckpointError(f"{path}: cannot load model weights ({_reason(e)})") from None
+    except LOAD_ERRORS as e:
+        raise CheckpointError(f"{path}: cannot load model weights ({reason(e)})") from None
     check_finite(model.named_parameters(), path)

@@ -1,26 +1,32 @@
 """`load_model(path, step)`: the model of a run directory (a native checkpoint) or of an export directory (a
 Hugging Face Llama / Qwen3 / Qwen3-MoE checkpoint written by `tst export`, or a compatible one), with its tokenizer.
-`tst eval` and `tst export` load through here, and so does anything else that needs a trained model."""
+`tst eval` and `tst export` load through here, and so does anything else that needs a trained model.
+
+The model is built on the meta device and given storage on its target device in its target dtype (`Placement`);
+the weights are then read into it tensor by tensor — a run's checkpoint through DCP, an export's safetensors files
+one at a time — so host memory never holds a second, fp32 copy of the model."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
+import torch
+from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from tstcli import recipe as recipes
 from tstcli.errors import CheckpointError, DataError
 from tstcli.model import Llama
 from tstcli.recipe import Recipe
-from tstcli.run import checkpoint, rundir
+from tstcli.run import checkpoint, pins, rundir
 from tstcli.run.integrity import check_finite, verify_files
+from tstcli.run.placement import CPU_FP32, Placement
 
 
 @dataclass
 class LoadedModel:
-    model: Llama  # in eval mode, fp32, on the CPU
+    model: Llama  # in eval mode, on `placement`
     tokenizer: Tokenizer
     tokenizer_path: Path
     eot_id: int
@@ -28,6 +34,7 @@ class LoadedModel:
     source: str  # the checkpoint or export directory it came from
     run_dir: Path | None = None  # set for run directories
     recipe: Recipe | None = None  # the run's recipe (run directories only)
+    placement: Placement = CPU_FP32
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -49,20 +56,34 @@ def read_manifest_copy(run_dir: Path) -> dict:
         raise CheckpointError(f"{path}: missing or corrupt (not a complete run directory)") from None
 
 
-def from_run(run_dir: Path, step: int | None) -> LoadedModel:
+def empty_model(cfg, vocab_size: int, placement: Placement) -> Llama:
+    """The model with uninitialised weights on `placement`: built on the meta device with `placement.dtype` as the
+    default dtype, so storage is allocated once, where and as it will be used."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(placement.dtype)
+    try:
+        with torch.device("meta"):
+            model = Llama(cfg, vocab_size)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.materialize(placement.device, placement.dtype)
+
+
+def from_run(run_dir: Path, step: int | None, placement: Placement = CPU_FP32) -> LoadedModel:
     rundir.read_info(run_dir)
     r = recipes.load(run_dir / rundir.RECIPE)
     manifest = read_manifest_copy(run_dir)
-    ckpt = checkpoint.find(run_dir / rundir.CHECKPOINTS, step)
-    model = Llama(r.model, manifest["vocab_size"])
-    checkpoint.load_weights(ckpt, model)
+    model = empty_model(r.model, manifest["vocab_size"], placement)
+    root = run_dir / rundir.CHECKPOINTS
+    with pins.reading(lambda: checkpoint.find(root, step)) as ckpt:  # a training run may prune it meanwhile
+        checkpoint.load_weights(ckpt, model)
     tok = run_dir / rundir.TOKENIZER
     return LoadedModel(model.eval(), _tokenizer(tok), tok, manifest["tokenizer"]["eot_id"], r.model.max_seq_len,
-                       str(ckpt), run_dir, r)
+                       str(ckpt), run_dir, r, placement)
 
 
-def from_export(export_dir: Path) -> LoadedModel:
-    from tstcli.model.hf import model_config, native_state_dict
+def from_export(export_dir: Path, placement: Placement = CPU_FP32) -> LoadedModel:
+    from tstcli.model.hf import model_config
 
     cfg_path = export_dir / "config.json"
     if not cfg_path.is_file():
@@ -87,28 +108,63 @@ def from_export(export_dir: Path) -> LoadedModel:
         except (OSError, ValueError, AttributeError):
             raise CheckpointError(f"{meta}: corrupt export metadata (expected JSON)") from None
         verify_files(export_dir, recorded)
-    hf = {}
+    model = empty_model(cfg, vocab, placement)
+    _read_export_weights(export_dir, files, model)
+    tok = export_dir / "tokenizer.json"
+    return LoadedModel(model.eval(), _tokenizer(tok), tok, eot, cfg.max_seq_len, str(export_dir),
+                       placement=placement)
+
+
+def _read_export_weights(export_dir: Path, files: list[str], model: Llama) -> None:
+    """Every tensor of the export's safetensors files copied into its place in `model` (converted to the model's
+    device and dtype on the way), one tensor in memory at a time; every parameter must be written exactly once."""
+    from tstcli.model.hf import native_target
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tied = model.cfg.tie_embeddings
+    written: set[tuple[str, int | None]] = set()
     try:
         for f in files:
-            hf.update(load_file(str(export_dir / f)))
+            with safe_open(str(export_dir / f), framework="pt") as st:
+                for name in st.keys():
+                    target = native_target(name)
+                    if target is None or (tied and target[0] == "output.weight"):
+                        continue
+                    if target[0] not in params:
+                        raise CheckpointError(f"{export_dir}: {name} has no place in the model config.json "
+                                              "describes (weights do not match config.json)")
+                    t = st.get_tensor(name)
+                    check_finite([(name, t)], export_dir / f)
+                    dest = params[target[0]] if target[1] is None else params[target[0]][target[1]]
+                    src = t if target[1] is None else t.t()
+                    if dest.shape != src.shape:
+                        raise CheckpointError(f"{export_dir}: weights do not match config.json ({name}: shape "
+                                              f"{tuple(src.shape)}, the model expects {tuple(dest.shape)})")
+                    with torch.no_grad():
+                        dest.copy_(src)
+                    written.add(target)
+    except CheckpointError:
+        raise
     except Exception as e:
         raise CheckpointError(f"{export_dir}: cannot load weights ({type(e).__name__}: {e})".splitlines()[0]) from None
-    check_finite(hf.items(), export_dir)
-    model = Llama(cfg, vocab)
-    try:
-        model.load_state_dict({k: v.float() for k, v in native_state_dict(hf, cfg.tie_embeddings).items()})
-    except RuntimeError as e:
-        raise CheckpointError(f"{export_dir}: weights do not match config.json ({e})".splitlines()[0]) from None
-    tok = export_dir / "tokenizer.json"
-    return LoadedModel(model.eval(), _tokenizer(tok), tok, eot, cfg.max_seq_len, str(export_dir))
+    _check_all_written(export_dir, model, written)
 
 
-def load_model(path: Path, step: int | None = None) -> LoadedModel:
-    """A run directory's checkpoint of `step` (default: the latest complete one) or an export directory."""
+def _check_all_written(export_dir: Path, model: Llama, written: set[tuple[str, int | None]]) -> None:
+    """A missing tensor would leave uninitialised memory in the model: refuse instead."""
+    for name, p in model.named_parameters():
+        experts = {e for n, e in written if n == name and e is not None}
+        if (name, None) not in written and len(experts) != (p.shape[0] if experts else -1):
+            raise CheckpointError(f"{export_dir}: weights do not match config.json (no tensor for {name})")
+
+
+def load_model(path: Path, step: int | None = None, placement: Placement = CPU_FP32) -> LoadedModel:
+    """A run directory's checkpoint of `step` (default: the latest complete one) or an export directory, on
+    `placement` (default: the CPU in fp32)."""
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such directory")
     if (path / rundir.RUN_INFO).is_file():
-        return from_run(path, step)
+        return from_run(path, step, placement)
     if step is not None:
         raise CheckpointError(f"{path}: --step applies to run directories; this is an export directory")
-    return from_export(path)
+    return from_export(path, placement)

@@ -60,11 +60,14 @@ def generate(model: Llama, prompt: list[int], s: Sampling, generator: torch.Gene
     if not 0 < len(prompt) < limit:
         raise ValueError(f"the prompt has {len(prompt)} tokens; the model's context holds {limit}")
     cache = model.new_cache(1, min(limit, len(prompt) + s.max_new_tokens)) if use_cache else None
+    device = model.tok_embeddings.weight.device
     seq, out = list(prompt), []
-    feed = torch.tensor([prompt])
+    feed = torch.tensor([prompt], device=device)
     while True:
-        hidden = model(input_ids=feed if use_cache else torch.tensor([seq]), cache=cache)
-        token = pick(model.logits(hidden[0, -1]), s, generator)
+        hidden = model(input_ids=feed if use_cache else torch.tensor([seq], device=device), cache=cache)
+        # Drawn on the CPU in fp32 from the same seeded generator wherever the model runs: a GPU's logits give the
+        # same choices as the CPU's whenever they agree.
+        token = pick(model.logits(hidden[0, -1]).float().cpu(), s, generator)
         if token == stop_id:
             return Sample(out, "eot")
         out.append(token)
@@ -75,4 +78,4 @@ def generate(model: Llama, prompt: list[int], s: Sampling, generator: torch.Gene
             return Sample(out, "max_new_tokens")
         if len(seq) == limit:
             return Sample(out, "context")
-        feed = torch.tensor([[token]])
+        feed = torch.tensor([[token]], device=device)
