@@ -65,25 +65,28 @@ def test_bf16_export_and_refusal_to_overwrite(run, tmp_path):
 def test_sharded_export_writes_an_index_that_transformers_loads(run, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
     monkeypatch.setattr(writer, "MAX_SHARD", "20KB")
-    res = writer.export(from_run(run, None), tmp_path / "sharded", "fp32", False)
+    res = writer.export(run, None, tmp_path / "sharded", "fp32", False)
     assert "model.safetensors.index.json" in res["files"] and res["self_test_max_abs_diff"] <= 1e-4
     assert len([f for f in res["files"] if f.startswith("model-")]) > 2
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "sharded"))
 
 
-def test_a_logits_mismatch_fails_the_export_and_writes_nothing(run, tmp_path, monkeypatch):
-    real = writer.hf_state_dict
+def test_a_weight_mapping_error_fails_the_export_and_writes_nothing(run, tmp_path, monkeypatch):
+    """A wrong layout (q projections permuted, as a wrong RoPE convention would) gives logits that transformers and
+    the native model loaded from the export agree on: the self-test catches it on the weights, which must equal the
+    checkpoint's."""
+    real = writer.hf_pieces
 
-    def broken(model, dtype):  # e.g. a wrong RoPE layout: q/k projections permuted
-        sd = real(model, dtype)
-        q = "model.layers.0.self_attn.q_proj.weight"
-        sd[q] = sd[q].view(4, 2, -1, sd[q].shape[-1]).transpose(1, 2).reshape(sd[q].shape).contiguous()
-        return sd
+    def broken(name, t, cfg):
+        pieces = real(name, t, cfg)
+        if name != "layers.0.attention.wq.weight":
+            return pieces
+        return [(n, p.view(4, 2, -1, p.shape[-1]).transpose(1, 2).reshape(p.shape)) for n, p in pieces]
 
-    monkeypatch.setattr(writer, "hf_state_dict", broken)
+    monkeypatch.setattr(writer, "hf_pieces", broken)
     from tstcli.errors import CheckpointError
     with pytest.raises(CheckpointError, match="self-test failed"):
-        writer.export(from_run(run, None), tmp_path / "bad", "fp32", False)
+        writer.export(run, None, tmp_path / "bad", "fp32", False)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
 
 

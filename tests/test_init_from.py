@@ -92,7 +92,7 @@ def test_a_sharded_checkpoint_loads_whole_and_is_recorded_file_by_file(exported,
     from tstcli.run.load import from_run
     run, _ = exported
     monkeypatch.setattr(writer, "MAX_SHARD", "20KB")
-    res = writer.export(from_run(run, None), tmp_path / "sharded", "fp32", False)
+    res = writer.export(run, None, tmp_path / "sharded", "fp32", False)
     shards = [f for f in res["files"] if f.startswith("model-")]
     assert len(shards) > 2
     full, _ = init_from.weights(str(tmp_path / "sharded"))

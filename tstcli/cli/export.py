@@ -25,7 +25,6 @@ def export(
     """Export a checkpoint as a Hugging Face model (config, safetensors, tokenizer) and self-test it."""
     from tstcli.export.writer import DTYPES, export as write_export, refuse_overlap
     from tstcli.run import rundir
-    from tstcli.run.load import from_run
 
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -35,7 +34,7 @@ def export(
         raise UsageError("--private and --revision apply to --push-to-hub")
     rundir.read_info(run_dir)
     refuse_overlap(out, run_dir)  # before loading anything: --force would delete the run
-    res = write_export(from_run(run_dir, step), out, dtype, force)
+    res = write_export(run_dir, step, out, dtype, force)
     diff = res["self_test_max_abs_diff"]
     check = (f"self-test: transformers' logits match the native model's (max |diff| {diff:.2e} <= 1e-4, fp32)"
              if diff is not None else "self-test skipped: transformers is not installed (pip install 'tst[export]')")

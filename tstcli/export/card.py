@@ -6,24 +6,22 @@ from pathlib import Path
 
 from tstcli import __version__
 from tstcli.run import checkpoint, rundir
-from tstcli.run.load import LoadedModel
+from tstcli.run.load import RunInfo
 
 
-def _training_facts(lm: LoadedModel) -> dict:
+def _training_facts(ckpt: Path) -> dict:
     """From the exported checkpoint's own state: `--step` may export one before the run's last metrics row."""
-    state = checkpoint.read_state(Path(lm.source))
+    state = checkpoint.read_state(ckpt)
     return {"steps": state["step"], "tokens_phase1": state["tokens_phase"]["1"],
             "tokens_phase2": state["tokens_phase"]["2"], "final_val_loss": state.get("val_loss")}
 
 
-def model_card(lm: LoadedModel, architecture: str) -> str:
+def model_card(run: RunInfo, ckpt: Path, architecture: str) -> str:
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- tst",
              "- token-superposition-training", "---", ""]
-    if lm.recipe is None:  # an export of an export: nothing more is known
-        return "\n".join(front + [f"# {architecture} model", "", f"Exported by tst {__version__}.", ""])
-    r, facts = lm.recipe, _training_facts(lm)
+    r, facts = run.recipe, _training_facts(ckpt)
     loss = f"{facts['final_val_loss']:.4f}" if facts["final_val_loss"] is not None else "not measured"
-    recipe = (lm.run_dir / rundir.RECIPE).read_text()
+    recipe = (run.run_dir / rundir.RECIPE).read_text()
     body = [
         f"# {r.run.name}", "",
         f"A {architecture} model pretrained with [tst](https://arxiv.org/abs/2605.06546) — Token Superposition "
@@ -37,7 +35,7 @@ def model_card(lm: LoadedModel, architecture: str) -> str:
         f"| raw tokens | {facts['tokens_phase1']:,} in phase 1 (superposition), {facts['tokens_phase2']:,} in "
         "phase 2 (next-token) |",
         f"| held-out loss | {loss} (next-token, the run's validation split, latest at this checkpoint) |",
-        f"| checkpoint | `{lm.source}` |",
+        f"| checkpoint | `{ckpt}` |",
         f"| exported by | tst {__version__} |", "",
         "## Recipe", "", "```toml", recipe.rstrip(), "```", ""]
     return "\n".join(front + body)

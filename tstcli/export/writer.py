@@ -1,8 +1,14 @@
-"""`tst export`: write a model as a standard Hugging Face checkpoint (weights, config, tokenizer files), self-test
-it against the native model, and only then rename it into place. The name/config mapping is `tstcli.model.hf`."""
+"""`tst export`: write a run's checkpoint as a standard Hugging Face checkpoint (weights, config, tokenizer files),
+self-test it, and only then rename it into place. The name/config mapping is `tstcli.model.hf`.
+
+Memory stays bounded by the export itself: the weights stream from the checkpoint a group of tensors at a time into
+one safetensors shard at a time (`run/weights.py`); the self-test holds one model at a time — transformers' model of
+the export, then the native model loaded from the export — and compares the native weights with the checkpoint's
+(again streamed) and the two models' logits. The checkpoint is pinned against pruning while it is read."""
 from __future__ import annotations
 
 import json
+import gc
 import os
 import re
 import shutil
@@ -12,13 +18,16 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from tstcli.errors import CheckpointError, UsageError, as_error, environment_fault
 from tstcli.export.card import model_card
 from tstcli.model import Llama
-from tstcli.model.hf import hf_config, hf_state_dict
+from tstcli.model.hf import architecture, export_order, hf_config, hf_pieces
+from tstcli.run import checkpoint, pins
 from tstcli.run.integrity import checksums
-from tstcli.run.load import LoadedModel
+from tstcli.run.load import RunInfo, from_export, meta_model, read_run
+from tstcli.run.weights import iter_weights, stored_shapes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MAX_SHARD = "5GB"
@@ -45,19 +54,31 @@ def _save_file(tensors: dict, path: Path) -> None:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
-def _write_weights(state: dict[str, torch.Tensor], out: Path) -> None:
-    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+def _write_weights(ckpt: Path, meta: Llama, dtype: torch.dtype, out: Path) -> None:
+    """The checkpoint's weights under transformers' names in `dtype`, in shards of at most MAX_SHARD, each shard
+    filled from the checkpoint a group of tensors at a time and written before the next is read."""
+    shapes = stored_shapes(meta)
+    sources, plan = {}, {}  # transformers name -> native name; -> a meta tensor of its size, for the shard plan
+    for name in export_order(list(shapes)):
+        for hf_name, t in hf_pieces(name, torch.empty(shapes[name], device="meta"), meta.cfg):
+            sources[hf_name], plan[hf_name] = name, t.to(dtype)
+    split = split_torch_state_dict_into_shards(plan, filename_pattern="model{suffix}.safetensors",
                                                max_shard_size=MAX_SHARD)
     for filename, names in split.filename_to_tensors.items():
-        _save_file({n: state[n] for n in names}, out / filename)
+        wanted, shard = set(names), {}
+        for name, t in iter_weights(ckpt, shapes, list(dict.fromkeys(sources[n] for n in names))):
+            for hf_name, piece in hf_pieces(name, t, meta.cfg):
+                if hf_name in wanted:
+                    shard[hf_name] = piece.to(dtype).contiguous()
+        _save_file(shard, out / filename)
+        del shard
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
 
 
-def self_test(out: Path, model: Llama, dtype: torch.dtype) -> float | None:
-    """Max |logits difference| between the export loaded by transformers and the native model (both fp32, on the
-    export's rounded weights); None when transformers is not installed."""
+def _transformers_logits(out: Path, ids: torch.Tensor) -> torch.Tensor | None:
+    """transformers' fp32 logits of the export on `ids` (its model freed before returning); None without it."""
     try:
         import transformers
         from transformers import AutoModelForCausalLM
@@ -67,13 +88,31 @@ def self_test(out: Path, model: Llama, dtype: torch.dtype) -> float | None:
     transformers.utils.logging.disable_progress_bar()
     hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
     hf.eval()
-    native = Llama(model.cfg, model.vocab_size)
-    native.load_state_dict({k: v.to(dtype).float() for k, v in model.state_dict().items()})
-    native.eval()
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.vocab_size, (2, min(64, model.cfg.max_seq_len)), generator=g)
     with torch.no_grad():
-        theirs = hf(input_ids=ids).logits.float()
+        logits = hf(input_ids=ids).logits.float()
+    del hf
+    gc.collect()
+    return logits
+
+
+def self_test(out: Path, ckpt: Path, meta: Llama, dtype: torch.dtype) -> float | None:
+    """Loads the export back with the native loader (`tst eval`'s) and checks that every weight equals the
+    checkpoint's rounded to `dtype` — bit for bit — and that transformers' logits match the native model's (both
+    fp32). Returns the max |logits difference|, None when transformers is not installed (the weights are still
+    checked). One model in memory at a time."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, meta.vocab_size, (2, min(64, meta.cfg.max_seq_len)), generator=g)
+    theirs = _transformers_logits(out, ids)
+    native = from_export(out).model
+    params = dict(native.named_parameters(remove_duplicate=False))
+    shapes = stored_shapes(meta)
+    for name, t in iter_weights(ckpt, shapes, list(shapes)):
+        if not torch.equal(params[name], t.to(dtype).float()):
+            raise CheckpointError(f"--out {out}: self-test failed: {name} read back from the export differs from "
+                                  "the checkpoint's; the export was not written")
+    if theirs is None:
+        return None
+    with torch.no_grad():
         ours = native.logits(native(input_ids=ids)).float()
     return (theirs - ours).abs().max().item()
 
@@ -100,45 +139,51 @@ def _make_readable(directory: Path) -> None:
         os.chmod(p, 0o666 & ~umask)
 
 
-def export(lm: LoadedModel, out: Path, dtype_name: str, force: bool) -> dict:
-    """Write the export to a temporary directory, self-test it, then rename it to `out`."""
-    refuse_overlap(out, lm.run_dir)
+def export(run_dir: Path, step: int | None, out: Path, dtype_name: str, force: bool) -> dict:
+    """Export the checkpoint of `step` (default: the latest) of a run: written to a temporary directory,
+    self-tested, then renamed to `out`."""
+    refuse_overlap(out, run_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise UsageError(f"--out {out}: exists and is not empty (pass --force to replace it)")
+    run = read_run(run_dir)
+    architecture(run.recipe.model)  # a model with no Hugging Face form: refused before anything is read
     dtype = DTYPES[dtype_name]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        diff = _write(lm, tmp, out, dtype, dtype_name)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and environment_fault(e) is not None:
-            raise as_error(e, CheckpointError, f"writing the export to {out}", path=tmp) from None
-        raise
-    return {"out": str(out), "source": lm.source, "dtype": dtype_name, "self_test_max_abs_diff": diff,
+    with pins.reading(lambda: checkpoint.find(run.checkpoints, step)) as ckpt:  # training may prune it meanwhile
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            diff = _write(run, ckpt, tmp, out, dtype, dtype_name)
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            tmp.rename(out)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and environment_fault(e) is not None:
+                raise as_error(e, CheckpointError, f"writing the export to {out}", path=tmp) from None
+            raise
+    return {"out": str(out), "source": str(ckpt), "dtype": dtype_name, "self_test_max_abs_diff": diff,
             "files": sorted(p.name for p in out.iterdir())}
 
 
-def _write(lm: LoadedModel, tmp: Path, out: Path, dtype: torch.dtype, dtype_name: str) -> float | None:
+def _write(run: RunInfo, ckpt: Path, tmp: Path, out: Path, dtype: torch.dtype, dtype_name: str) -> float | None:
     """Every file of the export into `tmp`, self-tested; returns the self-test's max |diff|."""
-    model, eot = lm.model, lm.eot_id
-    _write_weights(hf_state_dict(model, dtype), tmp)
-    config = hf_config(model.cfg, model.vocab_size, eot, dtype)
+    cfg, eot = run.recipe.model, run.eot_id
+    meta = meta_model(cfg, run.vocab_size)
+    _write_weights(ckpt, meta, dtype, tmp)
+    config = hf_config(cfg, run.vocab_size, eot, dtype)
     (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     gen = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot, "do_sample": True,
-           "temperature": 1.0, "top_p": 1.0, "max_length": lm.max_len}
+           "temperature": 1.0, "top_p": 1.0, "max_length": cfg.max_seq_len}
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=1) + "\n")
-    _tokenizer_files(lm.tokenizer_path, tmp, lm.tokenizer.id_to_token(eot), lm.max_len)
-    (tmp / "README.md").write_text(model_card(lm, config["architectures"][0]))
-    diff = self_test(tmp, model, dtype)
+    tokenizer = Tokenizer.from_file(str(run.tokenizer_path))
+    _tokenizer_files(run.tokenizer_path, tmp, tokenizer.id_to_token(eot), cfg.max_seq_len)
+    (tmp / "README.md").write_text(model_card(run, ckpt, config["architectures"][0]))
+    diff = self_test(tmp, ckpt, meta, dtype)
     if diff is not None and diff > SELF_TEST_TOLERANCE:
         raise CheckpointError(f"--out {out}: self-test failed: transformers' logits differ from the native "
                               f"model's by {diff:.3g} (> {SELF_TEST_TOLERANCE}); the export was not written")
-    (tmp / "tst_export.json").write_text(json.dumps({"source": lm.source, "dtype": dtype_name,
+    (tmp / "tst_export.json").write_text(json.dumps({"source": str(ckpt), "dtype": dtype_name,
                                                      "self_test_max_abs_diff": diff,
                                                      "sha256": checksums(tmp, _weight_files(tmp))},
                                                     indent=1) + "\n")

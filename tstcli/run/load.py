@@ -56,30 +56,50 @@ def read_manifest_copy(run_dir: Path) -> dict:
         raise CheckpointError(f"{path}: missing or corrupt (not a complete run directory)") from None
 
 
-def empty_model(cfg, vocab_size: int, placement: Placement) -> Llama:
-    """The model with uninitialised weights on `placement`: built on the meta device with `placement.dtype` as the
-    default dtype, so storage is allocated once, where and as it will be used."""
+def meta_model(cfg, vocab_size: int, dtype: torch.dtype = torch.float32) -> Llama:
+    """The model's structure without storage (the meta device), its parameters in `dtype`."""
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(placement.dtype)
+    torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = Llama(cfg, vocab_size)
+            return Llama(cfg, vocab_size)
     finally:
         torch.set_default_dtype(previous)
-    return model.materialize(placement.device, placement.dtype)
 
 
-def from_run(run_dir: Path, step: int | None, placement: Placement = CPU_FP32) -> LoadedModel:
+def empty_model(cfg, vocab_size: int, placement: Placement) -> Llama:
+    """The model with uninitialised weights on `placement`: storage allocated once, where and as it will be used."""
+    return meta_model(cfg, vocab_size, placement.dtype).materialize(placement.device, placement.dtype)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run directory says about its model, besides the weights: `tst export` streams those itself."""
+    run_dir: Path
+    recipe: Recipe
+    vocab_size: int
+    eot_id: int
+    tokenizer_path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / rundir.CHECKPOINTS
+
+
+def read_run(run_dir: Path) -> RunInfo:
     rundir.read_info(run_dir)
     r = recipes.load(run_dir / rundir.RECIPE)
     manifest = read_manifest_copy(run_dir)
-    model = empty_model(r.model, manifest["vocab_size"], placement)
-    root = run_dir / rundir.CHECKPOINTS
-    with pins.reading(lambda: checkpoint.find(root, step)) as ckpt:  # a training run may prune it meanwhile
+    return RunInfo(run_dir, r, manifest["vocab_size"], manifest["tokenizer"]["eot_id"], run_dir / rundir.TOKENIZER)
+
+
+def from_run(run_dir: Path, step: int | None, placement: Placement = CPU_FP32) -> LoadedModel:
+    run = read_run(run_dir)
+    model = empty_model(run.recipe.model, run.vocab_size, placement)
+    with pins.reading(lambda: checkpoint.find(run.checkpoints, step)) as ckpt:  # training may prune it meanwhile
         checkpoint.load_weights(ckpt, model)
-    tok = run_dir / rundir.TOKENIZER
-    return LoadedModel(model.eval(), _tokenizer(tok), tok, manifest["tokenizer"]["eot_id"], r.model.max_seq_len,
-                       str(ckpt), run_dir, r, placement)
+    return LoadedModel(model.eval(), _tokenizer(run.tokenizer_path), run.tokenizer_path, run.eot_id,
+                       run.recipe.model.max_seq_len, str(ckpt), run_dir, run.recipe, placement)
 
 
 def from_export(export_dir: Path, placement: Placement = CPU_FP32) -> LoadedModel:
