@@ -27,6 +27,7 @@ from tstcli.model.hf import architecture, export_order, hf_config, hf_pieces
 from tstcli.run import checkpoint, pins
 from tstcli.run.integrity import checksums
 from tstcli.run.load import RunInfo, from_export, meta_model, read_run
+from tstcli.run.safetensors_stream import read_tensors
 from tstcli.run.weights import iter_weights, stored_shapes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -78,15 +79,22 @@ def _write_weights(ckpt: Path, meta: Llama, dtype: torch.dtype, out: Path) -> No
 
 
 def _transformers_logits(out: Path, ids: torch.Tensor) -> torch.Tensor | None:
-    """transformers' fp32 logits of the export on `ids` (its model freed before returning); None without it."""
+    """transformers' fp32 logits of the export on `ids` (its model freed before returning); None without it.
+    The model class and config come from the export's config.json; its weights are the export's files read in
+    fp32 with plain reads and handed over as the state dict, which transformers adopts without a copy (loading the
+    directory would hold the memory-mapped files and an fp32 copy at once)."""
     try:
         import transformers
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError:
         return None
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    config = AutoConfig.from_pretrained(str(out))
+    state = {name: t.float() for f in _weight_files(out) for name, t in read_tensors(out / f)}
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    hf = model_class.from_pretrained(None, config=config, state_dict=state, dtype=torch.float32)
+    del state
     hf.eval()
     with torch.no_grad():
         logits = hf(input_ids=ids).logits.float()

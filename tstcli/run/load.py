@@ -4,7 +4,7 @@ Hugging Face Llama / Qwen3 / Qwen3-MoE checkpoint written by `tst export`, or a 
 
 The model is built on the meta device and given storage on its target device in its target dtype (`Placement`);
 the weights are then read into it tensor by tensor — a run's checkpoint through DCP, an export's safetensors files
-one at a time — so host memory never holds a second, fp32 copy of the model."""
+with plain reads (`safetensors_stream`: no memory-mapped file) — so host memory holds the model once."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from tstcli import recipe as recipes
@@ -22,6 +21,7 @@ from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, pins, rundir
 from tstcli.run.integrity import check_finite, verify_files
 from tstcli.run.placement import CPU_FP32, Placement
+from tstcli.run.safetensors_stream import read_tensors
 
 
 @dataclass
@@ -145,24 +145,23 @@ def _read_export_weights(export_dir: Path, files: list[str], model: Llama) -> No
     written: set[tuple[str, int | None]] = set()
     try:
         for f in files:
-            with safe_open(str(export_dir / f), framework="pt") as st:
-                for name in st.keys():
-                    target = native_target(name)
-                    if target is None or (tied and target[0] == "output.weight"):
-                        continue
-                    if target[0] not in params:
-                        raise CheckpointError(f"{export_dir}: {name} has no place in the model config.json "
-                                              "describes (weights do not match config.json)")
-                    t = st.get_tensor(name)
-                    check_finite([(name, t)], export_dir / f)
-                    dest = params[target[0]] if target[1] is None else params[target[0]][target[1]]
-                    src = t if target[1] is None else t.t()
-                    if dest.shape != src.shape:
-                        raise CheckpointError(f"{export_dir}: weights do not match config.json ({name}: shape "
-                                              f"{tuple(src.shape)}, the model expects {tuple(dest.shape)})")
-                    with torch.no_grad():
-                        dest.copy_(src)
-                    written.add(target)
+            for name, t in read_tensors(export_dir / f):
+                target = native_target(name)
+                if target is None or (tied and target[0] == "output.weight"):
+                    continue
+                if target[0] not in params:
+                    raise CheckpointError(f"{export_dir}: {name} has no place in the model config.json "
+                                          "describes (weights do not match config.json)")
+                check_finite([(name, t)], export_dir / f)
+                dest = params[target[0]] if target[1] is None else params[target[0]][target[1]]
+                src = t if target[1] is None else t.t()
+                if dest.shape != src.shape:
+                    raise CheckpointError(f"{export_dir}: weights do not match config.json ({name}: shape "
+                                          f"{tuple(src.shape)}, the model expects {tuple(dest.shape)})")
+                with torch.no_grad():
+                    dest.copy_(src)
+                written.add(target)
+                del t, src
     except CheckpointError:
         raise
     except Exception as e:

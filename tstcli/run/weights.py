@@ -16,7 +16,7 @@ from tstcli.model import Llama
 from tstcli.run import checkpoint
 from tstcli.run.integrity import check_finite, verify_files
 
-BUDGET = 256 << 20  # bytes of fp32 tensors read per group
+BUDGET = 64 << 20  # bytes of fp32 tensors read per group (and as much again of the mapped checkpoint file)
 
 
 def stored_shapes(model: Llama) -> dict[str, torch.Size]:
