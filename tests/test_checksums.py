@@ -7,24 +7,21 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import run_cli, train_small
+from conftest import run_cli
 from test_cli_errors import assert_one_line_error
 from tstcli.run import integrity
 
-STEP = "step-00000006"
+STEP = "step-00000012"  # the latest checkpoint of conftest's finished SMALL run: what every verb loads
 
 
 @pytest.fixture(scope="module")
-def finished(small_data, tmp_path_factory):
-    return train_small(small_data, tmp_path_factory.mktemp("checksums"), **{"train.steps": 6})[1]
+def finished(finished_run):
+    return finished_run
 
 
 @pytest.fixture(scope="module")
-def exported(finished, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "hf"
-    r = run_cli("export", finished, "--out", out)
-    assert r.returncode == 0, r.stderr
-    return out
+def exported(finished_export):
+    return finished_export
 
 
 def _tensor_bytes(path, name):

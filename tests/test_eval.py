@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, run_cli, small_recipe, write_recipe
+from conftest import SHARED, run_cli
 from test_cli_errors import assert_one_line_error
 from tstcli.eval.runner import mean_stderr, pooled_stderr
 from tstcli.eval.scoring import encode_pair
@@ -52,15 +52,11 @@ def test_stderr_formulas():
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("eval")
-    r = run_cli("train", write_recipe(tmp / "r.toml", small_recipe(small_data, **{"train.steps": 2})),
-                "--run-dir", tmp / "run")
-    assert r.returncode == 0, r.stderr
-    return tmp / "run"
+def run_dir(finished_run):
+    return finished_run  # only read by `tst eval`
 
 
-def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, tmp_path):
+def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, finished_export, tmp_path):
     r = run_cli("eval", run_dir, "--bench", "paper", "--limit", 3, "--data-dir", SHARED, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -69,8 +65,7 @@ def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, tmp_path):
     assert out["results"]["mmlu"]["n"] == 3 * 57 and set(out["results"]["mmlu"]["categories"]) == {
         "humanities", "other", "social_sciences", "stem"}
     assert all(len(h) == 64 for h in out["data_files"].values())
-    assert run_cli("export", run_dir, "--out", tmp_path / "hf").returncode == 0
-    e = run_cli("eval", tmp_path / "hf", "--bench", "arc_easy,winogrande", "--limit", 3, "--data-dir", SHARED,
+    e = run_cli("eval", finished_export, "--bench", "arc_easy,winogrande", "--limit", 3, "--data-dir", SHARED,
                 "--json")
     assert e.returncode == 0, e.stderr
     got = json.loads(e.stdout)["results"]
@@ -114,15 +109,14 @@ def test_mmlu_subject_selection():
         parse_bench("mmlu:cooking")
 
 
-def test_heldout_loss_of_an_export_on_a_given_corpus(run_dir, tmp_path):
+def test_heldout_loss_of_an_export_on_a_given_corpus(run_dir, finished_export, tmp_path):
     from conftest import MOBY
-    assert run_cli("export", run_dir, "--out", tmp_path / "hf").returncode == 0
-    a = run_cli("eval", tmp_path / "hf", "--corpus", MOBY, "--json")
+    a = run_cli("eval", finished_export, "--corpus", MOBY, "--json")
     b = run_cli("eval", run_dir, "--corpus", MOBY, "--json")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     la, lb = json.loads(a.stdout)["heldout"], json.loads(b.stdout)["heldout"]
     assert la["rows"] == 256 and abs(la["val_loss"] - lb["val_loss"]) < 1e-5  # export == native checkpoint
-    assert_one_line_error(run_cli("eval", tmp_path / "hf", "--corpus", tmp_path / "none.txt"), 3, "none.txt")
+    assert_one_line_error(run_cli("eval", finished_export, "--corpus", tmp_path / "none.txt"), 3, "none.txt")
 
 
 # ---- benchmark data from the Hugging Face hub: a cache laid out as huggingface-hub writes it, used offline ----

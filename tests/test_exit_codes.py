@@ -16,12 +16,8 @@ CORPUS = SHARED / "corpus"
 
 
 @pytest.fixture(scope="module")
-def short_run(small_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exits")
-    recipe = write_recipe(tmp / "r.toml", small_recipe(small_data, **{"train.steps": 2}))
-    r = run_cli("train", recipe, "--run-dir", tmp / "run")
-    assert r.returncode == 0, r.stderr
-    return tmp / "run"
+def short_run(finished_run):
+    return finished_run  # only read by `tst eval`
 
 
 def _signal_when(args, ready, signum, settle=1.0):

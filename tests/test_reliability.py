@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli, small_recipe, train_small, wait_until, write_recipe
+from conftest import run_cli, small_recipe, wait_until, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import train_losses
 from tstcli.errors import CheckpointError
@@ -21,9 +21,9 @@ from tstcli.run import checkpoint, integrity
 
 
 @pytest.fixture(scope="module")
-def finished(small_data, tmp_path_factory):
+def finished(finished_run):
     """A finished SMALL run whose checkpoints (every 2 steps, all kept) later tests copy and tamper with."""
-    return train_small(small_data, tmp_path_factory.mktemp("reliability"))[1]
+    return finished_run
 
 
 def _copy_run(src, dst, keep_until):

@@ -21,8 +21,10 @@ MOE = {"model.moe_experts": 4, "model.moe_top_k": 2, "model.moe_ffn_dim": 32, "m
 
 @pytest.fixture(scope="module", params=["dense", "moe"])
 def exported(request, small_data, tmp_path_factory):
+    if request.param == "dense":  # conftest's finished SMALL run and its export, only read here
+        return request.getfixturevalue("finished_run"), request.getfixturevalue("finished_export")
     tmp = tmp_path_factory.mktemp(f"sample-{request.param}")
-    _, run = train_small(small_data, tmp, **(MOE if request.param == "moe" else {}))
+    _, run = train_small(small_data, tmp, **MOE)
     r = run_cli("export", run, "--out", tmp / "export")
     assert r.returncode == 0, r.stderr
     return run, tmp / "export"
