@@ -1,9 +1,11 @@
 """Shared fixtures: real corpora from ../shared/data, a small prepared data dir, and a way to run the real CLI."""
+import getpass
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,6 +13,13 @@ import pytest
 
 # Tests use ../shared/data only: never wait on a network the CI machine does not have.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Inductor's on-disk cache (/tmp/torchinductor_$USER) does not key its kernels by ATEN_CPU_CAPABILITY (torch 2.13):
+# under a forced ISA (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine) a kernel another process compiled computes
+# garbage (indices out of bounds, NaN) or crashes, and the kernels this run compiles do the same to later runs. A run
+# with a forced ISA keeps a cache of its own.
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}")
 # A test runner started in the background by a non-interactive shell (`pytest &` in a script) inherits SIGINT
 # ignored, and every `tst` it starts would too, so the Ctrl-C tests could not deliver one. They send it as a terminal
 # does to its foreground job: undo the inherited "ignore" (a caught signal is reset to the default in a child).

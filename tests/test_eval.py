@@ -56,6 +56,7 @@ def run_dir(finished_run):
     return finished_run  # only read by `tst eval`
 
 
+@pytest.mark.slow
 def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, finished_export, tmp_path):
     r = run_cli("eval", run_dir, "--bench", "paper", "--limit", 3, "--data-dir", SHARED, "--json")
     assert r.returncode == 0, r.stderr
@@ -73,6 +74,7 @@ def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, finished_expo
     assert got["winogrande"]["acc"] == out["results"]["winogrande"]["acc"]
 
 
+@pytest.mark.slow
 def test_few_shot_mmlu_uses_the_first_k_dev_items(run_dir):
     r = run_cli("eval", run_dir, "--bench", "mmlu", "--limit", 1, "--num-fewshot", 2, "--data-dir", SHARED,
                 "--json")
@@ -81,6 +83,7 @@ def test_few_shot_mmlu_uses_the_first_k_dev_items(run_dir):
                                   "--data-dir", SHARED), 3, "openbookqa", "few-shot split")
 
 
+@pytest.mark.slow
 def test_eval_bad_input(run_dir, tmp_path):
     assert_one_line_error(run_cli("eval", run_dir, "--bench", "nosuch"), 2, "nosuch", "unknown benchmark")
     empty = tmp_path / "empty"
@@ -109,6 +112,7 @@ def test_mmlu_subject_selection():
         parse_bench("mmlu:cooking")
 
 
+@pytest.mark.slow
 def test_heldout_loss_of_an_export_on_a_given_corpus(run_dir, finished_export, tmp_path):
     from conftest import MOBY
     a = run_cli("eval", finished_export, "--corpus", MOBY, "--json")
@@ -183,6 +187,7 @@ def _eval_samples(run_dir, tmp_path, data_dir, env, *args):
     return json.loads(r.stdout), [json.loads(line) for line in out.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_benchmarks_missing_locally_come_from_the_hub_and_score_identically(run_dir, hub_home, tmp_path):
     """Offline with a populated hub cache and an empty --data-dir, every hub task reads the harness's parquet files
     and gives the same per-choice log-likelihoods as the local files. 15 items, so that ARC-Easy's include both
@@ -202,6 +207,7 @@ def test_benchmarks_missing_locally_come_from_the_hub_and_score_identically(run_
     assert "A" in arc_labels and "1" in arc_labels, arc_labels
 
 
+@pytest.mark.slow
 def test_hellaswag_few_shot_draws_from_the_hub_train_split(run_dir, hub_home, tmp_path):
     """HellaSwag's shots come from its train split: from the hub (string labels) they equal the same items in a
     local hellaswag_train.jsonl (int labels, rowanz's format)."""
@@ -220,6 +226,7 @@ def test_hellaswag_few_shot_draws_from_the_hub_train_split(run_dir, hub_home, tm
     assert any("train-00000-of-00001.parquet" in f for f in hub_out["data_files"])
 
 
+@pytest.mark.slow
 def test_hub_data_offline_and_uncached_or_corrupt_is_one_line(run_dir, hub_home, tmp_path):
     empty = tmp_path / "no-local-data"
     empty.mkdir()

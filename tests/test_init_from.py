@@ -18,6 +18,7 @@ def exported(finished_run, finished_export):
     return finished_run, finished_export  # only read: a run and its export to start from
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_an_export_with_its_held_out_loss(exported, small_data, tmp_path):
     """Step 0's held-out loss of the new run is the export's loss on the same rows (fp32: <= 1e-5), and the run
     directory records where it started (sha256 of the weights)."""

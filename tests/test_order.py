@@ -74,6 +74,7 @@ def test_packing_2t_tokens_allocates_no_array_of_the_corpus(tmp_path):
     assert info["covered_without_repetition"]
 
 
+@pytest.mark.slow
 def test_resuming_a_run_whose_row_order_changed_is_refused(finished_run_copy):
     """A run started by a tst whose row order differs (its pack key in run.json) would read other rows from the
     resume on: refused (exit 4) unless --allow-changed-data, which then goes on and records the new key."""

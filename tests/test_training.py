@@ -102,6 +102,7 @@ def test_divergence_exits_5_through_the_cli_and_keeps_the_checkpoint(small_data,
     assert ckpts and (ckpts[-1] / "state.json").is_file()
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_trains_nothing(small_data, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data))
     r = run_cli("train", recipe, "--dry-run", "--json", "--run-dir", tmp_path / "run")
