@@ -40,7 +40,7 @@ def test_ablation_recipe_parses_and_plans_through_the_cli(path, tmp_path):
     assert "warning" not in err.getvalue(), err.getvalue()  # e.g. a warmup as long as the run
     plan = json.loads(out.getvalue())
     phases = plan["phases"]
-    assert phases["1"]["steps"] == r.phase1_steps and phases["1"]["steps"] + phases["2"]["steps"] == r.train.steps
+    assert phases["1"]["steps"] == r.plan.phase1_steps and phases["1"]["steps"] + phases["2"]["steps"] == r.train.steps
     assert (phases["1"]["steps"] == 0) == (r.tst.bag_size == 1 or r.tst.ratio == 0)
     assert phases["2"]["row_tokens"] == r.train.seq_len + 1
     if phases["1"]["steps"]:
