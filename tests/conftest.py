@@ -1,8 +1,11 @@
 """Shared fixtures: real corpora from ../shared/data, a small prepared data dir, and a way to run the real CLI."""
+import getpass
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -10,6 +13,13 @@ import pytest
 
 # Tests use ../shared/data only: never wait on a network the CI machine does not have.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Inductor's on-disk cache (/tmp/torchinductor_$USER) does not key its kernels by ATEN_CPU_CAPABILITY (torch 2.13):
+# under a forced ISA (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine) a kernel another process compiled computes
+# garbage (indices out of bounds, NaN) or crashes, and the kernels this run compiles do the same to later runs. A run
+# with a forced ISA keeps a cache of its own.
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}")
 # A test runner started in the background by a non-interactive shell (`pytest &` in a script) inherits SIGINT
 # ignored, and every `tst` it starts would too, so the Ctrl-C tests could not deliver one. They send it as a terminal
 # does to its foreground job: undo the inherited "ignore" (a caught signal is reset to the default in a child).
@@ -65,6 +75,68 @@ def small_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("small-data")
     prepare(small_recipe(d).data, d, log=lambda *_: None)
     return d
+
+
+def _built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(dir)` once per test session, shared by every pytest-xdist worker (each is its own process): the
+    directory sits beside the workers' own base temporary directories, and a file lock lets the first worker build it
+    while the others wait, then find it done (pytest-xdist's documented pattern). A build that fails leaves no
+    `.done`, so the next worker tries again and fails with its own message. Without xdist: this session's temp dir."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"built-once-{name}"
+    from filelock import FileLock  # huggingface-hub's dependency, so always installed with tst
+
+    with FileLock(f"{root}.lock"):
+        if not (root / ".done").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            build(root)
+            (root / ".done").touch()
+    return root
+
+
+def _fingerprint(path: Path) -> list:
+    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def _unchanged(path: Path):
+    """Yields `path`, then fails the session if a test wrote into it (tests get copies for that)."""
+    before = _fingerprint(path)
+    yield path
+    assert _fingerprint(path) == before, f"a test modified the shared {path}: use its *_copy fixture"
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """ONE finished run of the SMALL recipe (12 steps, checkpoints every 2 steps, all kept), trained once per test
+    session through the real CLI (`tst train`, which prepares its data in the same shared folder). Read-only: a test
+    that changes anything takes `finished_run_copy`."""
+    def build(root):
+        recipe = write_recipe(root / "r.toml", small_recipe(root / "data"))
+        r = run_cli("train", recipe, "--run-dir", root / "run")
+        assert r.returncode == 0, r.stderr
+    yield from _unchanged(_built_once(tmp_path_factory, "finished-run", build) / "run")
+
+
+@pytest.fixture(scope="session")
+def finished_export(finished_run, tmp_path_factory):
+    """`tst export` of `finished_run` (fp32, its last checkpoint), made once per session. Read-only, as above."""
+    def build(root):
+        r = run_cli("export", finished_run, "--out", root / "hf")
+        assert r.returncode == 0, r.stderr
+    yield from _unchanged(_built_once(tmp_path_factory, "finished-export", build) / "hf")
+
+
+@pytest.fixture
+def finished_run_copy(finished_run, tmp_path) -> Path:
+    """This test's own copy of `finished_run` (tmp_path/run), free to modify."""
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def finished_export_copy(finished_export, tmp_path) -> Path:
+    """This test's own copy of `finished_export` (tmp_path/export), free to modify."""
+    return Path(shutil.copytree(finished_export, tmp_path / "export"))
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600):

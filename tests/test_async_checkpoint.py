@@ -62,6 +62,7 @@ def test_every_save_is_a_checkpoint_row(reference):
     assert all(0 <= r["blocking_s"] <= r["total_s"] for r in rows)
 
 
+@pytest.mark.slow
 def test_training_goes_on_during_a_write_and_kill_9_resumes_from_the_previous_checkpoint(reference, tmp_path):
     recipe, a = reference
     b = tmp_path / "b"
@@ -86,6 +87,7 @@ def test_training_goes_on_during_a_write_and_kill_9_resumes_from_the_previous_ch
     assert not list(ckpts.glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_write_exits_143_with_both_checkpoints_complete(reference, tmp_path):
     recipe, a = reference
     b = tmp_path / "b"

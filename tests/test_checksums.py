@@ -7,24 +7,21 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import run_cli, train_small
+from conftest import run_cli
 from test_cli_errors import assert_one_line_error
 from tstcli.run import integrity
 
-STEP = "step-00000006"
+STEP = "step-00000012"  # the latest checkpoint of conftest's finished SMALL run: what every verb loads
 
 
 @pytest.fixture(scope="module")
-def finished(small_data, tmp_path_factory):
-    return train_small(small_data, tmp_path_factory.mktemp("checksums"), **{"train.steps": 6})[1]
+def finished(finished_run):
+    return finished_run
 
 
 @pytest.fixture(scope="module")
-def exported(finished, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "hf"
-    r = run_cli("export", finished, "--out", out)
-    assert r.returncode == 0, r.stderr
-    return out
+def exported(finished_export):
+    return finished_export
 
 
 def _tensor_bytes(path, name):
@@ -65,6 +62,7 @@ def test_state_json_records_every_file_sha256(finished):
     assert state["sha256"] == integrity.checksums(ckpt, state["files"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flipped exponent", "-3e35"])
 def test_damaged_checkpoint_is_refused_by_every_verb(finished, tmp_path, damage):
     run, ckpt, weights = _copy(finished, tmp_path)
@@ -77,6 +75,7 @@ def test_damaged_checkpoint_is_refused_by_every_verb(finished, tmp_path, damage)
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_refused_even_with_matching_checksums(finished, tmp_path):
     run, ckpt, weights = _copy(finished, tmp_path)
     _set_first_value(weights, "model.norm.weight", float("nan"))  # as if saved after a divergence
@@ -105,6 +104,7 @@ def test_state_json_naming_a_file_outside_the_checkpoint_is_refused(finished, tm
     assert_one_line_error(run_cli("eval", run), 4, "state.json", "elsewhere.safetensors", "own folder")
 
 
+@pytest.mark.slow
 def test_export_records_checksums_and_a_damaged_export_is_refused(exported, tmp_path):
     meta = json.loads((exported / "tst_export.json").read_text())
     assert meta["sha256"] == integrity.checksums(exported, ["model.safetensors"])

@@ -69,6 +69,7 @@ def test_hub_source_offline_exits_3(tmp_path, path):
     assert_one_line_error(r, 3, f"hf://datasets/nobody/nothing/{path}", "offline")
 
 
+@pytest.mark.slow
 def test_corrupt_shard_exits_3(small_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(small_data, data)
@@ -95,6 +96,7 @@ def test_corrupt_shard_exits_3(small_data, tmp_path):
     assert_one_line_error(run_cli("prepare", recipe, "--verify"), 3, shard.name, "sha256")
 
 
+@pytest.mark.slow
 def test_missing_manifest_on_resume_exits_3(small_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(small_data, data)
@@ -104,6 +106,7 @@ def test_missing_manifest_on_resume_exits_3(small_data, tmp_path):
     assert_one_line_error(run_cli("resume", tmp_path / "run"), 3, "manifest.json", "gone")
 
 
+@pytest.mark.slow
 def test_resume_errors_exit_4(tmp_path):
     assert_one_line_error(run_cli("resume", tmp_path / "no-run"), 4, "no-run")
     (tmp_path / "empty").mkdir()

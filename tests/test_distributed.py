@@ -19,6 +19,8 @@ import pytest
 
 from conftest import run_cli, small_recipe, train_small, wait_until, write_recipe
 
+pytestmark = pytest.mark.slow  # every test here starts torchrun (two or three processes)
+
 TOL = 1e-4
 
 

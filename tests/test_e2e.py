@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT, run_cli, small_recipe, write_recipe
 from test_resume import train_losses
 
@@ -20,6 +22,7 @@ def val_losses(run_dir):
     return {r["step"]: r["val_loss"] for r in rows if r["kind"] == "val"}
 
 
+@pytest.mark.slow
 def test_tiny_recipe_learns_in_both_phases(tmp_path):
     run = tmp_path / "run"
     r = run_cli("train", TINY, "--run-dir", run, "--json", "--set", "train.steps=80", "--set", "train.compile=false",
@@ -38,6 +41,7 @@ def test_tiny_recipe_learns_in_both_phases(tmp_path):
     assert len(p1) == 24 and all(x["mce_loss"] == x["loss"] for x in p1)
 
 
+@pytest.mark.slow
 def test_compiled_bf16_resume_is_bitwise(tmp_path):
     """torch.compile + bf16 autocast (the GPU recipes' settings) resume exactly too. Without deterministic
     algorithms, Inductor's atomic scatter-add in the embedding backward made even two uninterrupted runs differ by
@@ -57,6 +61,7 @@ def test_compiled_bf16_resume_is_bitwise(tmp_path):
     assert train_losses(a) == train_losses(b)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_143_and_resume_is_exact(small_data, tmp_path):
     r = small_recipe(small_data, **{"train.steps": 400, "checkpoint.every": 100, "eval.every": 100})
     recipe = write_recipe(tmp_path / "r.toml", r)
@@ -89,6 +94,7 @@ def _readme_block(name):
     return block.group(1).strip()
 
 
+@pytest.mark.slow
 def test_readme_main_command_in_a_fresh_copy(tmp_path):
     """README command 1, verbatim, in a copy of the repository's files (fresh venv, no network, no ../shared)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
@@ -119,6 +125,7 @@ def test_ci_runs_the_readme_test_command():
     assert "test-command" in ci and _readme_block("test-command").endswith("python -m pytest -q")
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(small_data, tmp_path):
     import fcntl
     import pty

@@ -41,13 +41,11 @@ def _unwritable(tmp_path):
 
 
 @pytest.fixture
-def run_with_checkpoint(small_data, tmp_path):
-    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 4}))
-    r = run_cli("train", recipe, "--run-dir", tmp_path / "run")
-    assert r.returncode == 0, r.stderr
-    return tmp_path / "run"
+def run_with_checkpoint(finished_run):
+    return finished_run  # only read: the exports go elsewhere
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_write_exits_4_and_resume_recovers(small_data, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 4}))
     run = tmp_path / "run"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, run_cli, small_recipe, write_recipe
+from conftest import SHARED, run_cli
 from test_cli_errors import assert_one_line_error
 from tstcli.eval.runner import mean_stderr, pooled_stderr
 from tstcli.eval.scoring import encode_pair
@@ -52,15 +52,12 @@ def test_stderr_formulas():
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("eval")
-    r = run_cli("train", write_recipe(tmp / "r.toml", small_recipe(small_data, **{"train.steps": 2})),
-                "--run-dir", tmp / "run")
-    assert r.returncode == 0, r.stderr
-    return tmp / "run"
+def run_dir(finished_run):
+    return finished_run  # only read by `tst eval`
 
 
-def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, tmp_path):
+@pytest.mark.slow
+def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, finished_export, tmp_path):
     r = run_cli("eval", run_dir, "--bench", "paper", "--limit", 3, "--data-dir", SHARED, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -69,8 +66,7 @@ def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, tmp_path):
     assert out["results"]["mmlu"]["n"] == 3 * 57 and set(out["results"]["mmlu"]["categories"]) == {
         "humanities", "other", "social_sciences", "stem"}
     assert all(len(h) == 64 for h in out["data_files"].values())
-    assert run_cli("export", run_dir, "--out", tmp_path / "hf").returncode == 0
-    e = run_cli("eval", tmp_path / "hf", "--bench", "arc_easy,winogrande", "--limit", 3, "--data-dir", SHARED,
+    e = run_cli("eval", finished_export, "--bench", "arc_easy,winogrande", "--limit", 3, "--data-dir", SHARED,
                 "--json")
     assert e.returncode == 0, e.stderr
     got = json.loads(e.stdout)["results"]
@@ -78,6 +74,7 @@ def test_every_paper_task_runs_on_a_run_dir_and_an_export(run_dir, tmp_path):
     assert got["winogrande"]["acc"] == out["results"]["winogrande"]["acc"]
 
 
+@pytest.mark.slow
 def test_few_shot_mmlu_uses_the_first_k_dev_items(run_dir):
     r = run_cli("eval", run_dir, "--bench", "mmlu", "--limit", 1, "--num-fewshot", 2, "--data-dir", SHARED,
                 "--json")
@@ -86,6 +83,7 @@ def test_few_shot_mmlu_uses_the_first_k_dev_items(run_dir):
                                   "--data-dir", SHARED), 3, "openbookqa", "few-shot split")
 
 
+@pytest.mark.slow
 def test_eval_bad_input(run_dir, tmp_path):
     assert_one_line_error(run_cli("eval", run_dir, "--bench", "nosuch"), 2, "nosuch", "unknown benchmark")
     empty = tmp_path / "empty"
@@ -114,15 +112,15 @@ def test_mmlu_subject_selection():
         parse_bench("mmlu:cooking")
 
 
-def test_heldout_loss_of_an_export_on_a_given_corpus(run_dir, tmp_path):
+@pytest.mark.slow
+def test_heldout_loss_of_an_export_on_a_given_corpus(run_dir, finished_export, tmp_path):
     from conftest import MOBY
-    assert run_cli("export", run_dir, "--out", tmp_path / "hf").returncode == 0
-    a = run_cli("eval", tmp_path / "hf", "--corpus", MOBY, "--json")
+    a = run_cli("eval", finished_export, "--corpus", MOBY, "--json")
     b = run_cli("eval", run_dir, "--corpus", MOBY, "--json")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     la, lb = json.loads(a.stdout)["heldout"], json.loads(b.stdout)["heldout"]
     assert la["rows"] == 256 and abs(la["val_loss"] - lb["val_loss"]) < 1e-5  # export == native checkpoint
-    assert_one_line_error(run_cli("eval", tmp_path / "hf", "--corpus", tmp_path / "none.txt"), 3, "none.txt")
+    assert_one_line_error(run_cli("eval", finished_export, "--corpus", tmp_path / "none.txt"), 3, "none.txt")
 
 
 # ---- benchmark data from the Hugging Face hub: a cache laid out as huggingface-hub writes it, used offline ----
@@ -189,6 +187,7 @@ def _eval_samples(run_dir, tmp_path, data_dir, env, *args):
     return json.loads(r.stdout), [json.loads(line) for line in out.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_benchmarks_missing_locally_come_from_the_hub_and_score_identically(run_dir, hub_home, tmp_path):
     """Offline with a populated hub cache and an empty --data-dir, every hub task reads the harness's parquet files
     and gives the same per-choice log-likelihoods as the local files. 15 items, so that ARC-Easy's include both
@@ -208,6 +207,7 @@ def test_benchmarks_missing_locally_come_from_the_hub_and_score_identically(run_
     assert "A" in arc_labels and "1" in arc_labels, arc_labels
 
 
+@pytest.mark.slow
 def test_hellaswag_few_shot_draws_from_the_hub_train_split(run_dir, hub_home, tmp_path):
     """HellaSwag's shots come from its train split: from the hub (string labels) they equal the same items in a
     local hellaswag_train.jsonl (int labels, rowanz's format)."""
@@ -226,6 +226,7 @@ def test_hellaswag_few_shot_draws_from_the_hub_train_split(run_dir, hub_home, tm
     assert any("train-00000-of-00001.parquet" in f for f in hub_out["data_files"])
 
 
+@pytest.mark.slow
 def test_hub_data_offline_and_uncached_or_corrupt_is_one_line(run_dir, hub_home, tmp_path):
     empty = tmp_path / "no-local-data"
     empty.mkdir()

@@ -13,6 +13,8 @@ import pytest
 
 from conftest import SHARED, run_cli, small_recipe, write_recipe
 
+pytestmark = pytest.mark.slow  # lm-evaluation-harness itself, on a model trained for the purpose
+
 LIMIT = 25
 MMLU_SUBJECTS = ["abstract_algebra", "high_school_us_history", "virology"]
 

@@ -16,12 +16,8 @@ CORPUS = SHARED / "corpus"
 
 
 @pytest.fixture(scope="module")
-def short_run(small_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exits")
-    recipe = write_recipe(tmp / "r.toml", small_recipe(small_data, **{"train.steps": 2}))
-    r = run_cli("train", recipe, "--run-dir", tmp / "run")
-    assert r.returncode == 0, r.stderr
-    return tmp / "run"
+def short_run(finished_run):
+    return finished_run  # only read by `tst eval`
 
 
 def _signal_when(args, ready, signum, settle=1.0):
@@ -50,6 +46,7 @@ def _big_prepare(data_dir):
             "--set", f'data.sources=["{CORPUS}"]', "--set", "data.unit_mb=1"]  # six files, six work units
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_during_prepare_exits_128_plus_signum_and_cleans_up(tmp_path, signum, code, word):
     data = tmp_path / "data"
@@ -77,6 +74,7 @@ def assert_only_finished_units(work) -> int:
     return len(records)
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_train_prepares_exits_130_and_leaves_no_run_dir(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     args = ["train", *_big_prepare(data)[1:], "--run-dir", run]
@@ -145,6 +143,7 @@ def test_an_unreachable_hub_is_one_line_without_retry_noise(short_run, tmp_path)
     assert "Retrying" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
 
 
+@pytest.mark.slow
 def test_warmup_as_long_as_the_run_is_a_warning(tmp_path):
     r = run_cli("train", TINY, "--set", "train.steps=20", "--dry-run")
     assert r.returncode == 0

@@ -13,8 +13,10 @@ from tstcli.run.load import from_run
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
 def run(request, small_data, tmp_path_factory):
+    if request.param:  # tied is the SMALL recipe's default: conftest's finished run (12 steps), only read here
+        return request.getfixturevalue("finished_run")
     tmp = tmp_path_factory.mktemp("export")
-    r = small_recipe(small_data, **{"model.tie_embeddings": request.param, "train.steps": 4})
+    r = small_recipe(small_data, **{"model.tie_embeddings": False, "train.steps": 4})
     res = run_cli("train", write_recipe(tmp / "r.toml", r), "--run-dir", tmp / "run")
     assert res.returncode == 0, res.stderr
     return tmp / "run"
@@ -24,6 +26,7 @@ def _native(run_dir):
     return from_run(run_dir, None).model
 
 
+@pytest.mark.slow
 def test_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     out = tmp_path / "hf"
@@ -50,6 +53,7 @@ def test_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
     assert tok.eos_token == "<|endoftext|>"
 
 
+@pytest.mark.slow
 def test_bf16_export_and_refusal_to_overwrite(run, tmp_path):
     out = tmp_path / "hf16"
     assert run_cli("export", run, "--out", out, "--dtype", "bf16").returncode == 0
@@ -90,6 +94,7 @@ def test_a_weight_mapping_error_fails_the_export_and_writes_nothing(run, tmp_pat
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,overrides", [
     ("qwen3_moe", {"model.moe_experts": 4, "model.moe_top_k": 2, "model.moe_ffn_dim": 32, "model.qk_norm": True,
                    "model.head_dim": 16, "model.tie_embeddings": False}),
@@ -124,6 +129,7 @@ def test_qwen3_exports_match_transformers_and_evaluate(small_data, tmp_path, arc
     assert a["rows"] == b["rows"] > 0 and a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_shared_expert_has_no_standard_form_to_export(small_data, tmp_path):
     from conftest import train_small
     _, run = train_small(small_data, tmp_path, **{"model.moe_experts": 2, "model.moe_top_k": 1,
@@ -133,6 +139,7 @@ def test_shared_expert_has_no_standard_form_to_export(small_data, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_model_card_and_push_to_hub_offline_is_one_line_exit_3(run, tmp_path):
     """The export carries a README model card (TST settings, tokens per phase, final held-out loss); pushing it
     offline fails with one line and exit 3, leaving the export complete (the upload itself is huggingface-hub's

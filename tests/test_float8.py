@@ -168,6 +168,7 @@ def test_a_float8_run_trains_and_its_checkpoint_loads_into_a_plain_model(small_d
     assert torch.equal(plain.layers[0].attention.wq.weight, t.model.layers[0].attention.wq.weight.detach())
 
 
+@pytest.mark.slow
 def test_a_compiled_float8_run_matches_the_eager_one(small_data, tmp_path):
     """`tst train` and bench_gpu compile the step after the conversion: torch.compile traces torchao's float8
     linears, forward and backward, and gives the eager float8 run's losses. (CPU inductor here: on a GPU the kernels

@@ -198,6 +198,7 @@ def test_bf16_autocast_matmul_in_bf16_loss_in_fp32_gradients_in_input_dtype():
         assert (g_ - r).abs().max() <= 1e-2 * r.abs().max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mce", "hinge"])
 def test_compiled_whole_graph_equals_eager(kind):
     """torch.compile traces the chunked loss without a graph break (fullgraph) and gives the eager numbers."""

@@ -39,6 +39,7 @@ def tracked(small_data, tmp_path_factory):
     return res, run
 
 
+@pytest.mark.slow
 def test_every_row_carries_the_documented_fields_of_its_kind(tracked):
     _, run = tracked
     rows = read_rows(run)
@@ -127,6 +128,7 @@ def test_in_loop_benchmarks_equal_tst_eval_of_the_checkpoint(tracked):
         assert (r["n"], r["acc"], r.get("acc_norm")) == (ref["n"], ref["acc"], ref.get("acc_norm")) and r["n"] == 6
 
 
+@pytest.mark.slow
 def test_resume_keeps_bench_rows_and_the_same_tracker_runs(tracked, tmp_path):
     _, run = tracked
     b = tmp_path / "b"
@@ -163,6 +165,7 @@ def test_a_missing_or_failing_tracker_is_one_warning_and_the_run_completes(small
     assert sorted(_losses(run)) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_missing_benchmark_files_are_one_line_before_training(small_data, tmp_path):
     res, run = _train(small_data, tmp_path, env={"HF_HUB_OFFLINE": "1"},
                       **{"eval.bench": ["arc_easy"], "eval.bench_data_dir": str(tmp_path / "empty")})
@@ -173,6 +176,7 @@ def test_missing_benchmark_files_are_one_line_before_training(small_data, tmp_pa
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_one_held_out_loss_per_checkpoint_and_the_console(small_data, tmp_path):
     res, run = _train(small_data, tmp_path, **{"train.log_every": 4})
     assert res.returncode == 0, res.stderr

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_cli, small_recipe, train_small, write_recipe
+from conftest import run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from tstcli.objective import next_token_loss
 from tstcli.run import metrics
@@ -14,14 +14,11 @@ from tstcli.data.opener import open_data
 
 
 @pytest.fixture(scope="module")
-def exported(small_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("init-from")
-    _, run = train_small(small_data, tmp)
-    r = run_cli("export", run, "--out", tmp / "export")
-    assert r.returncode == 0, r.stderr
-    return run, tmp / "export"
+def exported(finished_run, finished_export):
+    return finished_run, finished_export  # only read: a run and its export to start from
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_an_export_with_its_held_out_loss(exported, small_data, tmp_path):
     """Step 0's held-out loss of the new run is the export's loss on the same rows (fp32: <= 1e-5), and the run
     directory records where it started (sha256 of the weights)."""

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, SHARED, run_cli, small_recipe, wait_until, write_recipe
 from test_cli_errors import assert_one_line_error
 from tstcli import recipe as recipes
@@ -21,6 +23,7 @@ def _rows(run, kind="train"):
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if f'"kind": "{kind}"' in l]
 
 
+@pytest.mark.slow
 def test_resume_while_training_is_refused_and_the_run_stays_whole(small_data, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 5000}))
     run = tmp_path / "run"
@@ -39,6 +42,7 @@ def test_resume_while_training_is_refused_and_the_run_stays_whole(small_data, tm
     assert (run / "checkpoints" / f"step-{steps[-1]:08d}").is_dir()
 
 
+@pytest.mark.slow
 def test_two_trains_on_one_fresh_run_dir(small_data, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 30}))
     run = tmp_path / "run"
@@ -51,6 +55,7 @@ def test_two_trains_on_one_fresh_run_dir(small_data, tmp_path):
     assert [x["step"] for x in _rows(run)] == list(range(1, 31))
 
 
+@pytest.mark.slow
 def test_a_killed_trainer_leaves_no_lock_behind(small_data, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 200}))
     run = tmp_path / "run"
@@ -83,6 +88,7 @@ def test_runs_with_the_same_name_and_other_data_get_their_own_data_dirs():
     assert location.data_dir(same) == location.data_dir(tiny)
 
 
+@pytest.mark.slow
 def test_prepared_data_is_never_replaced_under_a_run(small_data, tmp_path):
     import shutil
 
@@ -109,6 +115,7 @@ def test_prepared_data_is_never_replaced_under_a_run(small_data, tmp_path):
     assert run_cli("prepare", recipe, "--set", f'data.sources=["{kjv}"]').returncode == 0
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_run_whose_data_changed(small_data, tmp_path):
     import shutil
 

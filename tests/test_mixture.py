@@ -103,6 +103,7 @@ def test_rows_read_realise_the_weights_per_phase_and_phases_are_disjoint(mix_dat
         assert (rows[p] + pack.widths[p] <= ends[_entry_of(rows[p], pack.info)]).all()
 
 
+@pytest.mark.slow
 def test_mixture_resume_is_bitwise(mix_data, tmp_path):
     data, tok, _ = mix_data
     r = mixture(data, tok, [("moby", [MOBY], 1.0, 0.5, 0.9), ("kjv", [KJV], 1.0, 0.5, 0.1)])
@@ -210,6 +211,7 @@ def test_an_empty_entry_is_named_and_leaves_nothing_behind(small_data, tmp_path)
     assert not list((tmp_path / "data").glob("*.bin")) and not (tmp_path / "data" / ".prepare-work").exists()
 
 
+@pytest.mark.slow
 def test_the_example_recipe_trains_on_the_shipped_corpus(tmp_path):
     """recipes/mixture.toml: two files of the sample corpus inside the package, weighted per phase."""
     sets = ["data.vocab_size=512", f'data.dir="{tmp_path / "data"}"', "train.steps=20", "train.batch_size=4",

@@ -43,6 +43,7 @@ def test_balanced_routing_gives_aux_loss_top_k():
     assert stats.aux_loss.item() == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_tiny_moe_trains_through_both_phases_and_resumes_exactly(small_data, tmp_path):
     _, run = train_small(small_data, tmp_path, **MOE)
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]

@@ -74,16 +74,17 @@ def test_packing_2t_tokens_allocates_no_array_of_the_corpus(tmp_path):
     assert info["covered_without_repetition"]
 
 
-def test_resuming_a_run_whose_row_order_changed_is_refused(small_data, tmp_path):
+@pytest.mark.slow
+def test_resuming_a_run_whose_row_order_changed_is_refused(finished_run_copy):
     """A run started by a tst whose row order differs (its pack key in run.json) would read other rows from the
     resume on: refused (exit 4) unless --allow-changed-data, which then goes on and records the new key."""
     import json
-    from conftest import run_cli, train_small
-    _, run = train_small(small_data, tmp_path, **{"train.steps": 4, "checkpoint.every": 2})
+    from conftest import run_cli
+    run = finished_run_copy  # the SMALL run: 12 steps, checkpoints every 2
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "pack": "0" * 16, "tst_version": "0.0.9"}))
     for ckpt in (run / "checkpoints").iterdir():
-        if ckpt.name.endswith("4"):
+        if ckpt.name.endswith("12"):  # steps 11 and 12 are left to do
             __import__("shutil").rmtree(ckpt)
     r = run_cli("resume", run)
     assert r.returncode == 4 and "row order" in r.stderr and "0.0.9" in r.stderr, r.stderr

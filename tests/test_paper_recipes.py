@@ -73,6 +73,7 @@ def test_10b_a1b_dry_run_total_and_active_parameters(tmp_path):
     assert plan["devices"]["64"]["memory_gib"]["total"] < 70
 
 
+@pytest.mark.slow
 def test_moe_tiny_recipe_trains_5_steps(small_data, tmp_path):
     from tstcli.train.session import local_trainer
     r = recipes.load(ROOT / "recipes" / "moe-tiny.toml", ["train.steps=5", "train.compile=false",

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli, small_recipe, train_small, wait_until, write_recipe
+from conftest import run_cli, small_recipe, wait_until, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_resume import train_losses
 from tstcli.errors import CheckpointError
@@ -21,9 +21,9 @@ from tstcli.run import checkpoint, integrity
 
 
 @pytest.fixture(scope="module")
-def finished(small_data, tmp_path_factory):
+def finished(finished_run):
     """A finished SMALL run whose checkpoints (every 2 steps, all kept) later tests copy and tamper with."""
-    return train_small(small_data, tmp_path_factory.mktemp("reliability"))[1]
+    return finished_run
 
 
 def _copy_run(src, dst, keep_until):
@@ -34,6 +34,7 @@ def _copy_run(src, dst, keep_until):
     return dst
 
 
+@pytest.mark.slow
 def test_edited_recipe_is_refused_unless_the_change_is_neutral(finished, tmp_path):
     run = _copy_run(finished, tmp_path / "run", 6)
     text = (run / "recipe.toml").read_text()
@@ -48,6 +49,7 @@ def test_edited_recipe_is_refused_unless_the_change_is_neutral(finished, tmp_pat
     assert train_losses(run) == train_losses(finished)
 
 
+@pytest.mark.slow
 def test_changed_data_is_refused_unless_allowed(finished, small_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(small_data, data)
@@ -70,6 +72,7 @@ def test_changed_tokenizer_is_refused(finished, tmp_path):
     assert_one_line_error(run_cli("resume", run), 3, "tokenizer differs")
 
 
+@pytest.mark.slow
 def test_pickled_checkpoint_is_refused(finished, tmp_path):
     """Nothing is unpickled: a checkpoint file holding a pickle (code execution on load) is rejected."""
     run = _copy_run(finished, tmp_path / "run", 6)
@@ -113,6 +116,7 @@ def test_keep_last_k_never_deletes_the_only_complete_checkpoint(finished, tmp_pa
     assert checkpoint.latest(root).name == "step-00000012"
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(small_data, tmp_path):
     """10 seeded trials: SIGKILL at a random moment or right when a checkpoint save is in progress; every resume
     succeeds and the final per-step losses equal an uninterrupted run's, bitwise."""
@@ -170,6 +174,7 @@ def _start_and_wait(recipe, run, rows):
     return p
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_exits_130_and_a_second_ctrl_c_stops_at_once(small_data, tmp_path):
     r = small_recipe(small_data, **{"train.steps": 400, "checkpoint.every": 50, "eval.every": 100})
     recipe = write_recipe(tmp_path / "r.toml", r)

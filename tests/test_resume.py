@@ -38,6 +38,7 @@ def uninterrupted(small_data, tmp_path_factory):
     return recipe, run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at,where", [(4, "phase 1"), (6, "exactly at the switch"), (8, "phase 2")])
 def test_resume_is_bitwise_identical(uninterrupted, tmp_path, stop_at, where):
     _, a = uninterrupted

@@ -19,10 +19,12 @@ MOE = {"model.moe_experts": 4, "model.moe_top_k": 2, "model.moe_ffn_dim": 32, "m
        "model.head_dim": 16, "model.tie_embeddings": False}
 
 
-@pytest.fixture(scope="module", params=["dense", "moe"])
+@pytest.fixture(scope="module", params=["dense", pytest.param("moe", marks=pytest.mark.slow)])  # moe: its own run
 def exported(request, small_data, tmp_path_factory):
+    if request.param == "dense":  # conftest's finished SMALL run and its export, only read here
+        return request.getfixturevalue("finished_run"), request.getfixturevalue("finished_export")
     tmp = tmp_path_factory.mktemp(f"sample-{request.param}")
-    _, run = train_small(small_data, tmp, **(MOE if request.param == "moe" else {}))
+    _, run = train_small(small_data, tmp, **MOE)
     r = run_cli("export", run, "--out", tmp / "export")
     assert r.returncode == 0, r.stderr
     return run, tmp / "export"
@@ -34,6 +36,7 @@ def _sample(path, *args):
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_greedy_equals_transformers_generate(exported):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     _, export = exported
@@ -50,6 +53,7 @@ def test_greedy_equals_transformers_generate(exported):
     assert ours["text"] == tok.decode(theirs)
 
 
+@pytest.mark.slow
 def test_a_run_directory_samples_like_its_export(exported):
     run, export = exported
     a = _sample(run, "--temperature", 0, "--max-new-tokens", 20)["samples"]
@@ -57,6 +61,7 @@ def test_a_run_directory_samples_like_its_export(exported):
     assert a[0]["token_ids"] == b[0]["token_ids"]
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_for_a_seed(exported):
     _, export = exported
     args = ("--temperature", 1.0, "--top-k", 50, "--top-p", 0.9, "--max-new-tokens", 25, "--num-samples", 2)
@@ -98,6 +103,7 @@ def test_top_k_and_top_p_filters():
     assert torch.allclose(filtered_logits(z, Sampling(temperature=2.0)), z / 2)
 
 
+@pytest.mark.slow
 def test_streams_to_a_terminal(exported):
     """On a terminal the prompt and the continuation are written as they come (a pseudo-terminal here)."""
     _, export = exported
@@ -121,6 +127,7 @@ def test_streams_to_a_terminal(exported):
     assert shown == PROMPT + expected + "\n"
 
 
+@pytest.mark.slow
 def test_bad_options_are_one_line_errors(exported, tmp_path):
     _, export = exported
     assert_one_line_error(run_cli("sample", export, "--top-p", "0"), 2, "--top-p")

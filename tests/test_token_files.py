@@ -54,6 +54,7 @@ def _first_loss(run):
     return next(x["loss"] for x in rows if x["kind"] == "train" and x["step"] == 1)
 
 
+@pytest.mark.slow
 def test_nanogpt_bins_train_like_the_same_text_prepared(small_data, tmp_path):
     train_bin, val_bin = _nanogpt_pair(small_data / "tokenizer.json", tmp_path)
     tok = str(small_data / "tokenizer.json")

@@ -48,6 +48,7 @@ def one_worker(tmp_path_factory):
     return tmp, recipe, _prepared(tmp / "one")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 3])
 def test_n_workers_prepare_the_same_data_as_one(one_worker, tmp_path, n):
     _, _, expected = one_worker
@@ -63,6 +64,7 @@ def test_n_workers_prepare_the_same_data_as_one(one_worker, tmp_path, n):
     assert not (tmp_path / "data" / ".prepare-work").exists()
 
 
+@pytest.mark.slow
 def test_merge_names_unfinished_units_and_a_rerun_finishes(one_worker, tmp_path):
     _, _, expected = one_worker
     recipe = _recipe(tmp_path, tmp_path / "data")
@@ -79,6 +81,7 @@ def test_merge_names_unfinished_units_and_a_rerun_finishes(one_worker, tmp_path)
     assert _prepared(tmp_path / "data") == expected
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_its_finished_units_and_the_rerun_gives_the_same_data(one_worker, tmp_path):
     _, _, expected = one_worker
     data = tmp_path / "data"
@@ -103,6 +106,7 @@ def test_bad_worker_options_are_one_line(tmp_path, bad):
     assert_one_line_error(run_cli("prepare", _recipe(tmp_path, tmp_path / "d"), *bad), 2, "--worker")
 
 
+@pytest.mark.slow
 def test_large_parquet_files_split_into_row_group_units(small_data, tmp_path):
     docs = _moby_docs() * 3
     pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet", row_group_size=10)
@@ -118,6 +122,7 @@ def test_large_parquet_files_split_into_row_group_units(small_data, tmp_path):
     assert one["splits"]["train"]["documents"] + one["splits"]["val"]["documents"] == len(docs)
 
 
+@pytest.mark.slow
 def test_torchrun_prepares_on_every_rank_and_trains_without_a_collective_timeout(one_worker, tmp_path):
     """Unprepared data under torchrun with distributed.timeout_s = 2, far shorter than training a BPE and tokenizing
     six files: both ranks tokenize their units, rank 0 merges, nobody waits in a collective meanwhile."""
@@ -136,6 +141,7 @@ def test_torchrun_prepares_on_every_rank_and_trains_without_a_collective_timeout
     assert _prepared(tmp_path / "again") == expected
 
 
+@pytest.mark.slow
 def test_streamed_hub_sources_give_the_same_data_and_keep_one_file_on_disk(small_data, tmp_path, monkeypatch):
     """data.stream: hub files are listed with their sizes, downloaded one at a time when their unit (or the BPE
     sample) reads them, and deleted after; the data equals that of the same files read locally."""
@@ -178,6 +184,7 @@ def test_a_merge_before_any_worker_names_every_unit_and_trains_no_tokenizer(tmp_
     assert "training a byte-level BPE" not in r.stderr and not (tmp_path / "d" / ".prepare-work" / "tokenizer.json").exists()
 
 
+@pytest.mark.slow
 def test_prepare_never_imports_torch(one_worker):
     """Every worker and the merge start in a fraction of a second: importing torch alone costs about one."""
     tmp, recipe, _ = one_worker
@@ -203,6 +210,7 @@ print("4242")
 '''
 
 
+@pytest.mark.slow
 def test_the_slurm_example_script_prepares_the_same_data(one_worker, tmp_path):
     """examples/slurm-prepare.sh, with a fake sbatch that runs its jobs here: 3 array tasks, then the merge."""
     _, _, expected = one_worker
@@ -224,6 +232,7 @@ def test_the_slurm_example_script_prepares_the_same_data(one_worker, tmp_path):
     assert _prepared(tmp_path / "data") == expected
 
 
+@pytest.mark.slow
 def test_a_merge_cut_short_during_install_finishes_on_the_rerun(one_worker, tmp_path, monkeypatch):
     """Killed after the shards moved into the data directory but before the manifest: the re-run neither deletes
     the moved shards nor makes another tokenizer, and gives the same data."""
@@ -248,6 +257,7 @@ def test_a_merge_cut_short_during_install_finishes_on_the_rerun(one_worker, tmp_
     assert _prepared(tmp_path / "data") == expected
 
 
+@pytest.mark.slow
 def test_a_unit_claimed_by_another_process_is_waited_for_then_taken_over(one_worker, tmp_path):
     """A second process on the same work (a requeued task, a lone `tst prepare` beside an array) never writes a
     unit another process holds; once the holder is gone without finishing it, the unit is taken over."""
