@@ -1,11 +1,11 @@
-"""`tst eval` across ranks: whole batches dealt to the ranks (balanced by tokens), the scores gathered, and every
-number equal to one process's, bit for bit; rank 1 really scores its share."""
+"""`tst eval` and the in-loop benchmarks across ranks: whole batches dealt to the ranks (balanced by tokens), the
+scores gathered, and every number equal to one process's, bit for bit; rank 1 really scores its share."""
 import json
 import re
 
 import pytest
 
-from conftest import MOBY, SHARED, run_cli, train_small
+from conftest import MOBY, SHARED, run_cli, small_recipe, train_small, write_recipe
 from test_distributed import torchrun
 from tstcli.parallel.dealing import Share, deal
 from tstcli.parallel.world import World
@@ -65,3 +65,33 @@ def test_two_processes_give_one_process_json_and_samples_bitwise(run_dir, tmp_pa
     assert first > 0 and second > 0 and first + second == total
     out = json.loads(two.stdout)
     assert out["heldout"]["val_loss"] > 0 and all(r["n"] > 0 for r in out["results"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sets", [
+    ['distributed.strategy="ddp"'],
+    ['distributed.strategy="fsdp"'],
+    # FSDP2 gathers bf16 weights for training's forward; the benchmarks still score the fp32 weights, as tst eval
+    ['distributed.strategy="fsdp"', 'train.dtype="bf16"', 'distributed.activation_checkpointing="selective"'],
+], ids=["ddp", "fsdp", "fsdp-bf16-checkpointed"])
+def test_in_loop_benchmarks_on_every_rank_equal_tst_eval_of_the_checkpoint(small_data, tmp_path, sets):
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 6}))
+    run = tmp_path / "run"
+    r = torchrun(2, "train", recipe, "--run-dir", run, *[a for s in sets for a in ("--set", s)],
+                 "--set", 'eval.bench=["arc_easy", "hellaswag"]', "--set", "eval.bench_limit=20",
+                 "--set", "eval.bench_every=3", "--set", f'eval.bench_data_dir="{SHARED}"',
+                 "--set", "checkpoint.every=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    per_rank = _scored_per_rank(r.stderr, "requests")
+    assert len(per_rank) == 2 and all(second > 0 for _, _, second in per_rank), "rank 1 scored its share"
+    bench = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    bench = [b for b in bench if b["kind"] == "bench"]
+    assert sorted({b["step"] for b in bench}) == [3, 6]
+    for step in (3, 6):
+        out = run_cli("eval", run, "--step", step, "--bench", "arc_easy,hellaswag", "--limit", 20,
+                      "--data-dir", SHARED, "--json")
+        assert out.returncode == 0, out.stderr
+        ref = json.loads(out.stdout)["results"]
+        got = {b["task"]: b for b in bench if b["step"] == step}
+        assert {t: (g["n"], g["acc"], g["acc_norm"]) for t, g in got.items()} == \
+            {t: (x["n"], x["acc"], x["acc_norm"]) for t, x in ref.items()}
