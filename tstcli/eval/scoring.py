@@ -32,17 +32,22 @@ def encode_pair(encode, context: str, continuation: str, prefix_id: int) -> tupl
     return ctx, whole[len(ctx):]
 
 
-@torch.no_grad()
-def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: int, batch_size: int,
-                   desc: str = "score", share=None) -> list[float]:
-    """The log-likelihood of each request's continuation. With a `share` (`parallel.dealing.Share`) this rank
-    scores the batches dealt to it, whole, and every rank gets all the scores: the same numbers, bit for bit."""
+def batches_of(requests: list[tuple[list[int], list[int]]], max_len: int, batch_size: int) -> tuple[dict, list]:
+    """({model input: [(continuation, request index)]}, the model inputs longest first cut into batches)."""
     groups: dict[tuple[int, ...], list[tuple[list[int], int]]] = {}
     for i, (ctx, cont) in enumerate(requests):
         whole = (ctx + cont)[-(max_len + 1):]
         groups.setdefault(tuple(whole[:-1]), []).append((cont, i))
     order = sorted(groups, key=lambda inp: -len(inp))
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return groups, [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: int, batch_size: int,
+                   desc: str = "score", share=None) -> list[float]:
+    """The log-likelihood of each request's continuation. With a `share` (`parallel.dealing.Share`) this rank
+    scores the batches dealt to it, whole, and every rank gets all the scores: the same numbers, bit for bit."""
+    groups, batches = batches_of(requests, max_len, batch_size)
     mine, pads = range(len(batches)), 0
     if share is not None:  # the cost of a batch: the positions its forward pass computes, padding included
         mine, pads = share.take([len(b) * len(b[0]) for b in batches])
