@@ -93,7 +93,8 @@ def test_fsdp_compiled_per_block_bf16_with_activation_checkpointing(one_process,
 
 
 def test_in_loop_benchmarks_under_fsdp_equal_tst_eval_of_the_checkpoint(one_process, tmp_path):
-    """Under FSDP2 the full weights are gathered for rank 0 to score: the rows equal `tst eval` of the checkpoint."""
+    """Under FSDP2 every rank scores its share, one block gathered at a time: the rows equal `tst eval` of the
+    checkpoint."""
     from conftest import SHARED
     recipe, _ = one_process
     run = tmp_path / "run"

@@ -59,18 +59,33 @@ class HeldOut:
 
 
 @torch.no_grad()
-def heldout_loss(ce_of, rows: torch.Tensor, batch_size: int) -> HeldOut:
-    """Row-weighted mean of `ce_of(batch)` (a next-token CE) over `rows` of L+1 tokens, `batch_size` at a time."""
-    total = 0.0
-    for i in range(0, len(rows), batch_size):
+def heldout_loss(ce_of, rows: torch.Tensor, batch_size: int, share=None) -> HeldOut:
+    """Row-weighted mean of `ce_of(batch)` (a next-token CE) over `rows` of L+1 tokens, `batch_size` at a time.
+    With a `share` (`parallel.dealing.Share`) this rank scores the micro-batches dealt to it and the terms are
+    summed in the single-process order: the same number, bit for bit."""
+    starts = range(0, len(rows), batch_size)
+    mine, pads = starts, 0
+    if share is not None:
+        taken, pads = share.take([batch_size] * len(starts))
+        mine = [starts[k] for k in taken]
+    terms = {}
+    for i in mine:
         part = rows[i:i + batch_size]
-        total += ce_of(part).item() * len(part)
+        terms[i] = ce_of(part).item() * len(part)
+    for _ in range(pads):  # a collective forward pass: as many as the busiest rank, results dropped
+        ce_of(rows[:batch_size])
+    if share is not None:
+        terms = share.gather(terms)
+    total = 0.0
+    for i in starts:
+        total += terms[i]
     return HeldOut(total / len(rows), len(rows), len(rows) * (rows.shape[1] - 1))
 
 
 def next_token_loss(model: Llama, rows: torch.Tensor, batch_size: int, amp_dtype=None,
-                    chunk_size: int = TrainConfig.loss_chunk_size) -> HeldOut:
+                    chunk_size: int = TrainConfig.loss_chunk_size, share=None) -> HeldOut:
     """Held-out loss of a plain model (no training engine around it): `tst eval`, tests."""
     spec, loss = PhaseSpec.next_token(rows.shape[1] - 1), LossSpec("mce", None, chunk_size)
     device = model.get_input_embeddings().weight.device  # the rows go where the model is (a GPU for `tst eval`)
-    return heldout_loss(lambda part: phase_loss(model, part.to(device), spec, loss, amp_dtype), rows, batch_size)
+    return heldout_loss(lambda part: phase_loss(model, part.to(device), spec, loss, amp_dtype), rows, batch_size,
+                        share)

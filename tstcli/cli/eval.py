@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +35,7 @@ def eval_(
     from tstcli.cli.report import eval_lines
     from tstcli.eval.evaluation import run_evaluation
     from tstcli.eval.tasks import parse_bench
+    from tstcli.parallel.world import shutdown, world_from_env
     from tstcli.run import placement
 
     names = parse_bench(bench) if bench else []
@@ -41,9 +43,15 @@ def eval_(
         raise UsageError(f"--limit {limit}: expected a positive number of items")
     if num_fewshot < 0 or batch_size < 1:
         raise UsageError("--num-fewshot must be >= 0 and --batch-size >= 1")
-    where = placement.resolve(device, dtype)
-    out, rows = run_evaluation(path, step, names, limit, num_fewshot, data_dir or eval_data_dir(), batch_size, corpus,
-                               log, where)
+    world = world_from_env(os.environ)  # under torchrun every rank scores its share; rank 0 alone writes
+    where = placement.resolve(device, dtype, world.local_rank if world.distributed else None)
+    try:
+        out, rows = run_evaluation(path, step, names, limit, num_fewshot, data_dir or eval_data_dir(), batch_size,
+                                   corpus, log if world.main else lambda _: None, world, where)
+    finally:
+        shutdown()
+    if not world.main:
+        return
     if samples and names:
         samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     emit(out, json_, eval_lines(out))

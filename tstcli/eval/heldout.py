@@ -1,4 +1,5 @@
-"""Held-out loss in `tst eval`, through the same function and on the same rows as training's validation."""
+"""Held-out loss in `tst eval`, through the same function and on the same rows as training's validation (under
+torchrun: the micro-batches dealt to the ranks, `share`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,19 +14,19 @@ from tstcli.run import rundir
 from tstcli.run.load import LoadedModel
 
 
-def run_heldout(lm: LoadedModel) -> dict:
+def run_heldout(lm: LoadedModel, share=None) -> dict:
     """A run's held-out loss as its training measured it: the recipe's held-out rows (eval.batches x
     train.batch_size rows of seq_len+1 from the start of the validation split), its micro-batch and compute dtype."""
     r = lm.recipe
     data_dir, _ = rundir.run_data_dir(lm.run_dir)  # exit 3 if it no longer holds the data the run recorded
     rows = torch.from_numpy(open_prepared(data_dir).heldout_batch(r))  # the rows training's validation scores
     amp = torch.bfloat16 if r.train.dtype == "bf16" else None
-    h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp, r.train.loss_chunk_size)
+    h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp, r.train.loss_chunk_size, share)
     return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens,
             "scored": "the run's held-out rows, as training's validation scores them"}
 
 
-def corpus_heldout(lm: LoadedModel, corpus: Path, batch_size: int, max_rows: int = 256) -> dict:
+def corpus_heldout(lm: LoadedModel, corpus: Path, batch_size: int, max_rows: int = 256, share=None) -> dict:
     """Next-token loss on a given corpus (any `tst prepare` source), documents joined by the end-of-text token and
     cut into rows of the model's context + 1 (at most 1,024), at most `max_rows` of them (fp32)."""
     L = min(lm.max_len, 1024)
@@ -42,5 +43,5 @@ def corpus_heldout(lm: LoadedModel, corpus: Path, batch_size: int, max_rows: int
     if n == 0:
         raise DataError(f"--corpus {corpus}: fewer than {width} tokens, not one row of the model's context")
     rows = torch.tensor(stream[: n * width], dtype=torch.long).view(n, width)
-    h = next_token_loss(lm.model, rows, batch_size)
+    h = next_token_loss(lm.model, rows, batch_size, share=share)
     return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens, "corpus": str(corpus)}

@@ -74,8 +74,8 @@ def _fewshot_prefixes(task: Task, docs: list[Doc], shots_pool: list[Doc] | None,
 
 
 def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: Path, limit: int | None,
-             num_fewshot: int, batch_size: int) -> tuple[dict, list[dict], dict]:
-    """Returns (metrics, per-item samples, {data file: sha256})."""
+             num_fewshot: int, batch_size: int, share=None) -> tuple[dict, list[dict], dict]:
+    """Returns (metrics, per-item samples, {data file: sha256}); `share`: this rank's part (see `loglikelihoods`)."""
     subjects = task.subjects or ("",)
     items, files = [], {}
     for subject in subjects:
@@ -98,7 +98,7 @@ def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: 
         for ctx, cont in pairs:
             requests.append(encode_pair(encode, ctx, cont, prefix_id))
             owners.append(n)
-    lls = loglikelihoods(model, requests, max_len, batch_size, desc=task.name)
+    lls = loglikelihoods(model, requests, max_len, batch_size, desc=task.name, share=share)
     per_item: list[list[float]] = [[] for _ in items]
     for n, ll in zip(owners, lls):
         per_item[n].append(ll)
@@ -156,10 +156,11 @@ def check_available(names: list[str], data_dir: Path) -> None:
 
 
 def evaluate(model, encode, prefix_id: int, max_len: int, names: list[str], data_dir: Path, limit: int | None,
-             num_fewshot: int, batch_size: int) -> tuple[dict, list[dict], dict]:
+             num_fewshot: int, batch_size: int, share=None) -> tuple[dict, list[dict], dict]:
     results, samples, files = {}, [], {}
     for task in resolve(names):
-        res, s, f = run_task(task, model, encode, prefix_id, max_len, data_dir, limit, num_fewshot, batch_size)
+        res, s, f = run_task(task, model, encode, prefix_id, max_len, data_dir, limit, num_fewshot, batch_size,
+                             share)
         results[task.name], files = res, {**files, **f}
         samples += s
     return results, samples, files

@@ -84,6 +84,18 @@ class Engine:
             self._step_fns[phase] = torch.compile(f, dynamic=False) if whole else f
         return self._step_fns[phase]
 
+    def scoring_model(self) -> nn.Module:
+        """The model to score with outside a training step, on every rank (in-loop benchmarks): the model itself;
+        under FSDP2 a plain fp32 copy of the root whose blocks gather their weights one at a time
+        (`parallel/gathered.py`), so each forward is a collective every rank must run as often."""
+        if not self.fsdp:
+            return self.objective.model
+        from tstcli.parallel.gathered import gathered_model
+
+        # After a forward without a backward (validation) the root stays unsharded, in the gathering dtype.
+        self.module.reshard()
+        return gathered_model(self.objective.model)
+
     def gradient_sync(self, enabled: bool):
         """Context for one micro-batch: with `enabled` False, gradients accumulate locally (no communication)."""
         if isinstance(self.module, nn.parallel.DistributedDataParallel):

@@ -31,8 +31,9 @@ class Placement:
 CPU_FP32 = Placement(torch.device("cpu"), torch.float32)
 
 
-def resolve(device: str = "auto", dtype: str = "auto") -> Placement:
-    """The placement `--device` and `--dtype` ask for; a GPU asked for on a machine without one is a usage error."""
+def resolve(device: str = "auto", dtype: str = "auto", local_rank: int | None = None) -> Placement:
+    """The placement `--device` and `--dtype` ask for (under torchrun, the GPU of this process's `local_rank`); a
+    GPU asked for on a machine without one is a usage error."""
     if device not in DEVICES:
         raise UsageError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
     if dtype != "auto" and dtype not in DTYPES:
@@ -41,9 +42,8 @@ def resolve(device: str = "auto", dtype: str = "auto") -> Placement:
     if device == "cuda" and not has_gpu:
         raise UsageError("--device cuda: no CUDA GPU is visible to this process (torch.cuda.is_available() is "
                          "False); use --device cpu")
-    # The current GPU: under torchrun, the one `tstcli.parallel.world.start` chose for this rank.
-    where = (torch.device("cuda", torch.cuda.current_device()) if device == "cuda" or (device == "auto" and has_gpu)
-             else torch.device("cpu"))
+    gpu = torch.cuda.current_device() if local_rank is None else local_rank
+    where = torch.device("cuda", gpu) if device == "cuda" or (device == "auto" and has_gpu) else torch.device("cpu")
     if dtype == "auto":
         dtype = "bf16" if where.type == "cuda" else "fp32"
     return Placement(where, DTYPES[dtype])
