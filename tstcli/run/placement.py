@@ -42,8 +42,9 @@ def resolve(device: str = "auto", dtype: str = "auto", local_rank: int | None = 
     if device == "cuda" and not has_gpu:
         raise UsageError("--device cuda: no CUDA GPU is visible to this process (torch.cuda.is_available() is "
                          "False); use --device cpu")
-    gpu = torch.cuda.current_device() if local_rank is None else local_rank
-    where = torch.device("cuda", gpu) if device == "cuda" or (device == "auto" and has_gpu) else torch.device("cpu")
+    where = torch.device("cpu")
+    if device == "cuda" or (device == "auto" and has_gpu):
+        where = torch.device("cuda", torch.cuda.current_device() if local_rank is None else local_rank)
     if dtype == "auto":
         dtype = "bf16" if where.type == "cuda" else "fp32"
     return Placement(where, DTYPES[dtype])
