@@ -9,9 +9,9 @@ _tst() {
         prepare) opts="--set --force --verify --worker --workers --merge --json --help" ;;
         train) opts="--run-dir --set --dry-run --nproc --json --help" ;;
         resume) opts="--allow-changed-data --json --help" ;;
-        eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --corpus --samples --json --help" ;;
+        eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --corpus --samples --device --dtype --json --help" ;;
         export) opts="--out --step --dtype --force --push-to-hub --private --revision --json --help" ;;
-        sample) opts="--prompt --prompt-file --max-new-tokens --temperature --top-k --top-p --seed --num-samples --step --json --help" ;;
+        sample) opts="--prompt --prompt-file --max-new-tokens --temperature --top-k --top-p --seed --num-samples --step --device --dtype --json --help" ;;
         compare) opts="--x --out --reference --metric --json --help" ;;
     esac
     case "$prev" in
