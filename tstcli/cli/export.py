@@ -36,8 +36,9 @@ def export(
     refuse_overlap(out, run_dir)  # before loading anything: --force would delete the run
     res = write_export(run_dir, step, out, dtype, force)
     diff = res["self_test_max_abs_diff"]
-    check = (f"self-test: transformers' logits match the native model's (max |diff| {diff:.2e} <= 1e-4, fp32)"
-             if diff is not None else "self-test skipped: transformers is not installed (pip install 'tst[export]')")
+    check = ("self-test: weights equal the checkpoint's; " + (
+        f"transformers' logits match the native model's (max |diff| {diff:.2e} <= 1e-4, fp32)" if diff is not None
+        else "logits check skipped: transformers is not installed (pip install 'tst[export]')"))
     lines = [f"export: {out} ({dtype}) from {res['source']}", f"files: {', '.join(res['files'])}", check]
     if push_to_hub:
         from tstcli.export.hub import push
