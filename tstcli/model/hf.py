@@ -12,7 +12,6 @@ import torch
 
 from tstcli import __version__
 from tstcli.errors import CheckpointError, UsageError
-from tstcli.model.llama import Llama
 from tstcli.recipe import ModelConfig
 
 HF_NAMES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -62,16 +61,6 @@ def export_order(names) -> list[str]:
     return [n for n in first if n in names] + [n for n in names if n not in first]
 
 
-def hf_state_dict(model: Llama, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Native parameter names -> transformers' names (tied head left out)."""
-    architecture(model.cfg)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    out = {}
-    for name in export_order(params):
-        out.update(hf_pieces(name, params[name], model.cfg))
-    return {k: v.detach().to(dtype).contiguous().cpu() for k, v in out.items()}
-
-
 def native_target(name: str) -> tuple[str, int | None] | None:
     """Where a transformers tensor goes in the native model: (native name, expert index or None), transposed when
     it is an expert's matrix; None for a tensor the native model does not keep (RoPE's inverse frequencies)."""
@@ -95,25 +84,6 @@ def native_target(name: str) -> tuple[str, int | None] | None:
                 if rest.startswith(theirs + "."):
                     return f"layers.{i}.{ours}{rest[len(theirs):]}", None
     raise CheckpointError(f"unsupported tensor {name!r} in an export")
-
-
-def native_state_dict(hf: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
-    """transformers' names -> native names (the inverse of `hf_state_dict`; experts stacked back)."""
-    out, experts = {}, {}
-    for name, t in hf.items():
-        target = native_target(name)
-        if target is None:
-            continue
-        ours, e = target
-        if e is None:
-            out[ours] = t
-        else:
-            experts.setdefault(ours, {})[e] = t.t()
-    for key, per_expert in experts.items():
-        out[key] = torch.stack([per_expert[e] for e in sorted(per_expert)])
-    if tied:
-        out["output.weight"] = out["tok_embeddings.weight"]
-    return out
 
 
 def hf_config(m: ModelConfig, vocab_size: int, eot_id: int, dtype: torch.dtype) -> dict:

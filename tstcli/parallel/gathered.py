@@ -44,12 +44,8 @@ def gathered_model(model: Llama) -> Llama:
         plain = Llama(model.cfg, model.vocab_size)
     template = plain.layers[0]
     plain.layers = nn.ModuleList(_GatheringBlock(b, template) for b in model.layers)
-    plain.to_empty(device=model.rope_cos.device)  # the root only: the blocks hold no parameters
-    if model.cfg.tie_embeddings:  # to_empty gives each module a new parameter, untying them
-        plain.output.weight = plain.tok_embeddings.weight
+    plain.materialize(model.rope_cos.device, torch.float32)  # the root only: the blocks hold no parameters
     root = _full(model, skip="layers.")
     for name, p in plain.named_parameters():
         p.copy_(root[name])
-    plain.rope_cos.copy_(model.rope_cos)
-    plain.rope_sin.copy_(model.rope_sin)
     return plain.eval()

@@ -26,7 +26,7 @@ from tstcli.run.safetensors_stream import read_tensors
 
 @dataclass
 class LoadedModel:
-    model: Llama  # in eval mode, on `placement`
+    model: Llama  # in eval mode, on the device and in the dtype it was loaded for
     tokenizer: Tokenizer
     tokenizer_path: Path
     eot_id: int
@@ -34,7 +34,6 @@ class LoadedModel:
     source: str  # the checkpoint or export directory it came from
     run_dir: Path | None = None  # set for run directories
     recipe: Recipe | None = None  # the run's recipe (run directories only)
-    placement: Placement = CPU_FP32
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -99,7 +98,7 @@ def from_run(run_dir: Path, step: int | None, placement: Placement = CPU_FP32) -
     with pins.reading(lambda: checkpoint.find(run.checkpoints, step)) as ckpt:  # training may prune it meanwhile
         checkpoint.load_weights(ckpt, model)
     return LoadedModel(model.eval(), _tokenizer(run.tokenizer_path), run.tokenizer_path, run.eot_id,
-                       run.recipe.model.max_seq_len, str(ckpt), run_dir, run.recipe, placement)
+                       run.recipe.model.max_seq_len, str(ckpt), run_dir, run.recipe)
 
 
 def from_export(export_dir: Path, placement: Placement = CPU_FP32) -> LoadedModel:
@@ -131,8 +130,7 @@ def from_export(export_dir: Path, placement: Placement = CPU_FP32) -> LoadedMode
     model = empty_model(cfg, vocab, placement)
     _read_export_weights(export_dir, files, model)
     tok = export_dir / "tokenizer.json"
-    return LoadedModel(model.eval(), _tokenizer(tok), tok, eot, cfg.max_seq_len, str(export_dir),
-                       placement=placement)
+    return LoadedModel(model.eval(), _tokenizer(tok), tok, eot, cfg.max_seq_len, str(export_dir))
 
 
 def _read_export_weights(export_dir: Path, files: list[str], model: Llama) -> None:
