@@ -6,9 +6,11 @@ spreads them over ranks (issue 28).
 
 Builds every task's requests as `tst eval` does (the harness's prompts over the local files under ../shared/data,
 every item unless --limit; the runner's scoring call is replaced by a recorder, nothing is scored), cuts them into
-batches exactly as scoring does (`scoring.batches_of`: identical inputs merged, longest first, `--batch-size`),
-and prints per task: padding tokens / computed tokens (rows x width) sorted, the same in the items' own order for
-comparison, and for 2 and 8 ranks the busiest rank's computed tokens over the mean (`parallel.dealing.deal`).
+batches exactly as scoring does (`scoring.batches_of`: requests that share a context packed into one row, longest
+first, `--batch-size` rows), and prints per task: the positions the rows hold over the positions of every request
+scored alone (what sharing contexts saves), padding tokens / computed tokens (rows x width) sorted, the same in
+the items' own order for comparison, and for 2 and 8 ranks the busiest rank's computed tokens over the mean
+(`parallel.dealing.deal`).
 """
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ from tstcli.parallel.dealing import deal
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def padding(batches: list[list[tuple]]) -> tuple[int, int]:
+def padding(batches: list[list]) -> tuple[int, int]:
     """(real tokens, computed tokens) of right-padded batches."""
-    real = sum(len(inp) for b in batches for inp in b)
-    return real, sum(len(b) * max(len(inp) for inp in b) for b in batches)
+    real = sum(len(row) for b in batches for row in b)
+    return real, sum(len(b) * max(len(row) for row in b) for b in batches)
 
 
-def imbalance(batches: list[list[tuple]], ranks: int) -> float:
+def imbalance(batches: list[list], ranks: int) -> float:
     costs = [len(b) * len(b[0]) for b in batches]
     loads = [sum(costs[i] for i in mine) for mine in deal(costs, ranks)]
     return max(loads) / (sum(loads) / ranks)
@@ -57,19 +59,22 @@ def main() -> None:
     runner.loglikelihoods = record  # build the requests only: nothing is scored
     runner.evaluate(None, lambda text: tok.encode(text, add_special_tokens=False).ids, 0, args.max_len,
                     parse_bench(args.tasks), args.data_dir, args.limit, args.num_fewshot, args.batch_size)
-    print("| task | requests | model inputs | batches | padding, sorted | padding, item order | "
-          "busiest rank / mean, 2 ranks | 8 ranks |\n|---|---|---|---|---|---|---|---|")
+    print("| task | requests | rows | positions, shared / alone | batches | padding, sorted | padding, item order | "
+          "busiest rank / mean, 2 ranks | 8 ranks |\n|---|---|---|---|---|---|---|---|---|")
     for task, reqs in requests.items():
-        groups, batches = batches_of(reqs, args.max_len, args.batch_size)
-        inputs = list(groups)  # first-seen order: the items' own
-        unsorted = [inputs[i:i + args.batch_size] for i in range(0, len(inputs), args.batch_size)]
+        batches = batches_of(reqs, args.max_len, args.batch_size)
+        rows = [r for b in batches for r in b]
+        in_order = sorted(rows, key=lambda r: min(i for reqs in r.branches.values() for _, i in reqs))
+        unsorted = [in_order[i:i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
         (real, computed), (_, computed_unsorted) = padding(batches), padding(unsorted)
-        row = {"task": task, "requests": len(reqs), "inputs": len(groups), "batches": len(batches),
-               "padding_sorted": 1 - real / computed, "padding_item_order": 1 - real / computed_unsorted,
+        alone = sum(len((c + t)[-(args.max_len + 1):]) - 1 for c, t in reqs)
+        row = {"task": task, "requests": len(reqs), "rows": len(rows), "shared_over_alone": real / alone,
+               "batches": len(batches), "padding_sorted": 1 - real / computed,
+               "padding_item_order": 1 - real / computed_unsorted,
                "imbalance_2": imbalance(batches, 2), "imbalance_8": imbalance(batches, 8)}
-        print(f"| {task} | {len(reqs):,} | {len(groups):,} | {len(batches):,} | {row['padding_sorted']:.2%} | "
-              f"{row['padding_item_order']:.2%} | {row['imbalance_2']:.3f} | {row['imbalance_8']:.3f} |")
-
+        print(f"| {task} | {len(reqs):,} | {len(rows):,} | {row['shared_over_alone']:.3f} | {len(batches):,} | "
+              f"{row['padding_sorted']:.2%} | {row['padding_item_order']:.2%} | {row['imbalance_2']:.3f} | "
+              f"{row['imbalance_8']:.3f} |")
 
 if __name__ == "__main__":
     main()

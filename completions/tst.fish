@@ -30,7 +30,7 @@ complete -c tst -n '__fish_seen_subcommand_from eval' -l bench -r -d 'comma-sepa
 complete -c tst -n '__fish_seen_subcommand_from eval' -l limit -r -d 'first N items of each task (each MMLU subject)'
 complete -c tst -n '__fish_seen_subcommand_from eval' -l num-fewshot -r -d 'few-shot examples per prompt (default 0, as the paper)'
 complete -c tst -n '__fish_seen_subcommand_from eval' -l data-dir -r -a '(__fish_complete_directories)' -d 'benchmark files (shared data set layout)'
-complete -c tst -n '__fish_seen_subcommand_from eval' -l batch-size -r -d 'sequences per forward pass (benchmarks, --corpus)'
+complete -c tst -n '__fish_seen_subcommand_from eval' -l batch-size -r -d 'rows per forward pass (benchmarks - a context and its choices'
 complete -c tst -n '__fish_seen_subcommand_from eval' -l step -r -d 'checkpoint step of a run directory (default - latest)'
 complete -c tst -n '__fish_seen_subcommand_from eval' -l corpus -r -d 'held-out loss on this corpus (file or directory of .txt/.jsonl(.gz))'
 complete -c tst -n '__fish_seen_subcommand_from eval' -l samples -r -d 'write per-item results (JSON lines) here'

@@ -22,7 +22,8 @@ def eval_(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="benchmark files (shared data set layout); "
                                             "default $TST_EVAL_DATA or ~/.cache/tst/eval; HellaSwag, ARC and MMLU "
                                             "files not there come from the Hugging Face hub"),
-    batch_size: int = typer.Option(32, "--batch-size", help="sequences per forward pass (benchmarks, --corpus)"),
+    batch_size: int = typer.Option(32, "--batch-size",
+                                   help="rows per forward pass (benchmarks: a context and its choices; --corpus)"),
     step: Optional[int] = typer.Option(None, "--step", help="checkpoint step of a run directory (default: latest)"),
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="held-out loss on this corpus (file or directory of "
                                           ".txt/.jsonl[.gz]); default for a run: its validation split"),

@@ -18,7 +18,8 @@ from tstcli.run.placement import CPU_FP32, Placement
 def run_evaluation(path: Path, step: int | None, names: list[str], limit: int | None, num_fewshot: int,
                    data_dir: Path, batch_size: int, corpus: Path | None, log,
                    world: World = World(), placement: Placement = CPU_FP32) -> tuple[dict, list[dict]]:
-    torch.use_deterministic_algorithms(True)
+    if placement.device.type != "cpu":  # CPU kernels are deterministic already; the switch imports inductor (~0.5 s)
+        torch.use_deterministic_algorithms(True)
     lm = load_model(path, step, placement)
     if lm.recipe is not None and lm.recipe.train.threads:  # the run's thread count: the same float summation order
         torch.set_num_threads(lm.recipe.train.threads)

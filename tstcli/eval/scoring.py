@@ -4,16 +4,19 @@
   continuation is what follows the context's own encoding (the harness's context/continuation token split).
 - Inputs are `(context + continuation)[-(max_len + 1):][:-1]`; the continuation's log-probability is the sum of
   log-softmax scores of its tokens.
-- Fast paths that keep results exact: requests are sorted by length (longest first) and batched with right
-  padding (causal attention never looks right); requests whose model inputs are identical — all choices of an
-  MMLU question, whose continuations are one token each — share one forward pass; only the positions that predict
-  continuation tokens go through the output head and the log-softmax.
+- Fast paths that keep results exact: requests that share a context share its positions. A row is the context
+  once, then each distinct continuation (without its last token) after it, each at the positions it would have
+  alone and seeing only the context and itself (`Llama.forward`'s `positions` and `mask`): HellaSwag's four
+  endings or ARC's choices cost the context once, and all choices of an MMLU question (one token each) are one
+  plain sequence. Rows are sorted by length (longest first) and batched with right padding (no query looks
+  right); only the positions that predict continuation tokens go through the output head and the log-softmax.
 - Across ranks (`share`), the batches above are dealt whole to the ranks, balanced by the positions they compute,
   and the scores gathered: every number is the one a single process computes.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +35,48 @@ def encode_pair(encode, context: str, continuation: str, prefix_id: int) -> tupl
     return ctx, whole[len(ctx):]
 
 
-def batches_of(requests: list[tuple[list[int], list[int]]], max_len: int, batch_size: int) -> tuple[dict, list]:
-    """({model input: [(continuation, request index)]}, the model inputs longest first cut into batches)."""
-    groups: dict[tuple[int, ...], list[tuple[list[int], int]]] = {}
+@dataclass
+class Row:
+    """One row of a batch: a shared `prefix` and the `branches` after it, each {its input tokens: [(continuation,
+    request index)]}. A request's own sequence is the prefix followed by its branch's tokens; its continuation's
+    scores come from the last len(continuation) positions of that sequence."""
+    prefix: tuple[int, ...]
+    branches: dict[tuple[int, ...], list[tuple[list[int], int]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prefix) + sum(len(b) for b in self.branches)
+
+    @property
+    def plain(self) -> bool:
+        """One branch or none: an ordinary sequence, causal attention and positions 0..n-1."""
+        return len(self.branches) <= 1
+
+
+def rows_of(requests: list[tuple[list[int], list[int]]], max_len: int) -> list[Row]:
+    """Requests packed into rows of at most `max_len` positions, longest first."""
+    shared: dict[tuple[int, ...], dict[tuple[int, ...], list]] = {}
     for i, (ctx, cont) in enumerate(requests):
-        whole = (ctx + cont)[-(max_len + 1):]
-        groups.setdefault(tuple(whole[:-1]), []).append((cont, i))
-    order = sorted(groups, key=lambda inp: -len(inp))
-    return groups, [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        if ctx and len(ctx) + len(cont) <= max_len + 1:
+            prefix, branch = tuple(ctx), tuple(cont[:-1])
+        else:  # the window cuts the context (or there is none): the request's own input, shared only if identical
+            prefix, branch = tuple((ctx + cont)[-(max_len + 1):][:-1]), ()
+        shared.setdefault(prefix, {}).setdefault(branch, []).append((cont, i))
+    rows = []
+    for prefix, branches in shared.items():
+        row = Row(prefix)
+        for branch, reqs in branches.items():
+            if row.branches and len(row) + len(branch) > max_len:  # full: the same prefix again in a new row
+                rows.append(row)
+                row = Row(prefix)
+            row.branches[branch] = reqs
+        rows.append(row)
+    return sorted(rows, key=lambda r: -len(r))
+
+
+def batches_of(requests: list[tuple[list[int], list[int]]], max_len: int, batch_size: int) -> list[list[Row]]:
+    """The rows of `requests`, longest first, cut into batches of `batch_size`."""
+    rows = rows_of(requests, max_len)
+    return [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
 
 
 @torch.no_grad()
@@ -47,16 +84,17 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: 
                    desc: str = "score", share=None) -> list[float]:
     """The log-likelihood of each request's continuation. With a `share` (`parallel.dealing.Share`) this rank
     scores the batches dealt to it, whole, and every rank gets all the scores: the same numbers, bit for bit."""
-    groups, batches = batches_of(requests, max_len, batch_size)
+    batches = batches_of(requests, max_len, batch_size)
     mine, pads = range(len(batches)), 0
     if share is not None:  # the cost of a batch: the positions its forward pass computes, padding included
         mine, pads = share.take([len(b) * len(b[0]) for b in batches])
     out: dict[int, float] = {}
     device = next(model.parameters()).device
-    bar = tqdm(total=sum(len(groups[inp]) for k in mine for inp in batches[k]), desc=desc, unit="req",
-               disable=not sys.stderr.isatty() or (share is not None and not share.world.main), file=sys.stderr)
+    bar = tqdm(total=sum(len(reqs) for k in mine for row in batches[k] for reqs in row.branches.values()),
+               desc=desc, unit="req", file=sys.stderr,
+               disable=not sys.stderr.isatty() or (share is not None and not share.world.main))
     for k in mine:
-        _score(model, batches[k], groups, device, out, bar)
+        _score(model, batches[k], device, out, bar)
     for _ in range(pads):  # the forward pass is a collective here: as many as the busiest rank, results dropped
         model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
     bar.close()
@@ -65,26 +103,47 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: 
     return [out[i] for i in range(len(requests))]
 
 
-def _score(model, batch: list[tuple[int, ...]], groups: dict, device, out: dict, bar) -> None:
-    """Score one batch of model inputs (right-padded) into `out[request index]`."""
-    width = max(len(inp) for inp in batch)
+def _layout(batch: list[Row]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list]:
+    """(input ids, positions, mask — None when every row is plain —, [(positions to score, continuation, request
+    index)]) of a batch of rows, right-padded to the longest."""
+    width = len(batch[0])
     ids = torch.zeros((len(batch), width), dtype=torch.long)
-    for j, inp in enumerate(batch):
-        ids[j, :len(inp)] = torch.tensor(inp, dtype=torch.long)
-    hidden = model(input_ids=ids.to(device))
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    segment = torch.full((len(batch), width), -1, dtype=torch.long)  # 0: the prefix, k: branch k, -1: padding
+    picks = []
+    for j, row in enumerate(batch):
+        p = len(row.prefix)
+        ids[j, :p], positions[j, :p], segment[j, :p] = torch.tensor(row.prefix), torch.arange(p), 0
+        at = p
+        for k, (branch, reqs) in enumerate(row.branches.items(), start=1):
+            e = len(branch)
+            ids[j, at:at + e] = torch.tensor(branch, dtype=torch.long)
+            positions[j, at:at + e] = torch.arange(p, p + e)
+            segment[j, at:at + e] = 0 if row.plain else k
+            own = [*range(p), *range(at, at + e)]  # the request's own sequence, as indices into the row
+            for cont, i in reqs:
+                n = min(len(cont), len(own))  # a continuation longer than the window: its last tokens only
+                picks.append(([j * width + x for x in own[len(own) - n:]], cont[len(cont) - n:], i))
+            at += e
+    if all(row.plain for row in batch):
+        return ids, None, None, picks
+    q, kv = segment[:, :, None], segment[:, None, :]
+    mask = ((kv == 0) | (kv == q)) & torch.ones(width, width, dtype=torch.bool).tril()
+    return ids, positions, mask[:, None], picks
+
+
+def _score(model, batch: list[Row], device, out: dict, bar) -> None:
+    """Score one batch of rows into `out[request index]`."""
+    ids, positions, mask, picks = _layout(batch)
+    if positions is not None:
+        positions, mask = positions.to(device), mask.to(device)
+    hidden = model(input_ids=ids.to(device), positions=positions, mask=mask)
     # Only the positions that predict continuation tokens go through the output head and the log-softmax
     # (most of a request is context): the same numbers for a fraction of the head's work.
-    picks, targets, owners = [], [], []
-    for j, inp in enumerate(batch):
-        for cont, i in groups[inp]:
-            n = min(len(cont), len(inp))  # a continuation longer than the window: its last tokens only
-            picks.append(hidden[j, len(inp) - n:len(inp)])
-            targets.append(torch.tensor(cont[-n:], dtype=torch.long, device=device))
-            owners.append(i)
-    logp = F.log_softmax(model.logits(torch.cat(picks)).float(), dim=-1)
-    scores = logp.gather(-1, torch.cat(targets)[:, None]).squeeze(-1)
-    start_row = 0
-    for t, i in zip(targets, owners):
-        out[i] = scores[start_row:start_row + len(t)].sum().item()
-        start_row += len(t)
-        bar.update(1)
+    rows = torch.tensor([x for at, _, _ in picks for x in at], dtype=torch.long, device=device)
+    targets = torch.tensor([t for _, cont, _ in picks for t in cont], dtype=torch.long, device=device)
+    logp = F.log_softmax(model.logits(hidden.flatten(0, 1)[rows]).float(), dim=-1)
+    scores = logp.gather(-1, targets[:, None]).squeeze(-1).split([len(at) for at, _, _ in picks])
+    for (_, _, i), ll in zip(picks, torch.stack([s.sum() for s in scores]).tolist()):  # one copy to the host
+        out[i] = ll
+    bar.update(len(picks))

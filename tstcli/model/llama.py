@@ -21,8 +21,10 @@ from tstcli.recipe import ModelConfig
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    # On the CPU even under a meta-device context: meta arithmetic imports torch._dynamo (~0.5 s), and the tables
+    # are small and recomputed where the model is materialised.
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32, device="cpu"), inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
 
@@ -45,7 +47,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: BlockCache | None = None) -> torch.Tensor:
+                cache: BlockCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv, self.head_dim)
@@ -56,11 +58,11 @@ class Attention(nn.Module):
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        mask, causal = None, True
+        causal = mask is None  # an explicit mask (B, 1, T, T) replaces the causal one
         if cache is not None:  # attend to the cached positions too: query i sits at position S - T + i
             k, v = cache.append(k, v)
             S, causal = k.shape[2], False
-            if T > 1:
+            if T > 1 and mask is None:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
@@ -81,9 +83,9 @@ class Block(nn.Module):
                                             cfg.moe_norm_topk, cfg.moe_shared_ffn_dim) if self.moe
                              else SwiGLU(cfg.dim, cfg.intermediate))
 
-    def forward(self, x, cos, sin, cache: BlockCache | None = None):
+    def forward(self, x, cos, sin, cache: BlockCache | None = None, mask: torch.Tensor | None = None):
         """(output, RouterStats of this block or None when dense)."""
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, mask)
         if self.moe:
             y, stats = self.feed_forward(self.ffn_norm(x))
             return x + y, stats
@@ -130,17 +132,22 @@ class Llama(nn.Module):
         return self.tok_embeddings
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                with_aux: bool = False, cache: KVCache | None = None):
+                with_aux: bool = False, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None):
         """Final hidden states (B, T, dim) from token ids (B, T) or input embeddings (B, T, dim); with `with_aux`,
         also the model's `AuxOutput` (for a mixture of experts: the routers' losses and statistics averaged over
         its blocks; empty for a dense model). With a `cache` (generation), the T positions continue those cached
-        and are appended to it."""
+        and are appended to it. Several sequences packed in one row: `positions` (B, T), each token's position in
+        its own sequence, and `mask` (B, 1, T, T, bool), which keys each query may see, in place of causal."""
         h = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         start, T = (cache.pos if cache is not None else 0), h.shape[1]
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if positions is None:
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        else:  # (B, 1, T, head_dim): broadcast over the heads
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
         total = None
         for i, layer in enumerate(self.layers):
-            h, stats = layer(h, cos, sin) if cache is None else layer(h, cos, sin, cache.block(i))
+            h, stats = layer(h, cos, sin, None if cache is None else cache.block(i), mask)
             if stats is not None:
                 total = stats if total is None else total + stats
         if cache is not None:

@@ -36,7 +36,8 @@ def check_finite(named_tensors, where: Path) -> None:
     """Refuse weights holding NaN or infinity (a flipped exponent bit, a diverged save)."""
     for name, t in named_tensors:
         local = t.to_local() if hasattr(t, "to_local") else t
-        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+        # abs().amax() is NaN or infinite exactly when an element is, at half of isfinite().all()'s cost
+        if local.is_floating_point() and local.numel() and not bool(torch.isfinite(local.abs().amax())):
             raise CheckpointError(f"{where}: weight {name} holds non-finite values (NaN or infinity); the checkpoint "
                                   "is damaged or was saved after divergence")
 

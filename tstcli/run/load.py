@@ -18,7 +18,7 @@ from tstcli import recipe as recipes
 from tstcli.errors import CheckpointError, DataError
 from tstcli.model import Llama
 from tstcli.recipe import Recipe
-from tstcli.run import checkpoint, pins, rundir
+from tstcli.run import pins, rundir
 from tstcli.run.integrity import check_finite, verify_files
 from tstcli.run.placement import CPU_FP32, Placement
 from tstcli.run.safetensors_stream import read_tensors
@@ -57,13 +57,18 @@ def read_manifest_copy(run_dir: Path) -> dict:
 
 def meta_model(cfg, vocab_size: int, dtype: torch.dtype = torch.float32) -> Llama:
     """The model's structure without storage (the meta device), its parameters in `dtype`."""
-    previous = torch.get_default_dtype()
+    previous, normal_ = torch.get_default_dtype(), torch.nn.init.normal_
     torch.set_default_dtype(dtype)
+    # nn.Embedding initialises itself with normal_, which on the meta device runs a reference implementation that
+    # imports torch._dynamo (~0.5 s of every `tst eval`); meta tensors hold no values to initialise (as transformers'
+    # no_init_weights does).
+    torch.nn.init.normal_ = lambda tensor, *args, **kwargs: tensor
     try:
         with torch.device("meta"):
             return Llama(cfg, vocab_size)
     finally:
         torch.set_default_dtype(previous)
+        torch.nn.init.normal_ = normal_
 
 
 def empty_model(cfg, vocab_size: int, placement: Placement) -> Llama:
@@ -93,6 +98,8 @@ def read_run(run_dir: Path) -> RunInfo:
 
 
 def from_run(run_dir: Path, step: int | None, placement: Placement = CPU_FP32) -> LoadedModel:
+    from tstcli.run import checkpoint  # torch.distributed.checkpoint takes ~0.6 s to import: not for an export
+
     run = read_run(run_dir)
     model = empty_model(run.recipe.model, run.vocab_size, placement)
     with pins.reading(lambda: checkpoint.find(run.checkpoints, step)) as ckpt:  # training may prune it meanwhile

@@ -1,0 +1,83 @@
+"""Log-likelihood scoring with shared contexts: each request's score equals scoring it alone, in a sequence of its
+own (the harness's way), to fp32 precision; rows are laid out as documented."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tstcli.eval.scoring import batches_of, loglikelihoods, rows_of
+from tstcli.model import Llama
+from tstcli.recipe import ModelConfig
+
+MAX_LEN = 48
+EPS = torch.finfo(torch.float32).eps
+
+
+def _model(**overrides) -> Llama:
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=MAX_LEN, **overrides)
+    model = Llama(cfg, 97)
+    model.init_weights(torch.Generator().manual_seed(0))
+    return model.eval()
+
+
+def _requests(rnd: random.Random) -> list[tuple[list[int], list[int]]]:
+    """Shared contexts with 1–5 continuations each (some one token, some repeated), contexts the window cuts,
+    an empty context, and requests alone."""
+    def toks(n):
+        return [rnd.randrange(97) for _ in range(n)]
+    out = []
+    for _ in range(12):
+        ctx = toks(rnd.randrange(1, 30))
+        conts = [toks(rnd.randrange(1, 9)) for _ in range(rnd.randrange(1, 6))]
+        out += [(ctx, c) for c in conts + conts[:1]]  # the first continuation twice: two requests, one branch
+    out += [(toks(MAX_LEN + 5), toks(3)), (toks(MAX_LEN - 2), toks(4)), ([], toks(5)), (toks(3), toks(MAX_LEN + 9))]
+    rnd.shuffle(out)
+    return out
+
+
+@torch.no_grad()
+def _alone(model: Llama, ctx: list[int], cont: list[int]) -> float:
+    """The harness's way: the request's own window, causal, the continuation's last positions."""
+    whole = (ctx + cont)[-(MAX_LEN + 1):]
+    inp = torch.tensor([whole[:-1]])
+    n = min(len(cont), inp.shape[1])
+    logp = F.log_softmax(model.logits(model(input_ids=inp))[0, -n:], dim=-1)
+    return logp.gather(-1, torch.tensor(cont[-n:])[:, None]).sum().item()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"qk_norm": True, "moe_experts": 4, "moe_top_k": 2}],
+                         ids=["dense", "moe"])
+def test_shared_contexts_score_as_if_alone(overrides):
+    model, requests = _model(**overrides), _requests(random.Random(1))
+    got = loglikelihoods(model, requests, MAX_LEN, batch_size=5)
+    for (ctx, cont), ll in zip(requests, got):
+        ref = _alone(model, ctx, cont)
+        # fp32: a sum of len(cont) log-probabilities, each off by a few ulps of the logits it came from
+        assert abs(ll - ref) <= 64 * EPS * (abs(ref) + len(cont)), (ctx, cont, ll, ref)
+
+
+def test_rows_hold_each_context_once_and_never_pass_the_window():
+    ctx, conts = list(range(10)), [[20, 21, 22], [30], [40, 41], [20, 21, 22]]
+    rows = rows_of([(ctx, c) for c in conts], MAX_LEN)
+    assert len(rows) == 1 and rows[0].prefix == tuple(ctx)
+    assert list(rows[0].branches) == [(20, 21), (), (40,)]  # a continuation's inputs: all but its last token
+    assert len(rows[0]) == 10 + 2 + 0 + 1 and not rows[0].plain
+    assert [i for reqs in rows[0].branches.values() for _, i in reqs] == [0, 3, 1, 2]
+    # more continuations than the window holds: the same prefix again in another row, each within the window
+    many = rows_of([(ctx, [50 + k] * 12) for k in range(10)], MAX_LEN)
+    assert len(many) > 1 and all(r.prefix == tuple(ctx) and len(r) <= MAX_LEN for r in many)
+    assert sum(len(r.branches) for r in many) == 10
+    # a context the window cuts is its own plain input; MMLU-like one-token choices are one plain row
+    cut = rows_of([(list(range(MAX_LEN + 3)), [7, 8])], MAX_LEN)
+    assert cut[0].plain and len(cut[0]) == MAX_LEN
+    mmlu = rows_of([(ctx, [c]) for c in (1, 2, 3, 4)], MAX_LEN)
+    assert len(mmlu) == 1 and mmlu[0].plain and list(mmlu[0].branches) == [()]
+
+
+def test_batches_are_longest_first():
+    requests = _requests(random.Random(2))
+    lengths = [len(r) for b in batches_of(requests, MAX_LEN, 4) for r in b]
+    assert lengths == sorted(lengths, reverse=True)
