@@ -20,6 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
         tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}")
+# The suite runs as many test processes as cores (pytest-xdist), each starting `tst` processes: one thread each, or
+# every OpenMP region of every process waits on threads whose cores the other processes hold (measured: `tst sample`
+# of a small export 4.7 s with two threads beside another busy process, 3.1 s with one). Before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # A test runner started in the background by a non-interactive shell (`pytest &` in a script) inherits SIGINT
 # ignored, and every `tst` it starts would too, so the Ctrl-C tests could not deliver one. They send it as a terminal
 # does to its foreground job: undo the inherited "ignore" (a caught signal is reset to the default in a child).

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tstcli.eval import scoring
 from tstcli.eval.scoring import batches_of, loglikelihoods, rows_of
 from tstcli.model import Llama
 from tstcli.recipe import ModelConfig
@@ -50,7 +51,10 @@ def _alone(model: Llama, ctx: list[int], cont: list[int]) -> float:
 
 @pytest.mark.parametrize("overrides", [{}, {"qk_norm": True, "moe_experts": 4, "moe_top_k": 2}],
                          ids=["dense", "moe"])
-def test_shared_contexts_score_as_if_alone(overrides):
+@pytest.mark.parametrize("chunk_rows", [None, 7], ids=["one-chunk", "7-position-chunks"])
+def test_shared_contexts_score_as_if_alone(overrides, chunk_rows, monkeypatch):
+    if chunk_rows:  # the output head and log-softmax a few positions at a time
+        monkeypatch.setattr(scoring, "logits_per_chunk", lambda device: 97 * chunk_rows)
     model, requests = _model(**overrides), _requests(random.Random(1))
     got = loglikelihoods(model, requests, MAX_LEN, batch_size=5)
     for (ctx, cont), ll in zip(requests, got):

@@ -3,6 +3,7 @@ the harness's way), score every choice, compute acc / acc_norm with the harness'
 by subject, category and overall (a micro-average over questions)."""
 from __future__ import annotations
 
+import functools
 import math
 import random
 from pathlib import Path
@@ -89,6 +90,7 @@ def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: 
         for doc, prefix in zip(docs, _fewshot_prefixes(task, docs, pool, num_fewshot, task.description(subject))):
             items.append((subject, doc, prefix))
     requests, owners, texts = [], [], []
+    encode = functools.lru_cache(maxsize=16)(encode)  # a question's choices share its context: encoded once
     for n, (_, doc, prefix) in enumerate(items):
         if isinstance(doc.context, list):  # one context per choice, the same continuation
             pairs = [(prefix + c, task.target_delimiter + doc.choices[0]) for c in doc.context]

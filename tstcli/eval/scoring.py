@@ -35,6 +35,12 @@ def encode_pair(encode, context: str, continuation: str, prefix_id: int) -> tupl
     return ctx, whole[len(ctx):]
 
 
+def logits_per_chunk(device: torch.device) -> int:
+    """Logits the output head and log-softmax compute at a time: on a CPU a chunk that stays in cache (8 MiB of
+    fp32; a whole batch's logits at once made HellaSwag ~10% slower), on a GPU 256 MiB (V = 128k: 512 positions)."""
+    return 1 << 21 if device.type == "cpu" else 1 << 26
+
+
 @dataclass
 class Row:
     """One row of a batch: a shared `prefix` and the `branches` after it, each {its input tokens: [(continuation,
@@ -136,14 +142,18 @@ def _score(model, batch: list[Row], device, out: dict, bar) -> None:
     """Score one batch of rows into `out[request index]`."""
     ids, positions, mask, picks = _layout(batch)
     if positions is not None:
+        # additive, in the compute dtype: SDPA would convert a boolean mask in every block
+        mask = torch.zeros(mask.shape, dtype=model.tok_embeddings.weight.dtype).masked_fill_(~mask, float("-inf"))
         positions, mask = positions.to(device), mask.to(device)
     hidden = model(input_ids=ids.to(device), positions=positions, mask=mask)
     # Only the positions that predict continuation tokens go through the output head and the log-softmax
     # (most of a request is context): the same numbers for a fraction of the head's work.
     rows = torch.tensor([x for at, _, _ in picks for x in at], dtype=torch.long, device=device)
     targets = torch.tensor([t for _, cont, _ in picks for t in cont], dtype=torch.long, device=device)
-    logp = F.log_softmax(model.logits(hidden.flatten(0, 1)[rows]).float(), dim=-1)
-    scores = logp.gather(-1, targets[:, None]).squeeze(-1).split([len(at) for at, _, _ in picks])
+    picked, step = hidden.flatten(0, 1)[rows], max(1, logits_per_chunk(device) // model.vocab_size)
+    scores = torch.cat([F.log_softmax(model.logits(picked[a:a + step]).float(), dim=-1)
+                        .gather(-1, targets[a:a + step, None]).squeeze(-1) for a in range(0, len(rows), step)])
+    scores = scores.split([len(at) for at, _, _ in picks])
     for (_, _, i), ll in zip(picks, torch.stack([s.sum() for s in scores]).tolist()):  # one copy to the host
         out[i] = ll
     bar.update(len(picks))

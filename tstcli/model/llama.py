@@ -109,9 +109,12 @@ class Llama(nn.Module):
     def materialize(self, device: torch.device, dtype: torch.dtype) -> "Llama":
         """A model built on the meta device, given uninitialised storage on `device` in `dtype` (weights are loaded
         next); the RoPE tables, which no checkpoint holds, recomputed there in fp32."""
-        self.to_empty(device=device)
-        self.to(dtype)  # parameters created on the meta device in `dtype` (see load.py): nothing is allocated twice
-        if self.cfg.tie_embeddings:  # to_empty gives each module its own storage: tie them again
+        # torch.empty rather than Module.to_empty, whose empty_like of a meta tensor imports torch's meta
+        # registrations and sympy (~0.4 s of every `tst eval`)
+        for module in self.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                setattr(module, name, nn.Parameter(torch.empty(p.shape, device=device, dtype=dtype), p.requires_grad))
+        if self.cfg.tie_embeddings:  # each module got its own storage: tie them again
             self.output.weight = self.tok_embeddings.weight
         cos, sin = rope_tables(self.cfg.head_size, self.cfg.max_seq_len, self.cfg.rope_theta)
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
