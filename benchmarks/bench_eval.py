@@ -20,7 +20,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+_threads = os.environ.get("OMP_NUM_THREADS")
 from test_eval_parity import MMLU_SUBJECTS, SHARED, _harness_tasks  # noqa: E402
+if _threads is None:  # the test suite's conftest sets one thread per test process: both tools here use every core
+    os.environ.pop("OMP_NUM_THREADS", None)
 
 PAIRS = {"tst_hellaswag": ("hellaswag", None), "tst_arc_easy": ("arc_easy", None),
          "tst_arc_challenge": ("arc_challenge", None), **{f"tst_mmlu_{s}": ("mmlu", s) for s in MMLU_SUBJECTS}}
