@@ -38,17 +38,17 @@ def sample(
     json_: bool = JsonOption,
 ):
     """Generate text: continue a prompt until the end-of-text token or --max-new-tokens."""
+    if max_new_tokens < 1 or num_samples < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise UsageError("--max-new-tokens and --num-samples must be >= 1, --temperature and --top-k >= 0, "
+                         "--top-p in (0, 1]")
+    text = _prompt_text(prompt, prompt_file)  # options and prompt checked before torch is imported (~1 s)
     import torch
 
     from tstcli.run import placement
     from tstcli.run.load import load_model
     from tstcli.sample.generate import Sampling, generate
 
-    if max_new_tokens < 1 or num_samples < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise UsageError("--max-new-tokens and --num-samples must be >= 1, --temperature and --top-k >= 0, "
-                         "--top-p in (0, 1]")
     where = placement.resolve(device, dtype)
-    text = _prompt_text(prompt, prompt_file)
     lm = load_model(path, step, where)
     ids = lm.encode(text) if text else [lm.eot_id]  # no prompt: continue from a document boundary
     if len(ids) >= lm.max_len:
