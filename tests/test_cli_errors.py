@@ -126,3 +126,31 @@ def test_hub_tokenizer_offline_exits_3(tmp_path):
     r = run_cli("prepare", TINY, "--set", 'data.tokenizer="nobody/nothing"', "--set", f'data.dir="{tmp_path}/d"',
                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert_one_line_error(r, 3, "data.tokenizer", "nobody/nothing")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a\\\\b"])
+def test_run_name_is_one_plain_path_component(name, tmp_path):
+    """run.name = ".." made runs/.. the current directory: the run was written over the user's own files there."""
+    mine = {"recipe.toml": "# my recipe, with comments\n" + TINY.read_text(), "tokenizer.json": '{"mine": true}'}
+    for f, text in mine.items():
+        (tmp_path / f).write_text(text)
+    r = run_cli("train", tmp_path / "recipe.toml", "--set", f'run.name="{name}"', cwd=tmp_path)
+    assert_one_line_error(r, 2, "run.name", "one plain path component")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == mine  # nothing written, nothing replaced
+
+
+def test_train_never_writes_into_a_folder_of_other_files(small_data, tmp_path):
+    user = tmp_path / "project"
+    user.mkdir()
+    recipe = write_recipe(user / "recipe.toml", small_recipe(small_data))
+    mine = {"recipe.toml": "# my recipe, with comments\n" + recipe.read_text(), "tokenizer.json": '{"mine": true}'}
+    for f, text in mine.items():
+        (user / f).write_text(text)
+    assert_one_line_error(run_cli("train", recipe, "--run-dir", user), 2, str(user), "not empty", "recipe.toml")
+    assert {p.name: p.read_text() for p in user.iterdir()} == mine  # no file replaced, no lock left behind
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(run_cli("train", recipe, "--run-dir", tmp_path / "file"), 2, "is a file")
+    empty = tmp_path / "empty"  # a new or empty directory is where a run starts
+    empty.mkdir()
+    assert run_cli("train", recipe, "--run-dir", empty).returncode == 0
+    assert (empty / "metrics.jsonl").is_file()

@@ -29,6 +29,7 @@ def test_compiled_bf16_resume_is_bitwise(tmp_path):
     step 6."""
     sets = ["--set", "train.steps=12", "--set", "tst.ratio=0.5", "--set", "checkpoint.every=3", "--set",
             'train.dtype="bf16"', "--set", "model.n_layers=2",  # two blocks: half the graph to compile
+            "--set", "train.batch_size=4", "--set", "train.seq_len=64",
             "--set", "checkpoint.keep=0", "--set", "eval.every=1000", "--set", f'data.dir="{tmp_path}/data"']
     a, b = tmp_path / "a", tmp_path / "b"
     r = run_cli("train", TINY, "--run-dir", a, *sets, cwd=tmp_path)

@@ -57,3 +57,8 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def plain_name(name) -> bool:
+    """One plain path component: not empty, not '.' or '..', no separator — a name that stays inside its folder."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")

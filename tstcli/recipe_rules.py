@@ -3,6 +3,7 @@ checked as it is read: `tstcli/keys.py`), and the advisories: settings that are 
 from __future__ import annotations
 
 from tstcli.errors import UsageError
+from tstcli.files import plain_name
 
 NAME_CHARS = "letters, digits, '_', '-' and '.'"
 
@@ -46,8 +47,8 @@ def check(r, where: str) -> None:
              d.tokenizer)
     _require(not d.token_val_files or bool(d.token_files), where, "data.token_val_files",
              "empty unless data.token_files is set", d.token_val_files)
-    _require(r.run.name != "" and "/" not in r.run.name and len(r.run.name) <= 200, where, "run.name",
-             "a non-empty name without '/', at most 200 characters", r.run.name)
+    _require(plain_name(r.run.name) and len(r.run.name) <= 200, where, "run.name",  # runs/<name>: never above it
+             "one plain path component (not '.' or '..', no '/' or '\\'), at most 200 characters", r.run.name)
     p = t.profile_steps
     _require(p == [] or (len(p) == 2 and 1 <= p[0] <= p[1] <= t.steps), where, "train.profile_steps",
              f"[] or [first, last] with 1 <= first <= last <= train.steps ({t.steps})", p)

@@ -30,10 +30,10 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_state_dict)
 
 from tstcli.errors import CheckpointError, as_error, environment_fault
-from tstcli.files import fsync_dir, fsync_file
+from tstcli.files import fsync_dir, fsync_file, plain_name
 from tstcli.parallel.world import World, barrier, sum_across
 from tstcli.run import pins
-from tstcli.run.integrity import check_finite, checksums, file_name_inside, verify_files
+from tstcli.run.integrity import check_finite, checksums, verify_files
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE, RECIPE = "state.json", "recipe.toml"
@@ -177,7 +177,7 @@ def read_state(path: Path) -> dict:
         raise CheckpointError(f"{path / STATE}: cannot read the checkpoint's state ({e})".splitlines()[0]) from None
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, this tst reads {FORMAT!r}")
-    bad = [f for f in state.get("files", []) if not file_name_inside(f)]
+    bad = [f for f in state.get("files", []) if not plain_name(f)]
     if bad:
         raise CheckpointError(f"{path / STATE}: names {bad[0]!r}, not a file of the checkpoint's own folder")
     missing = [f for f in state.get("files", []) if not (path / f).is_file()]

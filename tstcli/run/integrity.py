@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from tstcli.errors import CheckpointError
-from tstcli.files import file_sha256
+from tstcli.files import file_sha256, plain_name
 
 
 def checksums(directory: Path, files: list[str]) -> dict[str, str]:
@@ -19,7 +19,7 @@ def checksums(directory: Path, files: list[str]) -> dict[str, str]:
 
 def verify_files(path: Path, recorded: dict[str, str]) -> None:
     """Every file's sha256 equals the one recorded when it was written (exit 4 naming the first that does not)."""
-    outside = [name for name in recorded if not file_name_inside(name)]
+    outside = [name for name in recorded if not plain_name(name)]
     if outside:
         raise CheckpointError(f"{path}: the recorded checksums name {outside[0]!r}, not a file of this folder")
     try:
@@ -42,6 +42,3 @@ def check_finite(named_tensors, where: Path) -> None:
                                   "is damaged or was saved after divergence")
 
 
-def file_name_inside(name) -> bool:
-    """A file name state.json may list: a plain name in the checkpoint folder (no path, no '..')."""
-    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name

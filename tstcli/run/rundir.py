@@ -23,9 +23,17 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def ensure_new(run_dir: Path) -> None:
+    """A run starts only in a new or empty directory (tst's own lock file aside): never over a user's files."""
     if holds_run(run_dir):
         raise UsageError(f"run directory {run_dir} already holds a run: continue it with `tst resume {run_dir}` "
                          "or pass another --run-dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} is a file: pass another --run-dir")
+    others = sorted(p.name for p in run_dir.iterdir() if p.name != locks.LOCK) if run_dir.is_dir() else []
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise UsageError(f"run directory {run_dir} is not empty and holds no run ({shown}): a run starts in a new "
+                         "or empty directory, never over other files; pass another --run-dir")
 
 
 def lock(run_dir: Path) -> locks.DirLock:

@@ -2,17 +2,14 @@
 device. Built on the meta device, so it takes seconds for any model size; `cli/report.py` turns it into text."""
 from __future__ import annotations
 
-
-import torch
-
 from tstcli.data import packing, shards
 from tstcli.errors import DataError
-from tstcli.model import Llama
 from tstcli.parallel.engine import checkpointed_blocks
 from tstcli.prep import location
 from tstcli.prep.tokenizer import load_tokenizer
 from tstcli.recipe import Recipe
 from tstcli.run.checkpoint import checkpoint_bytes
+from tstcli.run.load import meta_model
 
 GiB = 2 ** 30
 
@@ -60,8 +57,7 @@ def loss_bytes(positions: int, vocab_size: int, dim: int, chunk_size: int, act: 
 
 
 def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[int] | None = None) -> dict:
-    with torch.device("meta"):  # no memory, no time: works for any size
-        model = Llama(r.model, vocab_size)
+    model = meta_model(r.model, vocab_size)  # no memory, no time: works for any size
     params = sum(p.numel() for p in model.parameters())
     active = model.active_params()
     embedding = model.get_input_embeddings().weight.numel()
