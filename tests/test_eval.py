@@ -255,3 +255,14 @@ def test_hub_data_without_pyarrow_names_the_extra(run_dir, hub_home, tmp_path):
            "PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
     assert_one_line_error(run_cli("eval", run_dir, "--bench", "arc_easy", "--data-dir", empty, env=env), 2,
                           "pyarrow", "tst[eval]")
+
+
+def test_an_unwritable_samples_file_is_refused_before_scoring(finished_export, tmp_path):
+    """`--samples results/x.jsonl` without `results/` failed after the whole evaluation, no scores printed."""
+    missing = tmp_path / "results" / "x.jsonl"
+    r = run_cli("eval", finished_export, "--bench", "arc_easy", "--limit", "2", "--samples", missing,
+                "--data-dir", SHARED)
+    assert_one_line_error(r, 2, "--samples", str(missing), "does not exist")
+    assert r.stdout == "" and "arc_easy" not in r.stderr  # refused before any scoring
+    assert_one_line_error(run_cli("eval", finished_export, "--bench", "arc_easy", "--samples", tmp_path), 2,
+                          "--samples", "is a directory")

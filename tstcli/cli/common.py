@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import typer
 
+from tstcli.errors import UsageError
+
 SetOption = typer.Option(None, "--set", help="override a recipe key: key.path=value (TOML value syntax); repeatable",
                          metavar="KEY=VALUE")
 JsonOption = typer.Option(False, "--json", help="print one JSON object on stdout instead of text")
@@ -25,6 +27,17 @@ def eval_data_dir() -> Path:
     from tstcli.eval.datafiles import default_data_dir
 
     return default_data_dir(os.environ)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """An output file is checked before the work, not after it: its folder exists and can be written to."""
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory, expected a file to write")
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
 
 
 def log(message: str) -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tstcli.cli.common import DeviceOption, DtypeOption, JsonOption, emit, eval_data_dir, log
+from tstcli.cli.common import DeviceOption, DtypeOption, JsonOption, check_output_file, emit, eval_data_dir, log
 from tstcli.errors import UsageError
 
 
@@ -45,6 +45,8 @@ def eval_(
     if num_fewshot < 0 or batch_size < 1:
         raise UsageError("--num-fewshot must be >= 0 and --batch-size >= 1")
     world = world_from_env(os.environ)  # under torchrun every rank scores its share; rank 0 alone writes
+    if samples and names and world.main:
+        check_output_file(samples, "--samples")
     where = placement.resolve(device, dtype, world.local_rank if world.distributed else None)
     try:
         out, rows = run_evaluation(path, step, names, limit, num_fewshot, data_dir or eval_data_dir(), batch_size,
@@ -53,6 +55,6 @@ def eval_(
         shutdown()
     if not world.main:
         return
+    emit(out, json_, eval_lines(out))  # the scores first: a samples file that cannot be written loses nothing
     if samples and names:
         samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    emit(out, json_, eval_lines(out))
