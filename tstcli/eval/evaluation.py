@@ -10,7 +10,7 @@ import torch
 from tstcli.eval.heldout import corpus_heldout, run_heldout
 from tstcli.eval.ranks import join, scored_line
 from tstcli.eval.runner import evaluate
-from tstcli.parallel.world import World
+from tstcli.parallel.world import World, deterministic_kernels
 from tstcli.run.load import load_model
 from tstcli.run.placement import CPU_FP32, Placement
 
@@ -18,8 +18,7 @@ from tstcli.run.placement import CPU_FP32, Placement
 def run_evaluation(path: Path, step: int | None, names: list[str], limit: int | None, num_fewshot: int,
                    data_dir: Path, batch_size: int, corpus: Path | None, log,
                    world: World = World(), placement: Placement = CPU_FP32) -> tuple[dict, list[dict]]:
-    if placement.device.type != "cpu":  # CPU kernels are deterministic already; the switch imports inductor (~0.5 s)
-        torch.use_deterministic_algorithms(True)
+    deterministic_kernels(compiled=False)  # scoring runs eagerly
     lm = load_model(path, step, placement)
     if lm.recipe is not None and lm.recipe.train.threads:  # the run's thread count: the same float summation order
         torch.set_num_threads(lm.recipe.train.threads)

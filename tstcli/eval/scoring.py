@@ -143,7 +143,7 @@ def _score(model, batch: list[Row], device, out: dict, bar) -> None:
     ids, positions, mask, picks = _layout(batch)
     if positions is not None:
         # additive, in the compute dtype: SDPA would convert a boolean mask in every block
-        mask = torch.zeros(mask.shape, dtype=model.tok_embeddings.weight.dtype).masked_fill_(~mask, float("-inf"))
+        mask = torch.zeros(mask.shape, dtype=model.get_input_embeddings().weight.dtype).masked_fill_(~mask, float("-inf"))
         positions, mask = positions.to(device), mask.to(device)
     hidden = model(input_ids=ids.to(device), positions=positions, mask=mask)
     # Only the positions that predict continuation tokens go through the output head and the log-softmax

@@ -160,6 +160,15 @@ def check_batch_split(t: TrainConfig, world_size: int) -> None:
                          f"{world_size * max(mb, 1)}")
 
 
+def deterministic_kernels(compiled: bool) -> None:
+    """Deterministic algorithms, for bitwise resume and ranks that agree. Inductor's own switch is set only when
+    something compiles: `torch.use_deterministic_algorithms` imports inductor to set it (~0.5 s of every command)."""
+    if compiled:
+        torch.use_deterministic_algorithms(True)
+    else:  # the same eager switch, without the import
+        torch._C._set_deterministic_algorithms(True)
+
+
 def start(r: Recipe, env) -> tuple[World, torch.device]:
     """This process's world (from torchrun's environment `env`) and device; joins the process group if N > 1.
     Checks first that the recipe's global batch splits over the world, before anything is written."""
@@ -177,10 +186,7 @@ def start(r: Recipe, env) -> tuple[World, torch.device]:
     if device.type == "cpu":
         # Bitwise reproducibility (and so exact resume) on CPU: without this, torch.compile lowers the
         # embedding backward (a scatter-add) to parallel atomic adds, whose order varies run to run.
-        if r.train.compile:
-            torch.use_deterministic_algorithms(True)  # sets inductor's own switch too (imports inductor, ~0.5 s)
-        else:  # eager: the same switch without importing inductor, which nothing here compiles with
-            torch._C._set_deterministic_algorithms(True)
+        deterministic_kernels(compiled=r.train.compile)
     if r.train.threads:
         torch.set_num_threads(r.train.threads)
     init(world, device, cfg)
