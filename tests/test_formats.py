@@ -106,3 +106,27 @@ def test_a_missing_optional_reader_names_the_extra(tmp_path, module, fmt):
             f"'--set', 'data.sources=[\"{source}\"]'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert_one_line_error(r, 3, source.split("/")[-1], module, "tst[data]")
+
+
+def test_a_truncated_compressed_corpus_exits_3_saying_truncated(tmp_path):
+    """Issue 29 (5): a file cut short is never read as a shorter corpus, wherever the cut falls."""
+    lines = [(json.dumps({"text": d}) + "\n").encode() for d in _moby_docs()[:60]]
+    frames = [zstandard.ZstdCompressor().compress(b"".join(lines[a:a + 10])) for a in range(0, 60, 10)]
+    whole = b"".join(frames)
+    boundary = sum(map(len, frames[:3]))  # three whole frames: 30 whole documents, then the cut
+    cuts = {"a few bytes into a frame": boundary + 3, "mid-frame": boundary + len(frames[3]) // 2,
+            "the last byte": len(whole) - 1}
+    for where, cut in cuts.items():
+        bad = tmp_path / "cut.jsonl.zst"
+        bad.write_bytes(whole[:cut])
+        r = _prepare(tmp_path, bad)
+        assert r.returncode == 3, (where, r.returncode, r.stderr[-500:])
+        assert_one_line_error(r, 3, "cut.jsonl.zst", "truncated")
+    assert not (tmp_path / "d" / "manifest.json").exists()
+    gz = tmp_path / "cut.jsonl.gz"
+    gz.write_bytes(gzip.compress(b"".join(lines))[:-20])
+    assert_one_line_error(_prepare(tmp_path, gz), 3, "cut.jsonl.gz", "truncated")
+    # an intact file of several frames reads whole
+    (tmp_path / "ok.jsonl.zst").write_bytes(whole)
+    from tstcli.prep.readers import documents
+    assert len(list(documents(str(tmp_path / "ok.jsonl.zst"), "ok", "text", "blank_line"))) == 60

@@ -6,7 +6,7 @@ back to the harness's own Hugging Face dataset (parquet), whose rows an adapter 
 from __future__ import annotations
 
 import csv
-import gzip
+import io
 import json
 import re
 import zlib
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tstcli.compressed import open_bytes, what_failed
 from tstcli.errors import DataError
 
 
@@ -61,8 +62,7 @@ def _open(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: benchmark file not found (pass --data-dir pointing at a copy of the data set "
                         "layout described in docs/evaluation.md)")
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8",
-                                                                                        newline="")
+    return io.TextIOWrapper(open_bytes(str(path)), encoding="utf-8", newline=None if path.suffix == ".gz" else "")
 
 
 def _read(path: Path, parse):
@@ -72,7 +72,7 @@ def _read(path: Path, parse):
         with _open(path) as fh:
             return parse(fh)
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the benchmark file ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise DataError(f"{path}: cannot read the benchmark file ({what_failed(e)})") from None
 
 
 def jsonl(path: Path, _subject: str = "") -> list[dict]:

@@ -8,16 +8,15 @@ Parquet needs pyarrow and `.zst` needs zstandard: `pip install 'tst[data]'`.
 from __future__ import annotations
 
 import codecs
-import gzip
 import io
 import json
 import zlib
 from typing import Iterator
 
+from tstcli.compressed import ZSTD, open_bytes, what_failed
 from tstcli.errors import DataError
 
 TEXT = (".txt", ".txt.gz")
-ZSTD = (".zst", ".zstd")  # DCLM-baseline's files end in .jsonl.zstd
 JSON_LINES = (".jsonl", ".jsonl.gz", ".json.gz") + tuple(f"{base}{z}" for base in (".jsonl", ".json") for z in ZSTD)
 PARQUET = (".parquet",)
 SUFFIXES = TEXT + JSON_LINES + PARQUET
@@ -58,14 +57,8 @@ def _extra(module: str, what: str):
 
 
 def _open_text(path: str, origin: str) -> io.TextIOBase:
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="tst-replace")
-    if path.endswith(ZSTD):
-        zstd = _extra("zstandard", origin)
-        raw = open(path, "rb")
-        return io.TextIOWrapper(zstd.ZstdDecompressor().stream_reader(raw, closefd=True), encoding="utf-8",
-                                errors="tst-replace")
-    return open(path, encoding="utf-8", errors="tst-replace")
+    zstandard = _extra("zstandard", origin) if path.endswith(ZSTD) else None
+    return io.TextIOWrapper(open_bytes(path, zstandard), encoding="utf-8", errors="tst-replace")
 
 
 def documents(path: str, origin: str, text_field: str, txt_documents: str,
@@ -152,4 +145,4 @@ def _text_documents(path: str, origin: str, text_field: str, txt_documents: str)
                 if buf:
                     yield "".join(buf).rstrip("\n")
     except (OSError, EOFError, zlib.error, zstd_error) as e:  # truncated or damaged compressed input, unreadable
-        raise DataError(f"{origin}: cannot read: {type(e).__name__}: {e}".splitlines()[0]) from None
+        raise DataError(f"{origin}: cannot read: {what_failed(e)}") from None
