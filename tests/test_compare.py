@@ -73,3 +73,33 @@ def test_bad_compare_input_is_one_line(runs, tmp_path):
     assert r.returncode == 2 and "--x 'watts'" in r.stderr
     r = run_cli("compare", base, "--reference", tst)
     assert r.returncode == 2 and "not one of the compared" in r.stderr
+
+
+@pytest.mark.parametrize("suffix,magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_the_plot_is_written_in_the_format_its_suffix_asks_for(runs, tmp_path, suffix, magic):
+    base, tst, _ = runs
+    out = tmp_path / f"curves.{suffix}"
+    r = run_cli("compare", base, tst, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes().startswith(magic)
+    from test_cli_errors import assert_one_line_error
+    assert_one_line_error(run_cli("compare", base, tst, "--out", tmp_path / "curves.jpg"), 2, "curves.jpg", ".svg")
+    assert not (tmp_path / "curves.jpg").exists()
+
+
+def _rewrite(run, keep):
+    path = run / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(row) + "\n" for row in map(keep, rows) if row is not None))
+
+
+def test_a_log_with_gaps_or_rows_without_the_axis_is_refused(runs):
+    """Issue 29 (6, 7): a damaged log is one line naming it, never a curve with points missing."""
+    from test_cli_errors import assert_one_line_error
+    base, tst, _ = runs
+    _rewrite(tst, lambda row: None if row["kind"] == "train" and 5 <= row["step"] <= 8 else row)
+    assert_one_line_error(run_cli("compare", base, tst), 4, "tst/metrics.jsonl", "no rows for steps 5-8")
+    _rewrite(base, lambda row: {k: v for k, v in row.items() if k != "elapsed_s"})
+    assert_one_line_error(run_cli("compare", base, "--x", "time"), 4, "base/metrics.jsonl", "elapsed_s", "--x time")
+    r = run_cli("compare", base, "--x", "flops", "--json")  # the other axes still compare
+    assert r.returncode == 0 and json.loads(r.stdout)["runs"][0]["final_x"] == 200, r.stderr

@@ -8,6 +8,7 @@ import typer
 
 from tstcli.cli.common import JsonOption, emit, log
 from tstcli.compare.curves import AXES, VAL_LOSS, compare, load_curve
+from tstcli.compare.plot import check_out
 from tstcli.errors import UsageError
 
 
@@ -20,7 +21,7 @@ def _fmt(x, axis: str) -> str:
 def compare_runs(
     run_dirs: List[Path] = typer.Argument(..., help="run directories; the first is the reference unless --reference"),
     x: str = typer.Option("flops", "--x", help="x axis: flops, tokens (raw tokens read), steps or time"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the plot here (PNG; needs tst[plot])"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the plot here (.png, .svg or .pdf; needs tst[plot])"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="the run whose final value is the target"),
     metric: str = typer.Option(VAL_LOSS, "--metric", help="val_loss (held-out loss), or an in-loop benchmark score "
                                "TASK.METRIC, e.g. hellaswag.acc_norm (recipe key eval.bench)"),
@@ -31,6 +32,8 @@ def compare_runs(
         raise UsageError(f"--x {x!r}: expected one of {', '.join(AXES)}")
     if metric != VAL_LOSS and "." not in metric:
         raise UsageError(f"--metric {metric!r}: expected val_loss or TASK.METRIC, e.g. hellaswag.acc_norm")
+    if out is not None:
+        check_out(out)
     curves = [load_curve(Path(d), metric) for d in run_dirs]
     ref = 0
     if reference is not None:

@@ -31,6 +31,15 @@ class Curve:
     switch_step: int | None  # last phase-1 step (None: no superposition phase)
     label: str  # e.g. "s=4, ratio=0.3" or "baseline"
     higher_better: bool = False  # benchmark scores; a loss is lower-better
+    log: Path | None = None  # the metrics.jsonl it was read from
+
+    def check_axis(self, axis: str) -> None:
+        """Every point (and the switch) has a value on `axis`: a row without one (older or edited logs) is one
+        line naming the log, not a wrong curve."""
+        for step in (*self.steps, *([self.switch_step] if self.switch_step else [])):
+            if step and self.at_step[step][axis] is None:
+                raise CheckpointError(f"{self.log or self.name}: the train row of step {step} has no "
+                                      f"{AXES[axis][0]} (needed for --x {axis})")
 
     def xs(self, axis: str) -> list[float]:
         return [self.x(axis, s) for s in self.steps]
@@ -57,17 +66,22 @@ def load_curve(run_dir: Path, metric: str = VAL_LOSS) -> Curve:
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: no metrics.jsonl (not a tst run directory)")
     rows = metrics.read_rows(run_dir)
-    train = {row["step"]: row for row in rows if row.get("kind") == "train"}
+    train = {row["step"]: row for row in rows if row.get("kind") == "train" and isinstance(row.get("step"), int)}
+    metrics.check_complete(run_dir, max(train, default=0),
+                           "its curve would skip them (x values and speed-ups would be wrong)")
+    for step, row in sorted(train.items()):
+        if "phase" not in row:
+            raise CheckpointError(f"{path}: the train row of step {step} has no phase")
     val = _points(rows, metric)
     steps = tuple(sorted(s for s in val if s == 0 or s in train))
     if not steps:
         what = 'held-out evaluations (kind = "val" rows)' if metric == VAL_LOSS else \
             f'benchmark rows (kind = "bench") with {metric} (recipe key eval.bench)'
         raise CheckpointError(f"{path}: no {what} to compare")
-    at_step = {s: {axis: row[field] for axis, (field, _) in AXES.items()} for s, row in train.items()}
+    at_step = {s: {axis: row.get(field) for axis, (field, _) in AXES.items()} for s, row in train.items()}
     phase1 = [s for s, row in train.items() if row["phase"] == 1]
     return Curve(run_dir.name, steps, tuple(val[s] for s in steps), at_step, max(phase1) if phase1 else None,
-                 _label(run_dir, bool(phase1)), higher_better=metric != VAL_LOSS)
+                 _label(run_dir, bool(phase1)), higher_better=metric != VAL_LOSS, log=path)
 
 
 def _label(run_dir: Path, has_phase1: bool) -> str:
@@ -96,6 +110,8 @@ def first_reach(curve: Curve, axis: str, target: float) -> float | None:
 
 def compare(curves: list[Curve], axis: str, reference: int = 0) -> dict:
     """Final loss of each run and the x at which it first reaches the reference run's final loss."""
+    for c in curves:
+        c.check_axis(axis)
     ref = curves[reference]
     target = ref.final_loss
     ref_reach = first_reach(ref, axis, target)

@@ -8,6 +8,16 @@ from tstcli.compare.curves import AXES, Curve
 from tstcli.errors import UsageError
 from tstcli.files import replacing
 
+FORMATS = ("png", "svg", "pdf")  # what --out's suffix may ask for (matplotlib writes each without extras)
+
+
+def check_out(out: Path) -> str:
+    """The format `out`'s suffix asks for; exit 2 for any other."""
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UsageError(f"--out {out}: the suffix names the format: .png, .svg or .pdf")
+    return fmt
+
 
 def plot(curves: list[Curve], result: dict, out: Path, ylabel: str = "held-out loss") -> None:
     try:
@@ -39,5 +49,5 @@ def plot(curves: list[Curve], result: dict, out: Path, ylabel: str = "held-out l
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     with replacing(out) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format=check_out(out))
     plt.close(fig)

@@ -39,6 +39,29 @@ def read_rows(run_dir: Path, kind: str | None = None) -> list[dict]:
     return rows
 
 
+def missing_steps(rows: list[dict], last_step: int) -> str:
+    """The steps in 1..`last_step` with neither a train nor a skip row, as spans ("3-40, 55"); "" when none. Every
+    step writes one of them, and the log is synced before a checkpoint names its step: a gap is a damaged log."""
+    logged = {row.get("step") for row in rows if row.get("kind") in ("train", "skip")}
+    spans, start = [], None
+    for step in range(1, last_step + 2):
+        if step <= last_step and step not in logged:
+            start = step if start is None else start
+        elif start is not None:
+            spans.append(f"{start}" if start == step - 1 else f"{start}-{step - 1}")
+            start = None
+    return ", ".join(spans)
+
+
+def check_complete(run_dir: Path, last_step: int, why: str) -> None:
+    """Refuse (CheckpointError, exit 4) a log that lacks rows of steps 1..`last_step`; `why`: what needs them."""
+    path = Path(run_dir) / METRICS
+    gaps = missing_steps(read_rows(run_dir) if path.is_file() else [], last_step)
+    if gaps:
+        raise CheckpointError(f"{path}: {'missing' if not path.is_file() else 'no rows for steps ' + gaps} "
+                              f"(the run reached step {last_step}): {why}")
+
+
 def truncate(run_dir: Path, last_step: int) -> None:
     """Drop rows written after the checkpoint a run resumes from (they are replayed exactly)."""
     path = Path(run_dir) / METRICS

@@ -137,6 +137,11 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
     from tstcli.errors import DataError
 
     if ckpt is not None:
+        from tstcli.run import checkpoint, metrics
+
+        metrics.check_complete(run_dir, checkpoint.read_state(ckpt)["step"],
+                               "the log was cut or deleted since the checkpoint; restore it from a copy, or train "
+                               "a new run (resuming would leave the curves, and tst compare, wrong)")
         saved = recipes.load(ckpt / RECIPE)
         diff = recipe_differences(recipes.to_dict(saved), recipes.to_dict(recipe))
         if diff:
@@ -145,6 +150,9 @@ def check_resumable(run_dir: Path, info: dict, recipe, ckpt: Path | None, allow_
     data_dir, changed = run_data_dir(run_dir, info, allow_changed=True)
     _check_row_order(run_dir, info, recipe, allow_changed_data, log)
     ours, theirs = run_dir / TOKENIZER, data_dir / TOKENIZER
+    if not ours.is_file():
+        raise CheckpointError(f"{ours}: missing — the run's own copy of its tokenizer; restore it (the data dir's "
+                              f"copy is {theirs})")
     if not theirs.is_file() or file_sha256(ours) != file_sha256(theirs):
         raise DataError(f"{theirs}: the tokenizer differs from the run's ({ours}); the run cannot continue on it")
     if changed:
