@@ -100,7 +100,10 @@ def test_top_k_and_top_p_filters():
     assert p[0] < 0.7 < p[0] + p[1]
     assert kept(Sampling(temperature=1.0, top_p=0.7)) == [0, 1]  # the smallest set whose mass reaches 0.7
     assert kept(Sampling(temperature=1.0, top_p=0.01)) == [0]  # always at least one
-    assert torch.allclose(filtered_logits(z, Sampling(temperature=2.0)), z / 2)
+    assert torch.allclose(torch.softmax(filtered_logits(z, Sampling(temperature=2.0)), 0), torch.softmax(z / 2, 0))
+    # a temperature so small that z / T overflows: all the mass on the largest logit, never nan
+    tiny = torch.softmax(filtered_logits(z, Sampling(temperature=1e-45)), 0)
+    assert tiny.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
 
 
 @pytest.mark.slow

@@ -37,13 +37,16 @@ def eval_(
     from tstcli.eval.evaluation import run_evaluation
     from tstcli.eval.tasks import parse_bench
     from tstcli.parallel.world import shutdown, world_from_env
-    from tstcli.run import placement
+    from tstcli.run import placement, rundir
 
     names = parse_bench(bench) if bench else []
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: expected a positive number of items")
     if num_fewshot < 0 or batch_size < 1:
         raise UsageError("--num-fewshot must be >= 0 and --batch-size >= 1")
+    if not names and corpus is None and path.is_dir() and not rundir.holds_run(path):
+        raise UsageError(f"{path}: nothing to evaluate — an export has no held-out split of its own; give --bench "
+                         "and/or --corpus")
     world = world_from_env(os.environ)  # under torchrun every rank scores its share; rank 0 alone writes
     if samples and names and world.main:
         check_output_file(samples, "--samples")

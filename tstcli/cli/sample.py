@@ -1,13 +1,14 @@
 """`tst sample RUN_DIR|EXPORT_DIR`: generate text with the native model (KV cache; no transformers needed)."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from tstcli.cli.common import DeviceOption, DtypeOption, JsonOption, emit
+from tstcli.cli.common import DeviceOption, DtypeOption, JsonOption, emit, log
 from tstcli.errors import DataError, UsageError
 
 
@@ -18,7 +19,10 @@ def _prompt_text(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
         return prompt or ""
     try:
         return prompt_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise DataError(f"--prompt-file {prompt_file}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                        f"{e.start})") from None
+    except OSError as e:
         raise DataError(f"--prompt-file {prompt_file}: cannot read ({e.strerror or e})") from None
 
 
@@ -38,9 +42,11 @@ def sample(
     json_: bool = JsonOption,
 ):
     """Generate text: continue a prompt until the end-of-text token or --max-new-tokens."""
-    if max_new_tokens < 1 or num_samples < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise UsageError("--max-new-tokens and --num-samples must be >= 1, --temperature and --top-k >= 0, "
-                         "--top-p in (0, 1]")
+    if max_new_tokens < 1 or num_samples < 1 or not 0 <= temperature < math.inf or top_k < 0 or not 0 < top_p <= 1:
+        raise UsageError("--max-new-tokens and --num-samples must be >= 1, --temperature a finite number >= 0, "
+                         "--top-k >= 0, --top-p in (0, 1]")
+    if not 0 <= seed < 2**64:
+        raise UsageError(f"--seed {seed}: expected 0 to 2**64 - 1")
     text = _prompt_text(prompt, prompt_file)  # options and prompt checked before torch is imported (~1 s)
     import torch
 
@@ -65,6 +71,8 @@ def sample(
         if printer:
             printer.finish()
         samples.append({"text": lm.tokenizer.decode(out.token_ids), "token_ids": out.token_ids, "stop": out.stop})
+        if out.stop == "context" and not json_:  # else a short sample looks like the model's own choice to stop
+            log(f"sample: stopped at the model's context ({lm.max_len} tokens, the prompt's included)")
     result = {"model": lm.source, "prompt": text, "prompt_tokens": len(ids) if text else 0, "seed": seed,
               "temperature": temperature, "top_k": top_k, "top_p": top_p, **where.describe(), "samples": samples}
     if stream:

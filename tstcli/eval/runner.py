@@ -8,7 +8,7 @@ import math
 import random
 from pathlib import Path
 
-from tstcli.errors import DataError
+from tstcli.errors import DataError, UsageError
 from tstcli.eval.datafiles import split_rows
 from tstcli.eval.scoring import encode_pair, loglikelihoods
 from tstcli.eval.tasks import MMLU_SUBJECTS, Doc, Task, resolve
@@ -66,6 +66,8 @@ def _fewshot_prefixes(task: Task, docs: list[Doc], shots_pool: list[Doc] | None,
     if shots_pool is None:
         raise DataError(f"{task.name}: --num-fewshot {k} needs a few-shot split, which this task does not have "
                         "(the harness draws shots from the training split, not in the local data); run it 0-shot")
+    if len(shots_pool) < k + task.fewshot_draws_extra:
+        raise UsageError(f"--num-fewshot {k}: {task.name}'s few-shot split holds {len(shots_pool)} examples")
     if task.fewshot_sampler == "first_n":
         shots = [shots_pool[:k]] * len(docs)
     else:  # the harness's ContextSampler: one Random(1234) per task, k draws per document, in document order

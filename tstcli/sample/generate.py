@@ -32,7 +32,8 @@ class Sample:
 
 def filtered_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
     """(V,) logits -> temperature-scaled logits with everything outside top-k / top-p set to -inf."""
-    z = logits.float() / s.temperature
+    z = logits.float()
+    z = (z - z.max()) / s.temperature  # the largest is 0: a tiny temperature gives -inf, never inf - inf = nan
     if 0 < s.top_k < z.numel():
         kth = torch.topk(z, s.top_k).values[-1]
         z = z.masked_fill(z < kth, float("-inf"))
