@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import MOBY, run_cli
 from test_cli_errors import assert_one_line_error
 from tstcli.run import integrity
 
@@ -113,7 +113,7 @@ def test_export_records_checksums_and_a_damaged_export_is_refused(exported, tmp_
     copy = tmp_path / "hf"
     shutil.copytree(exported, copy)
     _flip_exponent_byte(copy / "model.safetensors", "model.norm.weight")
-    assert_one_line_error(run_cli("eval", copy), 4, "model.safetensors", "sha256")
+    assert_one_line_error(run_cli("eval", copy, "--corpus", MOBY), 4, "model.safetensors", "sha256")
     assert_one_line_error(run_cli("sample", copy, "--prompt", "Call me"), 4, "model.safetensors", "sha256")
 
 

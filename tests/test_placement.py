@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import MOBY, run_cli
 from test_cli_errors import assert_one_line_error
 from tstcli.run import placement
 from tstcli.run.load import load_model
@@ -84,4 +84,5 @@ def test_a_truncated_export_is_one_line_exit_4(finished_export_copy):
     f = finished_export_copy / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
     (finished_export_copy / "tst_export.json").unlink()  # past the checksum: the reader itself must notice
-    assert_one_line_error(run_cli("eval", finished_export_copy), 4, "cannot load weights", "truncated")
+    assert_one_line_error(run_cli("eval", finished_export_copy, "--corpus", MOBY), 4, "cannot load weights",
+                          "truncated")

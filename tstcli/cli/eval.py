@@ -44,7 +44,7 @@ def eval_(
         raise UsageError(f"--limit {limit}: expected a positive number of items")
     if num_fewshot < 0 or batch_size < 1:
         raise UsageError("--num-fewshot must be >= 0 and --batch-size >= 1")
-    if not names and corpus is None and path.is_dir() and not rundir.holds_run(path):
+    if not names and corpus is None and (path / "config.json").is_file() and not rundir.holds_run(path):
         raise UsageError(f"{path}: nothing to evaluate — an export has no held-out split of its own; give --bench "
                          "and/or --corpus")
     world = world_from_env(os.environ)  # under torchrun every rank scores its share; rank 0 alone writes
