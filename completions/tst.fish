@@ -67,7 +67,7 @@ complete -c tst -n '__fish_seen_subcommand_from sample' -l help -d 'show help an
 complete -c tst -n __fish_use_subcommand -a compare -d 'Plot and tabulate held-out loss (or a benchmark score) of runs against compute; equal-quality speed-up.'
 complete -c tst -n '__fish_seen_subcommand_from compare' -F
 complete -c tst -n '__fish_seen_subcommand_from compare' -l x -r -d 'x axis - flops, tokens (raw tokens read), steps or time'
-complete -c tst -n '__fish_seen_subcommand_from compare' -l out -r -a '(__fish_complete_directories)' -d 'write the plot here (PNG'
+complete -c tst -n '__fish_seen_subcommand_from compare' -l out -r -a '(__fish_complete_directories)' -d 'write the plot here (.png, .svg or .pdf'
 complete -c tst -n '__fish_seen_subcommand_from compare' -l reference -r -d 'the run whose final value is the target'
 complete -c tst -n '__fish_seen_subcommand_from compare' -l metric -r -d 'val_loss (held-out loss), or an in-loop benchmark score TASK.METRIC, e.g. hellaswag.acc_norm (recipe key eval.bench)'
 complete -c tst -n '__fish_seen_subcommand_from compare' -l json -d 'print one JSON object on stdout instead of text'
