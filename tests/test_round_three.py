@@ -1,9 +1,16 @@
 """Reliability round three (issue 29), tried through the real CLI: damaged run files are refused with one line and
 the documented exit code, never trained over."""
 import json
+import os
+import signal
+import subprocess
+import sys
 
-from conftest import SHARED, run_cli
+import pytest
+
+from conftest import SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
+from test_exit_codes import _signal_when
 
 
 def _drop_rows(run, steps):
@@ -60,3 +67,67 @@ def test_sample_says_when_it_stopped_at_the_context(finished_export):
     assert f"stopped at the model's context ({limit} tokens" in r.stderr
     r = run_cli("sample", finished_export, "--prompt", "the whale", "--max-new-tokens", 3)
     assert r.returncode == 0 and "stopped at" not in r.stderr, r.stderr
+
+
+def _long_recipe(small_data, tmp_path):
+    return write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{
+        "train.steps": 400, "checkpoint.every": 1000, "eval.every": 1000}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1], ids=["SIGHUP", "SIGUSR1"])
+def test_sighup_and_sigusr1_stop_training_with_a_save(small_data, tmp_path, signum):
+    """A closed SSH session (SIGHUP) and SLURM's pre-emption warning (SIGUSR1) stop as SIGTERM does."""
+    run = tmp_path / "run"
+    metrics = run / "metrics.jsonl"
+    rc, err = _signal_when(["train", _long_recipe(small_data, tmp_path), "--run-dir", run],
+                           lambda _: metrics.exists() and '"step": 3,' in metrics.read_text(), signum, settle=0)
+    assert rc == 128 + signum, err
+    assert f"stopped by signal {int(signum)}" in err and "Traceback" not in err
+    last = max(json.loads(line)["step"] for line in metrics.read_text().splitlines()
+               if json.loads(line)["kind"] == "train")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step-{last:08d}"]
+
+
+def test_a_signal_during_a_save_stops_at_the_saved_step(small_data, tmp_path, monkeypatch):
+    """SIGTERM while a checkpoint is being written: that checkpoint is the last, no further step is trained."""
+    from tstcli.errors import Stopped
+    from tstcli.run.saver import Saver
+    from tstcli.train.session import local_trainer
+
+    r = small_recipe(small_data, **{"train.steps": 12, "checkpoint.every": 4, "checkpoint.async": False})
+    save = Saver.save
+
+    def signalled_save(self, step, *args, **kwargs):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the save of step 4 runs
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Saver, "save", signalled_save)
+    t = local_trainer(r, tmp_path / "run")
+    with pytest.raises(Stopped) as stopped:
+        t.run()
+    assert stopped.value.step == 4 and t.state.step == 4
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000004"]
+
+
+@pytest.mark.slow
+def test_a_signal_after_the_summary_keeps_exit_0(small_data, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 3}))
+    p = subprocess.Popen([sys.executable, "-m", "tstcli", "train", str(recipe), "--run-dir", str(tmp_path / "run")],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    first = p.stdout.readline()
+    assert first.startswith("run: "), first
+    p.send_signal(signal.SIGTERM)  # a scheduler's late SIGTERM, the moment the summary appears
+    p.stdout.read()
+    assert p.wait(timeout=120) == 0
+
+
+def test_state_json_is_covered_by_its_own_checksum(finished_run_copy):
+    state_path = finished_run_copy / "checkpoints" / "step-00000012" / "state.json"
+    state = json.loads(state_path.read_text())
+    assert len(state["state_sha256"]) == 64
+    state["tokens"] += 1  # still valid JSON, still plausible: only the checksum can tell
+    state_path.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    for args in (("resume", finished_run_copy), ("eval", finished_run_copy)):
+        assert_one_line_error(run_cli(*args), 4, "step-00000012/state.json", "damaged")

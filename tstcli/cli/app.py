@@ -103,8 +103,10 @@ def _run(command, argv) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
-    # SIGTERM unwinds like Ctrl-C (temporary files removed, exit 143); the training loop installs its own handler.
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM unwinds like Ctrl-C (temporary files removed, exit 143), and so do SIGHUP (a closed SSH session) and
+    # SIGUSR1 (SLURM's warning before pre-emption); the training loop installs its own handler.
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, _terminate)
     code = _run(command, argv)
     sys.stdout.flush()
     sys.exit(code)

@@ -14,6 +14,7 @@ naming the file, never a silently different model, and never skipped in silence.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -37,6 +38,7 @@ from tstcli.run.integrity import check_finite, checksums, verify_files
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE, RECIPE = "state.json", "recipe.toml"
+STATE_SHA = "state_sha256"  # state.json's checksum of itself
 FORMAT = "dcp-safetensors-1"
 
 
@@ -154,8 +156,8 @@ def _finish(tmp: Path, final: Path, root: Path, state: dict, recipe_toml: str, w
     files = sorted(p.name for p in tmp.glob("*.safetensors"))
     (tmp / RECIPE).write_text(recipe_toml)
     pins.make(tmp)
-    (tmp / STATE).write_text(json.dumps({**state, "format": FORMAT, "world_size": world.size, "files": files,
-                                         "sha256": checksums(tmp, files)}, indent=1, sort_keys=True) + "\n")
+    doc = {**state, "format": FORMAT, "world_size": world.size, "files": files, "sha256": checksums(tmp, files)}
+    (tmp / STATE).write_text(json.dumps({**doc, STATE_SHA: _state_sha(doc)}, indent=1, sort_keys=True) + "\n")
     for f in tmp.iterdir():
         fsync_file(f)
     fsync_dir(tmp)
@@ -170,11 +172,24 @@ def _finish(tmp: Path, final: Path, root: Path, state: dict, recipe_toml: str, w
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _state_sha(doc: dict) -> str:
+    """The sha256 of a state's canonical JSON (sorted keys), its own checksum left out: the JSON round trip is exact
+    (floats print as their shortest repr), so a reader recomputes it from what it parsed."""
+    body = {k: v for k, v in doc.items() if k != STATE_SHA}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def read_state(path: Path) -> dict:
     try:
         state = json.loads((path / STATE).read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path / STATE}: cannot read the checkpoint's state ({e})".splitlines()[0]) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path / STATE}: not a checkpoint state (a JSON object)")
+    # Checkpoints of earlier tst versions carry no checksum of their own: their files' checksums still hold.
+    if STATE_SHA in state and state[STATE_SHA] != _state_sha(state):
+        raise CheckpointError(f"{path / STATE}: damaged (its checksum does not match its content); delete {path} to "
+                              "use an earlier checkpoint")
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, this tst reads {FORMAT!r}")
     bad = [f for f in state.get("files", []) if not plain_name(f)]

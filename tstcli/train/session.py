@@ -20,6 +20,7 @@ from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train import float8
 from tstcli.train.hooks import Hooks
 from tstcli.train.hooks.defaults import default_hooks
+from tstcli.train.hooks.signals import ignore_from_now
 from tstcli.train.trainer import Trainer
 
 
@@ -75,7 +76,9 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
         if not world.main:
             data, _ = open_data(r, location.data_dir(r))
         try:
-            return Trainer(r, run_dir, data, world, device, hooks).run()
+            result = Trainer(r, run_dir, data, world, device, hooks).run()
+            ignore_from_now()
+            return result
         finally:
             if lock is not None:
                 lock.release()
@@ -103,7 +106,9 @@ def resume_run(run_dir: Path, allow_changed_data: bool, env, eval_data_dir: Path
             barrier()
             if not world.main:
                 data, _ = open_data(r, Path(rundir.read_info(run_dir)["data_dir"]))
-            return Trainer(r, run_dir, data, world, device, hooks).run(resume=ckpt)
+            result = Trainer(r, run_dir, data, world, device, hooks).run(resume=ckpt)
+            ignore_from_now()
+            return result
         finally:
             if lock is not None:
                 lock.release()

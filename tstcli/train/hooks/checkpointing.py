@@ -43,6 +43,9 @@ class Checkpointing(Hook):
         last = step == self.last_step or t.stopping  # nothing may be left in flight when the run returns
         self._rows(t, self.saver.save(step, t.model, t.optimizer, t.checkpoint_state(), to_toml(t.r), wait=last,
                                       started=started))
+        t.stop.settle()
+        if t.stopping and not last:  # the signal came during the save: stop at this step, its write finished
+            self._rows(t, self.saver.wait())
 
     def on_end(self, t) -> None:
         self._rows(t, self.saver.wait())

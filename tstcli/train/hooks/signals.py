@@ -1,4 +1,5 @@
-"""SIGTERM and Ctrl-C ask the run to stop (`t.stop.request`: this rank's vote; under torchrun the ranks agree one
+"""SIGTERM, Ctrl-C, SIGHUP (a closed SSH session) and SIGUSR1 (SLURM's warning before pre-emption,
+`--signal=USR1@90`) ask the run to stop (`t.stop.request`: this rank's vote; under torchrun the ranks agree one
 step later, without waiting on the device), every rank finishes the step, the checkpoint hook saves, and the loop
 stops (exit 128 + signal). A second signal stops at once."""
 from __future__ import annotations
@@ -8,7 +9,14 @@ import signal
 
 from tstcli.train.hooks import Hook
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
+def ignore_from_now() -> None:
+    """The run is finished and saved: a signal from here on (a scheduler's late SIGTERM, a closing terminal) must not
+    turn it into a failed one (exit 128 + signal) while the process winds down and prints its summary."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class SignalStop(Hook):
