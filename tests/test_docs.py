@@ -104,11 +104,13 @@ def test_exit_code_table_names_each_error_class_under_its_code():
     assert all(hasattr(errors, n) for n in ("Stopped", "Terminated"))
 
 
-def test_exit_codes_above_128_are_the_two_stop_signals():
-    """SIGINT (Ctrl-C) and SIGTERM stop a run with 128 + the signal's number (`Stopped.signum`,
-    `Terminated.signum`); no other signal is handled."""
+def test_exit_codes_above_128_are_the_stop_signals():
+    """The signals that stop a run (`train/hooks/signals.SIGNALS`: SIGINT, SIGTERM, SIGHUP, SIGUSR1) exit with
+    128 + the signal's number (`Stopped.signum`, `Terminated.signum`); each has its row, and no other."""
+    from tstcli.train.hooks.signals import SIGNALS
+
     rows = _exit_rows()
-    signals = {128 + signal.SIGINT: "SIGINT", 128 + signal.SIGTERM: "SIGTERM"}
+    signals = {128 + s: s.name for s in SIGNALS}
     assert {c for c in rows if c >= 128} == set(signals)
     for code, sig in signals.items():
         raised, meaning = rows[code]
