@@ -131,3 +131,21 @@ def test_state_json_is_covered_by_its_own_checksum(finished_run_copy):
     state_path.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
     for args in (("resume", finished_run_copy), ("eval", finished_run_copy)):
         assert_one_line_error(run_cli(*args), 4, "step-00000012/state.json", "damaged")
+
+
+def test_a_data_dir_tst_did_not_make_is_refused_untouched(small_data, tmp_path):
+    """Issue 29 (3): a project folder, a file, /dev/null or /proc/self as data.dir: exit 3 naming it, nothing
+    written there."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tokenizer.json").write_text("my own")
+    (project / "notes.txt").write_text("mine")
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(tmp_path / "unused"))
+    for where in (project, "/dev/null", "/proc/self", tmp_path / "r.toml"):
+        for verb in (("prepare", recipe), ("train", recipe, "--run-dir", tmp_path / f"run-{len(str(where))}")):
+            r = run_cli(*verb, "--set", f'data.dir="{where}"')
+            assert_one_line_error(r, 3, str(where), "data.dir")
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "tokenizer.json"]
+    assert (project / "tokenizer.json").read_text() == "my own"
+    # a tst data directory (the shared one) and a new folder are fine
+    assert run_cli("prepare", recipe, "--set", f'data.dir="{small_data}"').returncode == 0

@@ -77,12 +77,32 @@ def _holds(data_dir: Path, inputs: dict) -> bool:
 _held: dict[str, int] = {}  # data dirs whose lock this process holds, and how many times over
 
 
+def check_ours(data_dir: Path) -> None:
+    """Refuse a `data.dir` that tst did not make before anything is written there: tst writes shards and a
+    tokenizer into it and deletes files under `packs/`. Ours: new, empty, or holding a manifest, a preparation's
+    work directory or tst's lock (a start that stopped early)."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data.dir is not a directory")
+    if not data_dir.is_dir():
+        return
+    try:
+        names = sorted(p.name for p in data_dir.iterdir())
+    except OSError as e:
+        raise DataError(f"{data_dir}: data.dir cannot be listed ({e.strerror or e})") from None
+    if names and not {shards.MANIFEST, work.WORK, locks.LOCK} & set(names):
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise DataError(f"{data_dir}: data.dir holds files tst did not write ({shown}); name a new or empty "
+                        "folder, or a tst data directory")
+
+
 @contextlib.contextmanager
 def data_lock(data_dir: Path, log=print):
     """Hold `data_dir`'s lock: one process at a time prepares, packs or registers a run there; the others wait
     (then find the data up to date). Re-entrant within a process. A directory that cannot be written is used
     unlocked: nothing can change it."""
     key = str(Path(data_dir).resolve())
+    if not _held.get(key):
+        check_ours(Path(data_dir))
     if _held.get(key):
         _held[key] += 1
         try:
