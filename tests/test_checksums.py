@@ -101,6 +101,10 @@ def test_state_json_naming_a_file_outside_the_checkpoint_is_refused(finished, tm
     state = json.loads((ckpt / "state.json").read_text())
     state["files"] = [f"../../../{outside.name}"]
     (ckpt / "state.json").write_text(json.dumps(state))
+    assert_one_line_error(run_cli("eval", run), 4, "state.json", "damaged")  # its own checksum no longer holds
+    from tstcli.run import checkpoint
+    state["state_sha256"] = checkpoint._state_sha(state)  # a consistent forgery: the name itself is refused
+    (ckpt / "state.json").write_text(json.dumps(state))
     assert_one_line_error(run_cli("eval", run), 4, "state.json", "elsewhere.safetensors", "own folder")
 
 

@@ -149,3 +149,14 @@ def test_a_data_dir_tst_did_not_make_is_refused_untouched(small_data, tmp_path):
     assert (project / "tokenizer.json").read_text() == "my own"
     # a tst data directory (the shared one) and a new folder are fine
     assert run_cli("prepare", recipe, "--set", f'data.dir="{small_data}"').returncode == 0
+
+
+def test_export_prints_only_its_own_lines(finished_run, tmp_path):
+    """Issue 29 (12): the self-test imports transformers (and with it torchao): no torchao or torch pytree
+    warnings reach the user."""
+    import re
+
+    r = run_cli("export", finished_run, "--out", tmp_path / "hf")
+    assert r.returncode == 0, r.stderr
+    foreign = [line for line in r.stderr.splitlines() if line.strip() and not re.match(r"^[a-z-]+: ", line)]
+    assert not foreign, r.stderr

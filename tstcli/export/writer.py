@@ -7,8 +7,9 @@ the export, then the native model loaded from the export — and compares the na
 (again streamed) and the two models' logits. The checkpoint is pinned against pruning while it is read."""
 from __future__ import annotations
 
-import json
 import gc
+import json
+import logging
 import os
 import re
 import shutil
@@ -83,6 +84,21 @@ def _transformers_logits(out: Path, ids: torch.Tensor) -> torch.Tensor | None:
     The model class and config come from the export's config.json; its weights are the export's files read in
     fp32 with plain reads and handed over as the state dict, which transformers adopts without a copy (loading the
     directory would hold the memory-mapped files and an fp32 copy at once)."""
+    # transformers imports torchao when it is installed: torchao logs the GPU kernels it cannot load on this
+    # machine and its Enum registrations make torch log deprecations — none of it the user's concern. Quiet
+    # for this call only.
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        return _logits_of(out, ids)
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
+def _logits_of(out: Path, ids: torch.Tensor) -> torch.Tensor | None:
     try:
         import transformers
         from transformers import AutoConfig, AutoModelForCausalLM
