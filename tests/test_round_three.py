@@ -160,3 +160,16 @@ def test_export_prints_only_its_own_lines(finished_run, tmp_path):
     assert r.returncode == 0, r.stderr
     foreign = [line for line in r.stderr.splitlines() if line.strip() and not re.match(r"^[a-z-]+: ", line)]
     assert not foreign, r.stderr
+
+
+def test_bundled_recipes_train_every_position_their_model_declares():
+    """Issue 29 (11): `model.max_seq_len` is what an export advertises and what `sample`/`eval --corpus` use;
+    a bundled recipe trains exactly those positions."""
+    from conftest import ROOT
+    from tstcli import recipe as recipes
+
+    paths = sorted((ROOT / "recipes").rglob("*.toml"))
+    assert len(paths) > 10
+    for path in paths:
+        r = recipes.load(path)
+        assert r.model.max_seq_len == r.train.seq_len, path
