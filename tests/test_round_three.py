@@ -173,3 +173,40 @@ def test_bundled_recipes_train_every_position_their_model_declares():
     for path in paths:
         r = recipes.load(path)
         assert r.model.max_seq_len == r.train.seq_len, path
+
+
+class _Split:
+    """A validation split of shards of the given lengths (tokens): what `val_rows` reads of a TokenStore."""
+
+    def __init__(self, lengths):
+        import numpy as np
+
+        self.lengths = np.array(lengths)
+        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+
+    def rows(self, offsets, width):
+        return offsets
+
+
+def test_heldout_rows_are_drawn_evenly_across_the_split():
+    """Issue 29 (9): not the split's first rows (on the default corpus, one book), every stretch in proportion."""
+    from tstcli.data.loader import heldout_share, spread, val_rows
+
+    split = _Split([10_000, 10_000, 30_000, 50_000])  # four sources, 1:1:3:5; rows of 100 tokens
+    rows = val_rows(split, 100, 100)
+    shard = [int((split.starts <= r).sum()) - 1 for r in rows]
+    assert [shard.count(k) for k in range(4)] == [10, 10, 30, 50]
+    assert len(set(rows.tolist())) == 100 and rows[0] == 0
+    assert heldout_share(split, 100, 100) == 0.1 and heldout_share(split, 100, 5000) == 1.0
+    assert spread(rows, 1000).tolist() == rows.tolist()  # fewer rows than asked: all of them
+
+
+def test_val_rows_say_which_share_of_the_split_they_are(finished_run):
+    rows = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    shares = {row["val_share"] for row in rows if row["kind"] == "val"}
+    assert len(shares) == 1 and 0 < shares.pop() <= 1
+    r = run_cli("eval", finished_run, "--json")
+    assert r.returncode == 0, r.stderr
+    held = json.loads(r.stdout)["heldout"]
+    assert held["share"] == [row["val_share"] for row in rows if row["kind"] == "val"][-1]
+    assert f"{held['share']:.1%} of its validation split" in run_cli("eval", finished_run).stdout

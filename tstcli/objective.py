@@ -6,7 +6,7 @@ do if the embedding gather ran outside the model's own call. Phase 2 is the same
 model's own auxiliary loss (a mixture of experts' router losses) is added here without naming it.
 
 `heldout_loss` is the one held-out-loss function: training's validation and `tst eval` both call it, on the same
-rows (the phase plan's `heldout_count` rows of seq_len+1 tokens from the start of the validation split), so one
+rows (the phase plan's `heldout_count` rows of seq_len+1 tokens drawn evenly across the validation split), so one
 checkpoint has one held-out loss. It is always ordinary next-token loss, in every phase.
 """
 from __future__ import annotations

@@ -189,8 +189,9 @@ class TstConfig:
 class EvalConfig:
     every: int = key(100, "steps between held-out evaluations (also at step 0, at the switch and at the end)",
                      within=(1, 10 ** 9), neutral=True)
-    batches: int = key(8, "held-out loss scores batches x train.batch_size rows of seq_len+1 tokens from the start "
-                          "of the validation split (in training and in `tst eval`)", within=(1, 1 << 20), neutral=True)
+    batches: int = key(8, "held-out loss scores batches x train.batch_size rows of seq_len+1 tokens drawn evenly "
+                          "across the validation split (in training and in `tst eval`)", within=(1, 1 << 20),
+                       neutral=True)
     bench: list = key([], "benchmarks to score during training, as `tst eval --bench` names them (e.g. "
                           "[\"hellaswag\", \"arc_easy\"]); written as kind=bench rows", neutral=True)
     bench_limit: int = key(0, "items per benchmark task (each MMLU subject) in training; 0 scores them all",

@@ -51,17 +51,31 @@ class PhaseLoader:
         return np.bincount(which, minlength=len(starts)) * self.width
 
 
+def spread(offsets: np.ndarray, k: int) -> np.ndarray:
+    """`k` of `offsets`, evenly spaced over all of them (the first included): every stretch of a split is scored
+    in proportion — its first rows alone are a single source (on the default corpus, one book)."""
+    if k >= len(offsets):
+        return offsets
+    return offsets[(np.arange(k, dtype=np.int64) * len(offsets)) // k]
+
+
 def val_rows(store: TokenStore, width: int, count: int) -> np.ndarray:
-    """The fixed held-out rows: consecutive rows of `width` tokens from the start of the validation split."""
-    offsets = _entry_val_offsets(store, width, {"first": 0, "count": len(store.lengths)})[:count]
-    return store.rows(offsets, width)
+    """The fixed held-out rows: `count` rows of `width` tokens drawn evenly across the validation split."""
+    offsets = _entry_val_offsets(store, width, {"first": 0, "count": len(store.lengths)})
+    return store.rows(spread(offsets, count), width)
+
+
+def heldout_share(val: TokenStore, width: int, rows: int) -> float:
+    """The share of the validation split's rows of `width` tokens that `rows` held-out rows are."""
+    available = int(sum(int(n) // width for n in val.lengths))
+    return min(rows, available) / available if available else 0.0
 
 
 def select_heldout_rows(val: TokenStore, plan: PhasePlan, entries: list[MixEntry] = (),
                         layout: list[dict] | None = None) -> np.ndarray:
     """The plan's `heldout_count` held-out rows, which every held-out evaluation of a run scores, in training and
-    in `tst eval` alike (both through `opener.PreparedData.heldout_batch`). With a mixture (`entries`: the recipe's data.mix; `layout`: the manifest's), each entry gives rows from
-    the start of its own validation shards in proportion to its `weight`, so the held-out loss measures the mixture
+    in `tst eval` alike (both through `opener.PreparedData.heldout_batch`), drawn evenly across the split. With a mixture (`entries`: the recipe's data.mix; `layout`: the manifest's), each entry gives rows from
+    across its own validation shards in proportion to its `weight`, so the held-out loss measures the mixture
     the run aims at."""
     width, count = plan.heldout.row_width, plan.heldout_count
     if not entries or not layout:
@@ -73,7 +87,7 @@ def select_heldout_rows(val: TokenStore, plan: PhasePlan, entries: list[MixEntry
     for i, pool in enumerate(pools):  # an entry with too few held-out rows: the others make up the difference
         extra = min(count - sum(take), len(pool) - take[i])
         take[i] += max(extra, 0)
-    parts = [pool[:k] for pool, k in zip(pools, take)]
+    parts = [spread(pool, k) for pool, k in zip(pools, take)]
     return val.rows(np.concatenate(parts), width) if parts else np.zeros((0, width), np.int64)
 
 

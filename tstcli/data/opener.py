@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tstcli.data import packing, shards
-from tstcli.data.loader import PhaseLoader, select_heldout_rows
+from tstcli.data.loader import PhaseLoader, heldout_share, select_heldout_rows
 from tstcli.errors import UsageError
 from tstcli.phases import PhasePlan
 from tstcli.recipe import Recipe
@@ -32,6 +32,10 @@ class PreparedData:
             raise UsageError(f"train.seq_len: the validation split ({self.val.total} tokens) holds no row of "
                              f"{r.plan.heldout.row_width} tokens; lower train.seq_len or raise data.val_fraction")
         return rows
+
+    def heldout_share(self, r: Recipe) -> float:
+        """The share of the validation split that the held-out rows are (reported with every held-out loss)."""
+        return heldout_share(self.val, r.plan.heldout.row_width, r.plan.heldout_count)
 
 
 @dataclass

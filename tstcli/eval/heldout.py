@@ -16,14 +16,17 @@ from tstcli.run.load import LoadedModel
 
 def run_heldout(lm: LoadedModel, share=None) -> dict:
     """A run's held-out loss as its training measured it: the recipe's held-out rows (eval.batches x
-    train.batch_size rows of seq_len+1 from the start of the validation split), its micro-batch and compute dtype."""
+    train.batch_size rows of seq_len+1 drawn evenly across the validation split), its micro-batch and compute dtype."""
     r = lm.recipe
     data_dir, _ = rundir.run_data_dir(lm.run_dir)  # exit 3 if it no longer holds the data the run recorded
-    rows = torch.from_numpy(open_prepared(data_dir).heldout_batch(r))  # the rows training's validation scores
+    data = open_prepared(data_dir)
+    rows = torch.from_numpy(data.heldout_batch(r))  # the rows training's validation scores
     amp = torch.bfloat16 if r.train.dtype == "bf16" else None
     h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp, r.train.loss_chunk_size, share)
-    return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens,
-            "scored": "the run's held-out rows, as training's validation scores them"}
+    part = data.heldout_share(r)
+    return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens, "share": part,
+            "scored": f"the run's held-out rows, {part:.1%} of its validation split drawn evenly across it, as "
+                      "training's validation scores them"}
 
 
 def corpus_heldout(lm: LoadedModel, corpus: Path, batch_size: int, max_rows: int = 256, share=None) -> dict:

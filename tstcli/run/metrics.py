@@ -17,7 +17,7 @@ METRICS = "metrics.jsonl"
 
 TRAIN_FIELDS = ("step", "phase", "loss", "lr", "grad_norm", "tokens", "positions", "flops", "elapsed_s",
                 "step_time_s", "tokens_per_s", "positions_per_s", "mfu", "data_share", "epoch")
-VAL_FIELDS = ("step", "phase", "val_loss", "val_tokens", "elapsed_s")
+VAL_FIELDS = ("step", "phase", "val_loss", "val_tokens", "val_share", "elapsed_s")
 BENCH_FIELDS = ("step", "task", "n", "acc")
 SKIP_FIELDS = ("step", "phase", "loss", "grad_norm", "skipped_total")
 CHECKPOINT_FIELDS = ("step", "blocking_s", "total_s", "async")

@@ -67,7 +67,8 @@ class Console(Hook):
             self._train(t, row)
         elif kind == "val":
             self.post["val"] = f"{row['val_loss']:.4f}"
-            self.on_message(t, f"step {step} val_loss {row['val_loss']:.4f} ({row['val_tokens']:,} held-out tokens)")
+            self.on_message(t, f"step {step} val_loss {row['val_loss']:.4f} ({row['val_tokens']:,} held-out tokens, "
+                               f"{row['val_share']:.1%} of the validation split)")
         elif kind == "bench":
             scores = ", ".join(f"{m} {row[m]:.4f}" for m in ("acc", "acc_norm") if m in row)
             self.on_message(t, f"step {step} bench {row['task']}: {scores} (n={row['n']})")

@@ -26,4 +26,4 @@ class Validation(Hook):
         h = t.heldout()
         t.record_val(h.val_loss)
         t.emit({"kind": "val", "step": step, "phase": t.plan.phase_at(max(step, 1)), "val_loss": h.val_loss,
-                "val_tokens": h.tokens, "elapsed_s": t.elapsed()})
+                "val_tokens": h.tokens, "val_share": t.val_share, "elapsed_s": t.elapsed()})
