@@ -50,7 +50,6 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, r.train)
         self.loaders = data.loaders(plan, r.run.seed)
         self.val_rows = torch.from_numpy(data.heldout_batch(r))
-        self.val_share = data.heldout_share(r)  # of the validation split, drawn evenly across it
         self.flops_per_position = self.model.flops_per_position(r.train.seq_len)
         self.state = TrainState()
         self.resumed_from: Path | None = None  # the checkpoint this process continued from

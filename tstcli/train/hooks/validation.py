@@ -15,6 +15,7 @@ class Validation(Hook):
         return step % self.every == 0 or step == self.switch_step or step == self.last_step
 
     def on_start(self, t) -> None:
+        self.share = t.data.heldout_share(t.r)  # of the validation split, drawn evenly across it
         if t.state.step == 0:
             self.validate(t, 0)
 
@@ -26,4 +27,4 @@ class Validation(Hook):
         h = t.heldout()
         t.record_val(h.val_loss)
         t.emit({"kind": "val", "step": step, "phase": t.plan.phase_at(max(step, 1)), "val_loss": h.val_loss,
-                "val_tokens": h.tokens, "val_share": t.val_share, "elapsed_s": t.elapsed()})
+                "val_tokens": h.tokens, "val_share": self.share, "elapsed_s": t.elapsed()})
