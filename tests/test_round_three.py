@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import SHARED, run_cli, small_recipe, write_recipe
+from conftest import ROOT, SHARED, run_cli, small_recipe, write_recipe
 from test_cli_errors import assert_one_line_error
 from test_exit_codes import _signal_when
 
@@ -210,3 +210,37 @@ def test_val_rows_say_which_share_of_the_split_they_are(finished_run):
     held = json.loads(r.stdout)["heldout"]
     assert held["share"] == [row["val_share"] for row in rows if row["kind"] == "val"][-1]
     assert f"{held['share']:.1%} of its validation split" in run_cli("eval", finished_run).stdout
+
+
+def test_cpu_bf16_units_are_read_from_the_cpu_flags():
+    from tstcli.train.hardware import cpu_has_bf16
+
+    base = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f"
+    assert not cpu_has_bf16(base) and not cpu_has_bf16("")
+    assert cpu_has_bf16(base + " avx512_bf16") and cpu_has_bf16(base + " amx_tile amx_bf16")
+
+
+def test_dtype_auto_is_resolved_once_and_explicit_emulated_bf16_warns(small_data, tmp_path, monkeypatch):
+    """Issue 29 (10): `auto` (the default) becomes bf16 or fp32 for this device, written into the run's recipe."""
+    import torch
+
+    from tstcli import recipe as recipes
+    from tstcli.train import hardware
+
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(small_data, **{"train.steps": 2}))
+    r = run_cli("train", recipe, "--run-dir", tmp_path / "run", "--set", 'train.dtype="auto"')
+    assert r.returncode == 0, r.stderr
+    expected = "bf16" if hardware.cpu_has_bf16() else "fp32"
+    assert recipes.load(tmp_path / "run" / "recipe.toml").train.dtype == expected
+    assert recipes.load(ROOT / "recipes" / "3b.toml").train.dtype in ("auto", "bf16")
+    # an explicit bf16 where the CPU emulates it: one warning; where it has the units, none
+    said = []
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda cpuinfo=None: False)
+    base = small_recipe(small_data, **{"train.dtype": "bf16"})
+    assert hardware.resolve_dtype(base, torch.device("cpu"), said.append) is base
+    assert len(said) == 1 and "without bf16 units" in said[0]
+    auto = small_recipe(small_data, **{"train.dtype": "auto"})
+    assert hardware.resolve_dtype(auto, torch.device("cpu"), said.append).train.dtype == "fp32" and len(said) == 1
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda cpuinfo=None: True)
+    assert hardware.resolve_dtype(auto, torch.device("cpu")).train.dtype == "bf16"
+    assert hardware.resolve_dtype(base, torch.device("cpu"), said.append) is base and len(said) == 1

@@ -147,7 +147,9 @@ class TrainConfig:
     grad_clip: float = key(1.0, "clip the global gradient norm to this; 0 disables clipping", within=(0, 1e9))
     skip_nonfinite_steps: int = key(0, "skip up to this many steps whose loss or gradient norm is not finite "
                                     "(logged as kind=skip); 0 stops the run at the first (exit 5)", within=(0, 10 ** 9))
-    dtype: str = key("bf16", "compute dtype: bf16 autocast over fp32 weights, or fp32", ("bf16", "fp32"))
+    dtype: str = key("auto", "compute dtype: bf16 autocast over fp32 weights, or fp32; auto: bf16 where the device "
+                             "computes bf16 natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere, "
+                             "resolved once by tst train and written into the run's recipe", ("auto", "bf16", "fp32"))
     compile: bool = key(True, "torch.compile the training and evaluation steps")
     float8: bool = key(False, "float8 matmuls in the blocks' linear layers through torchao (tst[float8]; NVIDIA GPUs "
                        "of compute capability 8.9+: H100/H200); the LM head and the TST embedding mean stay bf16/fp32")

@@ -26,7 +26,7 @@ def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int
     `logits_full` and `total_full_logits` are what the full-logits path (train.loss_chunk_size = 0) would need.
     """
     L, d, mb = r.train.seq_len, r.model.dim, r.train.rows_per_micro_batch(world_size)
-    act = 2 if r.train.dtype == "bf16" else 4
+    act = 4 if r.train.dtype == "fp32" else 2  # auto: bf16 on the GPUs a dry run plans for
     sharded = world_size > 1 and r.distributed.strategy == "fsdp"
     state = 16 * params / world_size if sharded else 16 * params
     gathered = 2 * block_params * act if sharded else 0

@@ -18,6 +18,7 @@ from tstcli.prep.work import Worker
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train import float8
+from tstcli.train.hardware import resolve_dtype
 from tstcli.train.hooks import Hooks
 from tstcli.train.hooks.defaults import default_hooks
 from tstcli.train.hooks.signals import ignore_from_now
@@ -57,6 +58,7 @@ def _start_run(r: Recipe, run_dir: Path, world: World, log) -> TrainData:
 def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[World, dict]:
     """A new run in `run_dir` (refused if it holds one): prepare data if missing or stale, train both phases."""
     def body(world, device):
+        r = resolve_dtype(given, device, log if world.main else None)  # the run's recipe records the dtype used
         hooks = default_hooks(r, world, eval_data_dir)  # checks the side jobs' settings before anything is written
         rundir.ensure_new(run_dir)
         Hooks(hooks).preflight(world)
@@ -83,6 +85,7 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
             if lock is not None:
                 lock.release()
 
+    given = r
     return _in_world(r, env, body)
 
 
@@ -121,6 +124,7 @@ def local_trainer(r: Recipe, run_dir: Path, data: TrainData | None = None, hooks
     """A trainer in this process, outside the CLI (tests, benchmarks, notebooks): the recipe's prepared data and
     the default hooks without the console, unless given. Joins no process group."""
     world, device = start(r, {})
+    r = resolve_dtype(r, device)
     if data is None:
         data, _ = open_data(r, location.data_dir(r))
     if hooks is None:
