@@ -244,3 +244,22 @@ def test_dtype_auto_is_resolved_once_and_explicit_emulated_bf16_warns(small_data
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda cpuinfo=None: True)
     assert hardware.resolve_dtype(auto, torch.device("cpu")).train.dtype == "bf16"
     assert hardware.resolve_dtype(base, torch.device("cpu"), said.append) is base and len(said) == 1
+
+
+def test_a_read_only_data_dir_that_needs_a_new_pack_exits_3(small_data, tmp_path):
+    """Issue 29 (7): exit 3 naming the data directory, as the README says, not a checkpoint-class failure."""
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    if os.geteuid() != 0:  # read-only for a normal user
+        for p in [data, *data.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o555)
+    else:  # root writes through permission bits: the packs folder is a file, so nothing can be written under it
+        shutil.rmtree(data / "packs", ignore_errors=True)
+        (data / "packs").write_text("")
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(data, **{"run.seed": 12345}))  # a pack not made yet
+    r = run_cli("train", recipe, "--run-dir", tmp_path / "run")
+    assert_one_line_error(r, 3, str(data), "new pack", "data.dir")

@@ -23,7 +23,7 @@ import numpy as np
 
 from tstcli.data.order import Bijection
 from tstcli.data.rows import Chunks, Concat, Drawn, PhaseRows
-from tstcli.errors import DataError
+from tstcli.errors import DataError, environment_fault
 from tstcli.files import write_json_atomic
 from tstcli.phases import PhasePlan
 from tstcli.recipe import DataConfig, MixEntry
@@ -200,5 +200,12 @@ def ensure_pack(plan: PhasePlan, seed: int, data: DataConfig, data_dir: Path, ma
     key = pack_key(plan, seed, data.mix, manifest_sha)
     directory = Path(data_dir) / PACKS / key
     info = {**info, "key": key, "order": ORDER}
-    built = not (directory / "pack.json").is_file() and _write_pack(directory, info)
+    try:
+        built = not (directory / "pack.json").is_file() and _write_pack(directory, info)
+    except OSError as e:
+        if environment_fault(e) is None:
+            raise
+        raise DataError(f"{data_dir}: this recipe needs a new pack ({PACKS}/{key}), which cannot be written there "
+                        f"({e.strerror or e}); make data.dir writable, or copy the prepared data somewhere writable "
+                        "and set data.dir to it") from None
     return Pack(directory, info, rows), built
