@@ -263,3 +263,32 @@ def test_a_read_only_data_dir_that_needs_a_new_pack_exits_3(small_data, tmp_path
     recipe = write_recipe(tmp_path / "r.toml", small_recipe(data, **{"run.seed": 12345}))  # a pack not made yet
     r = run_cli("train", recipe, "--run-dir", tmp_path / "run")
     assert_one_line_error(r, 3, str(data), "new pack", "data.dir")
+
+
+@pytest.mark.slow
+def test_prepare_force_repairs_a_shard_under_a_run_and_the_run_reads_the_same_tokens(tmp_path):
+    """Issue 29 (4): `tst prepare --force`, the documented repair, rebuilds the same inputs under a run that uses
+    them (it was refused: a dead end); the run then continues on exactly the tokens it trained on."""
+    import shutil
+
+    data = tmp_path / "data"
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(data, **{"train.steps": 6}))
+    run = tmp_path / "run"
+    assert run_cli("train", recipe, "--run-dir", run).returncode == 0
+    losses = {row["step"]: row["loss"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if row["kind"] == "train"}
+    shard = data / json.loads((data / "manifest.json").read_text())["splits"]["train"]["shards"][0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # past the quick check's first and last 64 KiB
+    shard.write_bytes(bytes(raw))
+    assert_one_line_error(run_cli("prepare", recipe, "--verify"), 3, shard.name, "sha256")
+    r = run_cli("prepare", recipe, "--force")
+    assert r.returncode == 0, r.stderr
+    assert run_cli("prepare", recipe, "--verify").returncode == 0
+    for step in (4, 6):  # resume from step 2: steps 3-6 read the repaired shards again
+        shutil.rmtree(run / "checkpoints" / f"step-{step:08d}")
+    r = run_cli("resume", run)
+    assert r.returncode == 0, r.stderr
+    again = {row["step"]: row["loss"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+             if row["kind"] == "train"}
+    assert again == losses

@@ -5,6 +5,7 @@ its manifest under the data directory's lock. Re-running with the same inputs fi
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -149,6 +150,10 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
 
     if not force and _holds(data_dir, inputs):
         return result(True)
+    # --force over the same inputs is the documented repair of a damaged shard: allowed under the runs that read
+    # the data, provided the rebuild gives the tokens the manifest records (checked before anything is replaced).
+    repair = force and _holds(data_dir, inputs)
+    before = shards.read_manifest(data_dir) if repair else None
     if worker.index == 0 or worker.alone:
         what = (f"registering the token files {', '.join(cfg.token_files + cfg.token_val_files)}" if cfg.token_files
                 else f"tokenizing the mixture {', '.join(e.name for e in cfg.mix)}" if cfg.mix
@@ -156,7 +161,8 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
         log(f"prepare: data in {data_dir} is {'rebuilt (--force)' if force else 'missing or stale'}; {what}")
     with data_lock(data_dir, log) if worker.alone else contextlib.nullcontext():
         with data_lock(data_dir, log):
-            dependents.refuse_replacing(data_dir)
+            if not repair:
+                dependents.refuse_replacing(data_dir)
             wd = work.open_work(data_dir, {**inputs, "stream": cfg.stream}, fresh=force)  # a stream changes the units
         try:
             if cfg.token_files:
@@ -178,11 +184,15 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
                 work.wait_for_units(wd, plan, log)
             work.refuse_unfinished(wd, plan, worker)
             with data_lock(data_dir, log):
-                if not _holds(data_dir, inputs):
-                    dependents.refuse_replacing(data_dir)  # again: a run may have registered while we tokenized
+                if repair or not _holds(data_dir, inputs):
+                    if not repair:
+                        dependents.refuse_replacing(data_dir)  # again: a run may have registered while we tokenized
                     recs = work.records(wd, plan)
                     _say_not_utf8(recs, log)
                     manifest = encode.manifest_of(cfg, inputs, groups, plan, recs, tokenizer_sha256(tok), eot, vocab)
+                    if repair and json.loads(json.dumps(manifest)) != before and dependents.live(data_dir):
+                        raise DataError(f"{data_dir}: rebuilding the same inputs gave other tokens than its "
+                                        "manifest.json records; the prepared data, which runs read, is left as it was")
                     work.install(data_dir, wd, manifest)
         except BaseException as e:
             _after_failure(data_dir, wd, e, worker)
