@@ -292,3 +292,20 @@ def test_prepare_force_repairs_a_shard_under_a_run_and_the_run_reads_the_same_to
     again = {row["step"]: row["loss"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
              if row["kind"] == "train"}
     assert again == losses
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_refused_resume_is_one_line_from_every_rank(finished_run_copy):
+    """Issue 29 (7): rank 0 is refused the run's lock; rank 1 said "a bug in tst" when its barrier broke."""
+    from test_distributed import torchrun
+    from tstcli import locks
+
+    held = locks.DirLock(finished_run_copy).acquire(wait=False)  # another process trains this run
+    try:
+        r = torchrun(2, "resume", finished_run_copy)
+    finally:
+        held.release()
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("error: ")]  # torchrun's own report aside
+    assert len(ours) == 2 and all("is in use by" in line for line in ours), r.stderr[-3000:]
+    assert "bug in tst" not in r.stderr and "exitcode: 1" not in r.stderr, r.stderr[-3000:]

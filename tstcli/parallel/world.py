@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from tstcli.errors import UsageError
+from tstcli.errors import TstError, UsageError
 from tstcli.recipe import DistributedConfig, Recipe, TrainConfig
 
 
@@ -54,6 +54,21 @@ def init(world: World, device: torch.device, cfg: DistributedConfig) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def raise_together(world: World, error: BaseException | None) -> None:
+    """After a step only rank 0 runs (taking the run's lock, checking and creating the run directory): its outcome
+    reaches every rank, so a refusal (a `TstError`) is the same one line and exit code from every rank, where the
+    others would otherwise fail in their next collective as "a bug in tst". A barrier as well."""
+    if world.distributed:
+        box = [None if error is None else (type(error), error.message) if isinstance(error, TstError) else
+               (None, f"rank 0 failed: {type(error).__name__}")]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and error is None:
+            kind, message = box[0]
+            raise kind(message) if kind is not None else RuntimeError(message)
+    if error is not None:
+        raise error
 
 
 def barrier(group=None) -> None:

@@ -11,7 +11,8 @@ from tstcli import recipe as recipes
 from tstcli.data.opener import TrainData, open_data
 from tstcli.eval.datafiles import default_data_dir
 from tstcli.files import write_json_atomic
-from tstcli.parallel.world import World, barrier, shutdown, start
+from tstcli.errors import TstError
+from tstcli.parallel.world import World, barrier, raise_together, shutdown, start
 from tstcli.prep import location
 from tstcli.prep.prepare import data_lock, ensure_prepared
 from tstcli.prep.work import Worker
@@ -66,15 +67,18 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
             ensure_prepared(r, log=log, worker=Worker(world.rank, world.size, merge=world.main, wait=True))
         barrier()  # every rank has checked before rank 0 creates anything
         made = world.main and not run_dir.exists()
-        lock = rundir.lock(run_dir) if world.main else None
-        try:
-            data = _start_run(r, run_dir, world, log) if world.main else None
-        except BaseException:
-            if made and not rundir.holds_run(run_dir):  # the folder was made for the lock only: leave no trace
-                shutil.rmtree(run_dir, ignore_errors=True)
-            lock.release()
-            raise
-        barrier()
+        lock, data, failed = None, None, None
+        if world.main:
+            try:
+                lock = rundir.lock(run_dir)
+                data = _start_run(r, run_dir, world, log)
+            except BaseException as e:
+                if made and not rundir.holds_run(run_dir):  # the folder was made for the lock only: leave no trace
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                if lock is not None:
+                    lock.release()
+                failed = e
+        raise_together(world, failed)  # a refusal is one line from every rank
         if not world.main:
             data, _ = open_data(r, location.data_dir(r))
         try:
@@ -97,7 +101,13 @@ def resume_run(run_dir: Path, allow_changed_data: bool, env, eval_data_dir: Path
     def body(world, device):
         hooks = default_hooks(r, world, eval_data_dir)
         Hooks(hooks).preflight(world)
-        lock = rundir.lock(run_dir) if world.main else None  # before reading checkpoints: no writer may be pruning
+        lock, refused = None, None
+        if world.main:  # before reading checkpoints: no writer may be pruning
+            try:
+                lock = rundir.lock(run_dir)
+            except TstError as e:
+                refused = e
+        raise_together(world, refused)  # a run in use is one line from every rank
         try:
             ckpt = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
             barrier()  # every rank picked its checkpoint before rank 0 may touch the run directory
