@@ -9,7 +9,7 @@ import pytest
 
 from conftest import MOBY, run_cli
 from test_cli_errors import assert_one_line_error
-from tstcli.run import integrity
+from tstcli.run import checkpoint, integrity
 
 STEP = "step-00000012"  # the latest checkpoint of conftest's finished SMALL run: what every verb loads
 
@@ -81,6 +81,7 @@ def test_non_finite_weights_are_refused_even_with_matching_checksums(finished, t
     _set_first_value(weights, "model.norm.weight", float("nan"))  # as if saved after a divergence
     state = json.loads((ckpt / "state.json").read_text())
     state["sha256"] = integrity.checksums(ckpt, state["files"])
+    state["state_sha256"] = checkpoint._state_sha(state)  # state.json rewritten consistently: weights still checked
     (ckpt / "state.json").write_text(json.dumps(state))
     assert_one_line_error(run_cli("eval", run), 4, "norm.weight", "non-finite")
     assert_one_line_error(run_cli("resume", run), 4, "norm.weight", "non-finite")
@@ -102,7 +103,6 @@ def test_state_json_naming_a_file_outside_the_checkpoint_is_refused(finished, tm
     state["files"] = [f"../../../{outside.name}"]
     (ckpt / "state.json").write_text(json.dumps(state))
     assert_one_line_error(run_cli("eval", run), 4, "state.json", "damaged")  # its own checksum no longer holds
-    from tstcli.run import checkpoint
     state["state_sha256"] = checkpoint._state_sha(state)  # a consistent forgery: the name itself is refused
     (ckpt / "state.json").write_text(json.dumps(state))
     assert_one_line_error(run_cli("eval", run), 4, "state.json", "elsewhere.safetensors", "own folder")

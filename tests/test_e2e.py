@@ -149,4 +149,5 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(small_data, tmp_pa
     assert "%|" not in plain.stderr and "\r" not in plain.stderr
     assert re.search(r"^step 12/12 phase 2 loss [\d.]+ lr .* tok/s \d+ pos/s \d+ mfu [\d.]+% data [\d.]+% "
                      r"elapsed (\d+[hms])+ eta 0s$", plain.stderr, re.M)
-    assert re.search(r"^step 12 val_loss [\d.]+ \(256 held-out tokens\)$", plain.stderr, re.M)
+    assert re.search(r"^step 12 val_loss [\d.]+ \(256 held-out tokens, [\d.]+% of the validation split\)$",
+                     plain.stderr, re.M)

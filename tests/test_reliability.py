@@ -86,7 +86,8 @@ def test_pickled_checkpoint_is_refused(finished, tmp_path):
     assert_one_line_error(run_cli("resume", run), 4, target.name, "sha256")  # the checksum catches it first
     state_path = target.parent / "state.json"  # an attacker may rewrite state.json too: still nothing is unpickled
     state = json.loads(state_path.read_text())
-    state_path.write_text(json.dumps({**state, "sha256": integrity.checksums(target.parent, state["files"])}))
+    state = {**state, "sha256": integrity.checksums(target.parent, state["files"])}
+    state_path.write_text(json.dumps({**state, "state_sha256": checkpoint._state_sha(state)}))
     assert_one_line_error(run_cli("resume", run), 4, "step-00000006", "cannot load checkpoint")
     assert not (tmp_path / "pwned").exists()
     shutil.copy(finished / "checkpoints" / "step-00000006" / target.name, target)
