@@ -321,3 +321,20 @@ def test_mfu_in_bf16_on_a_cpu_never_passes_100_percent(small_data, tmp_path):
     mfu = [row["mfu"] for row in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
            if row["kind"] == "train"]
     assert mfu and all(0 < m < 1 for m in mfu), mfu
+
+
+@pytest.mark.slow
+def test_a_renamed_run_keeps_its_data_protected_and_a_deleted_one_frees_it(tmp_path):
+    """Issue 29 (4): the data registry names runs by path; a renamed run is found by its hard-linked claim."""
+    import shutil
+
+    data = tmp_path / "data"
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(data, **{"train.steps": 2}))
+    assert run_cli("train", recipe, "--run-dir", tmp_path / "run").returncode == 0
+    (tmp_path / "run").rename(tmp_path / "renamed")
+    other = write_recipe(tmp_path / "o.toml", small_recipe(data, **{"data.val_fraction": 0.1}))
+    assert_one_line_error(run_cli("prepare", other), 3, str(tmp_path / "run"), "renamed or moved")
+    assert run_cli("resume", tmp_path / "renamed").returncode == 0  # the renamed run still reads its data
+    shutil.rmtree(tmp_path / "renamed")
+    r = run_cli("prepare", other)  # deleted: the data is free
+    assert r.returncode == 0, r.stderr
