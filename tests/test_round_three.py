@@ -338,3 +338,26 @@ def test_a_renamed_run_keeps_its_data_protected_and_a_deleted_one_frees_it(tmp_p
     shutil.rmtree(tmp_path / "renamed")
     r = run_cli("prepare", other)  # deleted: the data is free
     assert r.returncode == 0, r.stderr
+
+
+def test_touching_an_unchanged_source_is_not_other_inputs(small_data, tmp_path):
+    """Issue 29 (4): size and mtime say a file may have changed; its recorded content hash decides."""
+    import os
+    import shutil
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"Call me Ishmael, chapter {i}. Some years ago, never mind how long.\n\n"
+                              for i in range(400)))
+    recipe = write_recipe(tmp_path / "r.toml", small_recipe(tmp_path / "data", **{
+        "data.sources": [str(corpus)], "data.tokenizer": str(small_data / "tokenizer.json")}))
+    assert run_cli("prepare", recipe).returncode == 0
+    manifest = (tmp_path / "data" / "manifest.json").read_bytes()
+    os.utime(corpus, ns=(10**18, 10**18))  # touched: same bytes, another mtime
+    r = run_cli("prepare", recipe)
+    assert r.returncode == 0 and "up to date" in r.stderr + r.stdout, r.stderr
+    assert (tmp_path / "data" / "manifest.json").read_bytes() == manifest
+    shutil.copyfile(corpus, tmp_path / "copy.txt")
+    corpus.write_text(corpus.read_text().replace("Call", "Tell"))  # same size, other bytes: other inputs
+    r = run_cli("prepare", recipe)
+    assert r.returncode == 0 and "missing or stale" in r.stderr, r.stderr
+    assert (tmp_path / "data" / "manifest.json").read_bytes() != manifest

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from tstcli.errors import DataError
+from tstcli.files import file_sha256
 from tstcli.prep import readers, shard_writer, sources
 from tstcli.prep.tokenizer import eot_id, load_tokenizer, train_bpe
 from tstcli.prep.units import Unit
@@ -118,9 +119,13 @@ def tokenize_unit(cfg: DataConfig, unit: Unit, tok, eot: int, dtype, work: Path,
             encode_and_write(split)
     if bar is not None:
         bar.update(1)
+    # Each local source's content hash (the unit holding a Parquet file's first row groups hashes it): a later
+    # prepare that finds only its mtime changed (`touch`, a copy) compares contents instead of rebuilding.
+    hashed = {f.origin: file_sha256(Path(f.path)) for f in unit.files
+              if f.local and (unit.row_groups is None or unit.row_groups[0] == 0)}
     return {"unit": unit.name, "entry": unit.entry, "identity": unit.identity,
             "shards": {s: w.finish() for s, w in writers.items()}, "documents": docs_per_split,
-            "characters": chars, "not_utf8_bytes": decode.by_file}
+            "characters": chars, "not_utf8_bytes": decode.by_file, "source_sha256": hashed}
 
 
 def manifest_of(cfg: DataConfig, inputs: dict, groups: Groups, units: list[Unit], records: list[dict], tok_sha: str,
@@ -145,6 +150,7 @@ def manifest_of(cfg: DataConfig, inputs: dict, groups: Groups, units: list[Unit]
                                                  for f in files],
                                    tok_sha, eot, vocab, sum(r["characters"] for r in records), docs,
                                    {s: [x for r in records for x in r["shards"][s]] for s in ("train", "val")})
+    manifest["source_sha256"] = {k: v for r in records for k, v in r.get("source_sha256", {}).items()}
     if cfg.mix:
         manifest["mix"] = shard_writer.mix_layout([
             (name, {s: [x for r in records if r["entry"] == name for x in r["shards"][s]] for s in ("train", "val")},

@@ -72,7 +72,35 @@ def _token_inputs(cfg: DataConfig, train: list[dict], val: list[dict]) -> dict:
 def _holds(data_dir: Path, inputs: dict) -> bool:
     """`data_dir` holds a preparation of exactly these inputs (its shards are verified separately, so a corrupt
     shard is reported as such rather than silently rebuilt)."""
-    return (data_dir / shards.MANIFEST).is_file() and shards.read_manifest(data_dir).get("inputs") == inputs
+    if not (data_dir / shards.MANIFEST).is_file():
+        return False
+    manifest = shards.read_manifest(data_dir)
+    return manifest.get("inputs") == inputs or _same_content(manifest, inputs)
+
+
+def _same_content(manifest: dict, inputs: dict) -> bool:
+    """The inputs differ from the manifest's only in the mtime of local files whose size and content (sha256, as
+    recorded when they were prepared) are unchanged: `touch` or a copy is not other inputs."""
+    had, hashes = manifest.get("inputs", {}), manifest.get("source_sha256", {})
+    if {k: v for k, v in had.items() if k != "sources"} != {k: v for k, v in inputs.items() if k != "sources"}:
+        return False
+    old, new = had.get("sources", []), inputs["sources"]
+    if [s["origin"] for s in old] != [s["origin"] for s in new]:
+        return False
+    paths = {s["origin"]: s["path"] for s in manifest.get("sources", [])}
+    for was, now in zip(old, new):
+        if was["fingerprint"] == now["fingerprint"]:
+            continue
+        size_was, size_now = (str(f["fingerprint"]).split(":")[0] for f in (was, now))
+        origin = now["origin"]
+        if size_was != size_now or origin not in hashes or origin not in paths:
+            return False
+        try:
+            if file_sha256(Path(paths[origin])) != hashes[origin]:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 _held: dict[str, int] = {}  # data dirs whose lock this process holds, and how many times over
