@@ -52,9 +52,16 @@ def _internal_error() -> int:
     with os.fdopen(fd, "w") as fh:
         traceback.print_exc(file=fh)
     exc = sys.exc_info()[1]
-    print(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug in tst, traceback in {path}"
-          .replace("\n", " "), file=sys.stderr)
+    _error(f"internal error ({type(exc).__name__}: {exc}); this is a bug in tst, traceback in {path}"
+           .replace("\n", " "))
     return EXIT_INTERNAL
+
+
+def _error(message: str) -> None:
+    """The one error line, in one write: under torchrun the ranks share stderr, and a line written in two parts
+    (print writes the text, then the newline) interleaves with another rank's."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
 
 
 def _terminate(signum, _frame):
@@ -67,36 +74,36 @@ def _run(command, argv) -> int:
         code = command.main(args=argv, prog_name="tst", standalone_mode=False)
         code = code if isinstance(code, int) else 0
         if code == 130:
-            print("error: interrupted", file=sys.stderr)
+            _error("interrupted")
         return code
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
-        print("error: interrupted", file=sys.stderr)
+        _error("interrupted")
         return 130
     except TstError as e:
-        print(f"error: {e.message}", file=sys.stderr)
+        _error(e.message)
         return e.exit_code
     except Stopped as e:
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _error("interrupted")
         return 130
     except Terminated as e:
-        print("error: terminated", file=sys.stderr)
+        _error("terminated")
         return 128 + e.signum
     except BaseException as e:  # noqa: BLE001 -- torch's CheckpointException is a BaseException
         if isinstance(e, SystemExit):
             raise
         fault = environment_fault(e)
         if fault is not None:  # read-only, full disk, permission: the environment, not a bug
-            print(f"error: {describe_os_error(fault)}", file=sys.stderr)
+            _error(describe_os_error(fault))
             return EXIT_CHECKPOINT
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `tst`: show the help
             print(e.format_message(), file=sys.stderr)
             return EXIT_USAGE
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # a click usage error (typer may vendor click)
-            print(f"error: {e.format_message()} (see `tst --help`)", file=sys.stderr)
+            _error(f"{e.format_message()} (see `tst --help`)")
             return e.exit_code or EXIT_USAGE
         return _internal_error()
 
