@@ -15,7 +15,7 @@ from tstcli import locks
 from tstcli.data import shards
 from tstcli.errors import DataError, SourceUnavailable, Terminated, as_error, environment_fault
 from tstcli.files import file_sha256
-from tstcli.prep import dependents, encode, location, readers, sources, token_files, units, work
+from tstcli.prep import dependents, encode, holdings, location, readers, sources, token_files, units, work
 from tstcli.prep.encode import Groups
 from tstcli.prep.tokenizer import tokenizer_sha256
 from tstcli.recipe import DataConfig
@@ -69,59 +69,7 @@ def _token_inputs(cfg: DataConfig, train: list[dict], val: list[dict]) -> dict:
             "token_dtype": cfg.token_dtype, "val_fraction": None if val else cfg.val_fraction}
 
 
-def _holds(data_dir: Path, inputs: dict) -> bool:
-    """`data_dir` holds a preparation of exactly these inputs (its shards are verified separately, so a corrupt
-    shard is reported as such rather than silently rebuilt)."""
-    if not (data_dir / shards.MANIFEST).is_file():
-        return False
-    manifest = shards.read_manifest(data_dir)
-    return manifest.get("inputs") == inputs or _same_content(manifest, inputs)
-
-
-def _same_content(manifest: dict, inputs: dict) -> bool:
-    """The inputs differ from the manifest's only in the mtime of local files whose size and content (sha256, as
-    recorded when they were prepared) are unchanged: `touch` or a copy is not other inputs."""
-    had, hashes = manifest.get("inputs", {}), manifest.get("source_sha256", {})
-    if {k: v for k, v in had.items() if k != "sources"} != {k: v for k, v in inputs.items() if k != "sources"}:
-        return False
-    old, new = had.get("sources", []), inputs["sources"]
-    if [s["origin"] for s in old] != [s["origin"] for s in new]:
-        return False
-    paths = {s["origin"]: s["path"] for s in manifest.get("sources", [])}
-    for was, now in zip(old, new):
-        if was["fingerprint"] == now["fingerprint"]:
-            continue
-        size_was, size_now = (str(f["fingerprint"]).split(":")[0] for f in (was, now))
-        origin = now["origin"]
-        if size_was != size_now or origin not in hashes or origin not in paths:
-            return False
-        try:
-            if file_sha256(Path(paths[origin])) != hashes[origin]:
-                return False
-        except OSError:
-            return False
-    return True
-
-
 _held: dict[str, int] = {}  # data dirs whose lock this process holds, and how many times over
-
-
-def check_ours(data_dir: Path) -> None:
-    """Refuse a `data.dir` that tst did not make before anything is written there: tst writes shards and a
-    tokenizer into it and deletes files under `packs/`. Ours: new, empty, or holding a manifest, a preparation's
-    work directory or tst's lock (a start that stopped early)."""
-    if data_dir.exists() and not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data.dir is not a directory")
-    if not data_dir.is_dir():
-        return
-    try:
-        names = sorted(p.name for p in data_dir.iterdir())
-    except OSError as e:
-        raise DataError(f"{data_dir}: data.dir cannot be listed ({e.strerror or e})") from None
-    if names and not {shards.MANIFEST, work.WORK, locks.LOCK} & set(names):
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise DataError(f"{data_dir}: data.dir holds files tst did not write ({shown}); name a new or empty "
-                        "folder, or a tst data directory")
 
 
 @contextlib.contextmanager
@@ -131,7 +79,7 @@ def data_lock(data_dir: Path, log=print):
     unlocked: nothing can change it."""
     key = str(Path(data_dir).resolve())
     if not _held.get(key):
-        check_ours(Path(data_dir))
+        holdings.check_ours(Path(data_dir))
     if _held.get(key):
         _held[key] += 1
         try:
@@ -176,11 +124,11 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
         manifest = shards.read_manifest(data_dir) if (data_dir / shards.MANIFEST).is_file() else None
         return PrepareResult(data_dir, manifest, up_to_date, time.perf_counter() - t0, source_bytes, units or None)
 
-    if not force and _holds(data_dir, inputs):
+    if not force and holdings.holds(data_dir, inputs):
         return result(True)
     # --force over the same inputs is the documented repair of a damaged shard: allowed under the runs that read
     # the data, provided the rebuild gives the tokens the manifest records (checked before anything is replaced).
-    repair = force and _holds(data_dir, inputs)
+    repair = force and holdings.holds(data_dir, inputs)
     before = shards.read_manifest(data_dir) if repair else None
     if worker.index == 0 or worker.alone:
         what = (f"registering the token files {', '.join(cfg.token_files + cfg.token_val_files)}" if cfg.token_files
@@ -212,7 +160,7 @@ def prepare(cfg: DataConfig, data_dir: Path, force: bool = False, log=print,
                 work.wait_for_units(wd, plan, log)
             work.refuse_unfinished(wd, plan, worker)
             with data_lock(data_dir, log):
-                if repair or not _holds(data_dir, inputs):
+                if repair or not holdings.holds(data_dir, inputs):
                     if not repair:
                         dependents.refuse_replacing(data_dir)  # again: a run may have registered while we tokenized
                     recs = work.records(wd, plan)
@@ -233,7 +181,7 @@ def _register(cfg, data_dir: Path, wd: Path, inputs: dict, train, val, worker: w
     if not worker.merge:
         return False
     with data_lock(data_dir, log):
-        if not _holds(data_dir, inputs):
+        if not holdings.holds(data_dir, inputs):
             work.install(data_dir, wd, token_files.register(cfg, train, val, wd, inputs))
     return True
 
@@ -241,7 +189,7 @@ def _register(cfg, data_dir: Path, wd: Path, inputs: dict, train, val, worker: w
 def _wait_or_leave(data_dir: Path, inputs: dict, worker: work.Worker, result, plan=None, wd=None, did=0):
     """A worker that does not merge: under torchrun it waits for the manifest; in a SLURM array it is done."""
     if worker.wait:
-        while not _holds(data_dir, inputs):
+        while not holdings.holds(data_dir, inputs):
             time.sleep(work.POLL_S)
         return result(False)
     left = len(units.unfinished(wd, plan)) if plan is not None else 0  # token files: nothing to tokenize
