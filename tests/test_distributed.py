@@ -220,3 +220,15 @@ def test_fsdp_mixture_of_experts_matches_one_process(small_data, tmp_path):
     assert_close_runs(one, tmp_path / "two")
     a, b = rows(one), rows(tmp_path / "two")
     assert all(abs(a[s]["expert_load_max"] - b[s]["expert_load_max"]) < 1e-6 for s in a)  # global fractions
+
+
+@pytest.mark.parametrize("strategy,model", [("ddp", {}), ("fsdp", {}), ("fsdp", {
+    "model.moe_experts": 4, "model.moe_ffn_dim": 32, "model.qk_norm": True, "model.moe_aux_loss_coef": 0.0})],
+    ids=["ddp", "fsdp", "fsdp-moe"])
+def test_muon_two_processes_match_one_process(small_data, tmp_path, strategy, model):
+    """Muon under FSDP2 orthogonalises the whole matrix (gathered), each rank keeping its shard of the update (an
+    orthogonalised shard would be another update); the MoE's expert stacks are sharded by expert."""
+    recipe, one = train_small(small_data, tmp_path, "one", **{"train.optimizer": "muon", **model})
+    r = torchrun(2, "train", recipe, "--run-dir", tmp_path / "two", "--set", f'distributed.strategy="{strategy}"')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_close_runs(one, tmp_path / "two")

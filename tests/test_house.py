@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "tstcli"
 # Layers, bottom up: a module imports only from its own package or a lower layer.
 LAYERS = [
     {"tstcli", "tstcli.errors", "tstcli.keys", "tstcli.binder", "tstcli.recipe", "tstcli.recipe_rules", "tstcli.locks",
-     "tstcli.phases", "tstcli.files", "tstcli.compressed"},
+     "tstcli.phases", "tstcli.schedule", "tstcli.files", "tstcli.compressed"},
     {"tstcli.model", "tstcli.tst", "tstcli.data", "tstcli.prep"},
     {"tstcli.objective", "tstcli.parallel"},
     {"tstcli.run"},

@@ -47,20 +47,23 @@ class PhaseSpec:
 @dataclass(frozen=True)
 class PhasePlan:
     """Steps 1 … `phase1_steps` are phase 1 (superposition, `phase1`'s geometry), the rest phase 2 (next-token
-    rows of L+1). Every held-out evaluation scores `heldout_count` next-token rows."""
+    rows of L+1). Every held-out evaluation scores `heldout_count` next-token rows. The phases and the rows they
+    read are those of `steps`; training stops after `last_step` (an anneal ends before `steps`)."""
     steps: int  # optimizer steps in all
     phase1_steps: int  # n1 = round(tst.ratio x train.steps)
     batch_size: int  # global rows per step
     phase1: PhaseSpec
     heldout_count: int  # rows every held-out evaluation scores (eval.batches x train.batch_size)
+    last_step: int  # where training ends: `steps`, or an anneal's step + decay steps (the data plan stays `steps`)
 
     @classmethod
     def of(cls, r) -> "PhasePlan":
         """The plan of a `Recipe` (not imported: the recipe imports this module to offer `Recipe.plan`)."""
         t = r.train
+        last = r.anneal.step + r.anneal.decay_steps if r.anneal.step else t.steps
         return cls(t.steps, round(r.tst.ratio * t.steps), t.batch_size, PhaseSpec(r.tst.mode, r.tst.bag_size,
                                                                                     t.seq_len),
-                   r.eval.batches * t.batch_size)
+                   r.eval.batches * t.batch_size, last)
 
     @property
     def seq_len(self) -> int:

@@ -17,14 +17,12 @@ from tstcli.keys import Range, key
 from tstcli.phases import PhasePlan
 from tstcli.recipe_rules import NAME_CHARS
 
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str = key("run", "run name; the default run directory is runs/<name>")
-    seed: int = key(0, "seed for initialisation, the phase split of the data and the row order",
-                    within=(0, (1 << 63) - 1))
+    seed: int = key(0, "seed for initialisation, the phase split of the data and the row order", within=(0, 2**63 - 1))
     device: str = key("auto", "auto (cuda when available, else cpu), cpu or cuda", ("auto", "cpu", "cuda"))
-
-
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,13 @@ class TrainConfig:
     min_lr_ratio: float = key(0.0, "learning rate at the end of the decay, as a fraction of lr", within=(0, 1))
     schedule: str = key("wsd", "wsd (warmup-stable-decay) or cosine (warmup then cosine decay)", ("wsd", "cosine"))
     warmup_steps: int = key(30, "linear warmup steps", within=(0, 10 ** 9))
-    decay_fraction: float = key(0.1, "wsd: fraction of steps in the final linear decay", within=(0, 1))
+    decay_fraction: float = key(0.1, "wsd: fraction of steps in the final decay", within=(0, 1))
+    decay_shape: str = key("linear", "wsd: decay shape: linear, sqrt (1 - √t) or cosine", ("linear", "sqrt", "cosine"))
+    optimizer: str = key("adamw", "adamw, or muon: Muon for the blocks' weight matrices (an MoE expert one matrix), "
+                         "AdamW for embeddings, head, norms and the MoE router", ("adamw", "muon"))
+    muon_lr: float = key(0.02, "muon: peak learning rate of the Muon matrices", within=Range(0, 1e3, lo_open=True))
+    muon_momentum: float = key(0.95, "muon: Nesterov momentum of the Muon matrices", within=Range(0, 1, hi_open=True))
+    muon_weight_decay: float = key(0.0, "muon: decoupled weight decay of the Muon matrices", within=(0, 1e3))
     weight_decay: float = key(0.1, "AdamW decoupled weight decay (matrices only)", within=(0, 1e3))
     beta1: float = key(0.9, "AdamW beta1", within=Range(0, 1, hi_open=True))
     beta2: float = key(0.95, "AdamW beta2", within=Range(0, 1, hi_open=True))
@@ -185,6 +189,13 @@ class TstConfig:
     reinit_head: bool = key(False, "ablation: re-initialise the output head at the switch")
     reset_optimizer: bool = key(False, "ablation: reset the optimizer state at the switch (patch-level training)")
     restart_schedule: bool = key(False, "ablation: restart the learning-rate schedule (warmup included) at the switch")
+
+
+@dataclass(frozen=True)
+class AnnealConfig:
+    step: int = key(0, "0: not an anneal; N (written by `tst anneal`): continue a wsd run's stable phase from step N, "
+                    "decay over anneal.decay_steps steps and end there", within=(0, 10 ** 9))
+    decay_steps: int = key(0, "steps of an anneal's decay (train.decay_shape, to min_lr_ratio)", within=(0, 10 ** 9))
 
 
 @dataclass(frozen=True)
@@ -244,6 +255,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tst: TstConfig = field(default_factory=TstConfig)
+    anneal: AnnealConfig = field(default_factory=AnnealConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

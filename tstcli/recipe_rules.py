@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tstcli.errors import UsageError
 from tstcli.files import plain_name
+from tstcli.schedule import wsd_decay_start
 
 NAME_CHARS = "letters, digits, '_', '-' and '.'"
 
@@ -53,7 +54,34 @@ def check(r, where: str) -> None:
     _require(p == [] or (len(p) == 2 and 1 <= p[0] <= p[1] <= t.steps), where, "train.profile_steps",
              f"[] or [first, last] with 1 <= first <= last <= train.steps ({t.steps})", p)
     _require(all(x.strip() for x in r.eval.bench), where, "eval.bench", "a list of benchmark names", r.eval.bench)
+    _require(t.decay_shape == "linear" or t.schedule == "wsd", where, "train.decay_shape",
+             "'linear' with train.schedule = 'cosine' (the shape is the wsd decay's)", t.decay_shape)
+    problem = anneal_problem(r.train, r.tst.restart_schedule, r.anneal.step, r.anneal.decay_steps)
+    if r.anneal.step and problem:
+        raise UsageError(f"{where}: key 'anneal.step': {problem}")
+    _require(bool(r.anneal.step) or r.anneal.decay_steps == 0, where, "anneal.decay_steps",
+             "0 unless anneal.step is set", r.anneal.decay_steps)
     _check_mix(r, where)
+
+
+def anneal_problem(t, restart_schedule: bool, step: int, decay_steps: int) -> str | None:
+    """Why a run with train `t` cannot be annealed from `step` over `decay_steps` steps, or None: the one rule
+    `tst anneal` and a recipe's [anneal] table share."""
+    if t.schedule != "wsd":
+        return f"train.schedule is {t.schedule!r}: only a wsd run has a stable phase to decay from"
+    if restart_schedule:
+        return "tst.restart_schedule restarts the schedule at the switch: anneal a run without the ablation"
+    if decay_steps < 1:
+        return f"the decay needs at least 1 step; got {decay_steps}"
+    start = wsd_decay_start(t)
+    if not t.warmup_steps <= step <= start:
+        where = "inside the warmup" if step < t.warmup_steps else "inside the decay"
+        return (f"step {step} is {where}: anneal from the stable phase, steps {t.warmup_steps} to {start} "
+                f"(train.warmup_steps = {t.warmup_steps}, decay from step {start + 1} of {t.steps})")
+    if step + decay_steps > t.steps:
+        return (f"step {step} + {decay_steps} decay steps ends past train.steps ({t.steps}), where the run's data "
+                "plan ends")
+    return None
 
 
 def _check_mix(r, where: str) -> None:

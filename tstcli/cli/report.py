@@ -67,6 +67,9 @@ def worker_lines(out: dict) -> list[str]:
             f"`tst prepare RECIPE --workers {out['workers']} --merge` writes the manifest"]
 
 
+OPTIMIZER_GROUPS = {"muon": "muon", "adamw": "adamw", "adamw_no_decay": "adamw (no weight decay)"}
+
+
 def plan_lines(r, p: dict) -> list[str]:
     lines = [
         f"model: {p['parameters']:,} parameters ({p['parameters_non_embedding']:,} without the input embedding), "
@@ -79,6 +82,9 @@ def plan_lines(r, p: dict) -> list[str]:
         f"global batch: {p['global_batch_rows']} rows x {p['seq_len']} positions = "
         f"{p['global_batch_positions']:,} positions per step",
     ]
+    for group, g in p["optimizers"].items():
+        lines.append(f"optimizer {OPTIMIZER_GROUPS[group]}: {g['tensors']} tensors, {g['parameters']:,} parameters: "
+                     + ", ".join(g["names"]))
     for ph in ("1", "2"):
         x = p["phases"][ph]
         name = f"superposition, s={r.tst.bag_size}, mode={r.tst.mode}" if ph == "1" else "next-token recovery"
@@ -105,7 +111,7 @@ def plan_lines(r, p: dict) -> list[str]:
         if d["checkpoint_staging_gib"]:
             lines.append(f"  checkpoints written in the background (checkpoint.async): {d['checkpoint_staging_gib']:.1f}"
                          " GiB of host memory per process for the copy being written")
-    lines.append(f"checkpoint: about {p['checkpoint_gib']:.1f} GiB (weights and AdamW moments, fp32)")
+    lines.append(f"checkpoint: about {p['checkpoint_gib']:.1f} GiB (weights and optimizer state, fp32)")
     return lines
 
 

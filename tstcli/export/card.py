@@ -31,7 +31,7 @@ def model_card(run: RunInfo, ckpt: Path, architecture: str) -> str:
         "| | |", "|---|---|",
         f"| TST | bag size s = {r.tst.bag_size}, ratio {r.tst.ratio}, mode `{r.tst.mode}`, loss `{r.tst.loss}`, "
         f"weighting `{r.tst.weighting}` |",
-        f"| steps | {facts['steps']:,} of {r.train.steps:,} |",
+        f"| steps | {facts['steps']:,} of {r.plan.last_step:,} |",
         f"| raw tokens | {facts['tokens_phase1']:,} in phase 1 (superposition), {facts['tokens_phase2']:,} in "
         "phase 2 (next-token) |",
         f"| held-out loss | {loss} (next-token, the run's validation split, latest at this checkpoint) |",

@@ -111,7 +111,9 @@ def begin(root: Path, step: int, model, world: World) -> Path:
 
 
 def state_dicts(model, optimizer) -> dict:
-    """What a checkpoint holds of the model and optimizer (views of the live tensors: copy before training on)."""
+    """What a checkpoint holds of the model and optimizer (views of the live tensors: copy before training on).
+    `optimizer`: one optimizer or a list over disjoint parameters (AdamW beside Muon): their states by parameter
+    name, in one dict."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     model_sd, _ = _untied(model_sd)
     return {"model": model_sd, "optim": {"state": optim_sd["state"]}}

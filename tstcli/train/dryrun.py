@@ -2,6 +2,8 @@
 device. Built on the meta device, so it takes seconds for any model size; `cli/report.py` turns it into text."""
 from __future__ import annotations
 
+import re
+
 from tstcli.data import packing, shards
 from tstcli.errors import DataError
 from tstcli.parallel.engine import checkpointed_blocks
@@ -10,14 +12,29 @@ from tstcli.prep.tokenizer import load_tokenizer
 from tstcli.recipe import Recipe
 from tstcli.run.checkpoint import checkpoint_bytes
 from tstcli.run.load import meta_model
+from tstcli.train.optim import route
 
 GiB = 2 ** 30
 
 
-def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int, world_size: int) -> dict:
+def optimizer_groups(model, optimizer: str) -> dict:
+    """Which parameters each optimizer group takes (`optim.route`): count, size and names, the blocks' names once
+    for all layers (`layers.*.…`)."""
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    out = {}
+    for group, names in route(model, optimizer).items():
+        if names:
+            patterns = dict.fromkeys(re.sub(r"^layers\.\d+\.", "layers.*.", n) for n in names)
+            out[group] = {"tensors": len(names), "parameters": sum(sizes[n] for n in names), "names": list(patterns)}
+    return out
+
+
+def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int, world_size: int,
+                      muon_params: int = 0) -> dict:
     """Estimated peak bytes per device in training, by part (an estimate: allocator slack and temporaries aside).
 
-    State: fp32 weights + grads + two AdamW moments = 16 B/param, all of it on every device under DDP, 1/N of it
+    State: fp32 weights + grads + two AdamW moments = 16 B/param (12 for Muon's matrices: one momentum buffer;
+    the whole matrix is gathered for its update, one at a time), all of it on every device under DDP, 1/N of it
     under FSDP2 plus the parameters of the block being computed and the next one (gathered in the compute dtype).
     Activations of one micro-batch (Korthikanti et al.): ~34·mb·L·dim bytes per block in bf16 without
     recomputation, 2·mb·L·dim (the block input) for a recomputed block; plus the loss's logits (see `loss_bytes`)
@@ -28,7 +45,7 @@ def memory_per_device(r: Recipe, params: int, block_params: int, vocab_size: int
     L, d, mb = r.train.seq_len, r.model.dim, r.train.rows_per_micro_batch(world_size)
     act = 4 if r.train.dtype == "fp32" else 2  # auto: bf16 on the GPUs a dry run plans for
     sharded = world_size > 1 and r.distributed.strategy == "fsdp"
-    state = 16 * params / world_size if sharded else 16 * params
+    state = (16 * params - 4 * muon_params) / (world_size if sharded else 1)
     gathered = 2 * block_params * act if sharded else 0
     full_block = 17 * act * mb * L * d
     recomputed = len(checkpointed_blocks(r.distributed.activation_checkpointing, r.model.n_layers))
@@ -66,6 +83,8 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
     fpp = model.flops_per_position(L)
     widths, steps = r.plan.row_widths, r.plan.phase_steps
     ckpt_gib = checkpoint_bytes(model) / 2 ** 30
+    groups = optimizer_groups(model, r.train.optimizer)
+    muon = groups.get("muon", {}).get("parameters", 0)
     devices = {}
     for n in nprocs or [1]:
         mb = r.train.rows_per_micro_batch(n)
@@ -75,7 +94,7 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
             "micro_batch_rows": mb, "rows_per_device": B // n,
             "accumulation_steps": B // (n * mb) if fits else None,
             "batch_splits": fits,
-            "memory_gib": memory_per_device(r, params, block_params, vocab_size, n),
+            "memory_gib": memory_per_device(r, params, block_params, vocab_size, n, muon),
             # checkpoint.async: each process copies its part of the state to host memory (its shard under FSDP2,
             # all of it otherwise) and keeps that copy until the write is done
             "checkpoint_staging_gib": (ckpt_gib / (n if n > 1 and r.distributed.strategy == "fsdp" else 1)
@@ -88,10 +107,11 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
         "vocab_size": vocab_size,
         "flops_per_position": fpp,
         "flops_per_step": fpp * B * L,
-        "flops_total": fpp * B * L * r.train.steps,
+        "flops_total": fpp * B * L * r.plan.last_step,
         "global_batch_rows": B, "seq_len": L, "global_batch_positions": B * L,
         "phases": {str(p): {"steps": steps[p], "row_tokens": widths[p], "tokens": steps[p] * B * widths[p],
                             "positions": steps[p] * B * L} for p in (1, 2)},
+        "optimizers": groups,
         "devices": devices,
         "activation_checkpointing": r.distributed.activation_checkpointing,
         "checkpoint_gib": ckpt_gib, "checkpoint_async": r.checkpoint.async_,

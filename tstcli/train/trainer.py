@@ -19,11 +19,12 @@ from tstcli.parallel.engine import Engine
 from tstcli.parallel.world import World, full_value, mean_stats_across
 from tstcli.recipe import Recipe
 from tstcli.run import checkpoint, rundir
+from tstcli.schedule import Schedule
 from tstcli.train import float8
 from tstcli.train.batch import to_device
 from tstcli.train.divergence import DivergencePolicy
 from tstcli.train.hooks import Hook, Hooks
-from tstcli.train.optim import apply_update, lr_at, make_optimizer
+from tstcli.train.optim import apply_update, make_optimizer, set_lr
 from tstcli.train.state import TrainState
 from tstcli.train.steplog import StepLog, StepResult, row_of
 from tstcli.train.stopping import StopController
@@ -48,6 +49,7 @@ class Trainer:
         self.engine = Engine(Objective(self.model, plan.specs, loss_specs(plan, r.tst, r.train.loss_chunk_size),
                                        self.amp), r.distributed, world, self.amp, r.train.compile)
         self.optimizer = make_optimizer(self.model, r.train)
+        self.schedule = Schedule.of(r)
         self.loaders = data.loaders(plan, r.run.seed)
         self.val_rows = torch.from_numpy(data.heldout_batch(r))
         self.flops_per_position = self.model.flops_per_position(r.train.seq_len)
@@ -64,9 +66,6 @@ class Trainer:
         return self.stop.agreed
 
     # ---- the step math ----
-    def lr_at(self, step: int) -> float:
-        return lr_at(self.plan, self.r.train, self.r.tst.restart_schedule, step)
-
     def _accumulate(self, phase: int, rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Forward and backward over the micro-batches of this rank's rows (gradients communicated on the last).
         Returns the mean CE and the mean of the model's own metrics."""
@@ -97,12 +96,11 @@ class Trainer:
         clip = r.train.grad_clip if r.train.grad_clip > 0 else float("inf")
         grad_norm = full_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         ok = torch.isfinite(loss) & torch.isfinite(grad_norm)
-        lr = self.lr_at(step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        factor = self.schedule.factor(step)
+        set_lr(self.optimizer, factor)
         apply_update(self.optimizer, ok)
         self.stop.vote()
-        return StepResult(phase, epoch, data_s, lr, loss, grad_norm, metrics, ok)
+        return StepResult(phase, epoch, data_s, r.train.lr * factor, loss, grad_norm, metrics, ok)
 
     @torch.no_grad()
     def heldout(self) -> HeldOut:
@@ -136,7 +134,7 @@ class Trainer:
     def record_val(self, val_loss: float) -> None: self.state.val_loss = val_loss  # noqa: E704
 
     def _restore(self, ckpt: Path) -> list[str]:
-        self.state, world = TrainState.from_checkpoint(checkpoint.load(ckpt, self.model, self.optimizer))
+        self.state, world = TrainState.from_checkpoint(checkpoint.load(ckpt, self.model, self.optimizer.parts))
         if world == self.world.size:
             return []
         return [f"resume: checkpoint written by {world} process(es), continuing on {self.world.size}: state "
@@ -164,7 +162,7 @@ class Trainer:
 
     # ---- the loop ----
     def run(self, resume: Path | None = None) -> dict:
-        """Train from the start, or from checkpoint `resume`, to `train.steps`; returns the summary."""
+        """Train from the start, or from checkpoint `resume`, to the plan's last step; returns the summary."""
         notes = self._restore(resume) if resume is not None else []
         self.resumed_from = resume
         self._clock = time.perf_counter() - self.state.elapsed_s
@@ -172,13 +170,14 @@ class Trainer:
             self.hooks.on_start(self)
             for note in notes:
                 self.say(note)
-            for step in range(self.state.step + 1, self.r.train.steps + 1):
+            last = self.plan.last_step
+            for step in range(self.state.step + 1, last + 1):
                 self.hooks.before_step(self, step)
                 t0 = time.perf_counter()
                 out = self.train_step(step)
                 self.record(step, out, time.perf_counter() - t0)
                 self.state.step = step
-                if step % self.r.train.log_every == 0 or step == self.r.train.steps:
+                if step % self.r.train.log_every == 0 or step == last:
                     self.flush()
                 self.hooks.after_step(self, step)  # the checkpoint hook has saved if a stop was agreed
                 if self.stopping:
@@ -196,5 +195,5 @@ class Trainer:
         raise Stopped(signum, step)
 
     def summary(self) -> dict:
-        return {"run_dir": str(self.run_dir), "steps": self.r.train.steps, **self.state.summary(),
+        return {"run_dir": str(self.run_dir), "steps": self.plan.last_step, **self.state.summary(),
                 "wall_time_s": self.elapsed(), "checkpoint": str(checkpoint.latest(self.run_dir / rundir.CHECKPOINTS))}

@@ -41,7 +41,7 @@ class Checkpointing(Hook):
         self._rows(t, self.saver.wait())  # at most one write in flight (a signal may come while we wait)
         t.stop.settle()
         last = step == self.last_step or t.stopping  # nothing may be left in flight when the run returns
-        self._rows(t, self.saver.save(step, t.model, t.optimizer, t.checkpoint_state(), to_toml(t.r), wait=last,
+        self._rows(t, self.saver.save(step, t.model, t.optimizer.parts, t.checkpoint_state(), to_toml(t.r), wait=last,
                                       started=started))
         t.stop.settle()
         if t.stopping and not last:  # the signal came during the save: stop at this step, its write finished

@@ -23,7 +23,7 @@ from tstcli.train.hooks.validation import Validation
 def default_hooks(r: Recipe, world: World, eval_data_dir: Path, console: bool = True) -> list[Hook]:
     """Rank 0 writes (metrics, trackers, console); every rank takes part in the collective side jobs
     (validation, benchmarks' gather, checkpoints, the switch). Rows reach the metrics log first."""
-    last = r.train.steps
+    last = r.plan.last_step
     hooks: list[Hook] = []
     if world.main:
         hooks.append(MetricsLog())
