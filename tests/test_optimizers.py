@@ -171,3 +171,22 @@ def test_reset_optimizer_at_the_switch_resets_both(small_data, tmp_path):
     PhaseSwitch().apply(t)
     assert [type(o).__name__ for o in t.optimizer.parts] == ["AdamW", "Muon"]
     assert all(len(o.state) == 0 for o in t.optimizer.parts)
+
+
+def test_a_non_finite_step_leaves_both_optimizers_untouched():
+    """`apply_update` with ok = False: no weight, moment or momentum buffer changes (AdamW and Muon alike)."""
+    from tstcli.train.optim import apply_update
+    model = Llama(ModelConfig(dim=32, n_layers=1, n_heads=4, tie_embeddings=False), 64)
+    opt = make_optimizer(model, TrainConfig(optimizer="muon"))
+    for ok in (True, False):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 0.1 if ok else float("nan"))
+        weights = [p.detach().clone() for p in model.parameters()]
+        state = [v.clone() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+        apply_update(opt, torch.tensor(ok))
+        changed = any(not torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+        assert changed == ok
+        if not ok:
+            after = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+            assert all(torch.equal(a, b) for a, b in zip(state, after)) and len(state) == len(after)
+    assert all(p.grad is None for p in model.parameters())

@@ -130,7 +130,7 @@ def test_fused_adamw_skips_a_step_on_the_device_and_otherwise_steps_as_usual():
     twin = torch.nn.ParameterList([torch.nn.Parameter(p.detach().clone()) for p in params])
     r = small_recipe("unused")
     opt, ref = make_optimizer(model, r.train, fused=True), make_optimizer(twin, r.train, fused=True)
-    assert opt.defaults["fused"]
+    assert opt.parts[0].defaults["fused"]
 
     def grads(m, value=None):
         for p in m:

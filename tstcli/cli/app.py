@@ -12,7 +12,7 @@ import typer
 
 from tstcli import __version__
 from tstcli.cli import eval as eval_cmd
-from tstcli.cli import compare, export, prepare, resume, sample, train
+from tstcli.cli import anneal, compare, export, prepare, resume, sample, train
 from tstcli.errors import (EXIT_CHECKPOINT, EXIT_INTERNAL, EXIT_USAGE, Stopped, Terminated, TstError,
                           describe_os_error, environment_fault)
 
@@ -38,6 +38,7 @@ VERBS = {
     "prepare": (prepare.prepare, "Tokenize and shard the corpus; pack the rows each phase reads."),
     "train": (train.train, "Train a model: superposition phase, then next-token recovery."),
     "resume": (resume.resume, "Continue a run from its latest complete checkpoint."),
+    "anneal": (anneal.anneal, "Decay a WSD run from one of its checkpoints into a new run."),
     "eval": (eval_cmd.eval_, "Held-out loss and benchmarks of a run or an export."),
     "export": (export.export, "Export a checkpoint as a self-tested Hugging Face model."),
     "sample": (sample.sample, "Generate text from a run or an export (KV cache, seeded)."),

@@ -32,6 +32,15 @@ class Curve:
     label: str  # e.g. "s=4, ratio=0.3" or "baseline"
     higher_better: bool = False  # benchmark scores; a loss is lower-better
     log: Path | None = None  # the metrics.jsonl it was read from
+    branch: dict | None = None  # an anneal: {"run": its parent's directory, "step": where it left it}
+
+    def own_steps(self) -> tuple[int, ...]:
+        """The evaluated steps to draw as this run's own: a branch shares its parent's up to the branch step, so from
+        its last evaluation at or before that step (where the lines join) on."""
+        if self.branch is None:
+            return self.steps
+        start = max((s for s in self.steps if s <= self.branch["step"]), default=0)
+        return tuple(s for s in self.steps if s >= start)
 
     def check_axis(self, axis: str) -> None:
         """Every point (and the switch) has a value on `axis`: a row without one (older or edited logs) is one
@@ -80,8 +89,24 @@ def load_curve(run_dir: Path, metric: str = VAL_LOSS) -> Curve:
         raise CheckpointError(f"{path}: no {what} to compare")
     at_step = {s: {axis: row.get(field) for axis, (field, _) in AXES.items()} for s, row in train.items()}
     phase1 = [s for s, row in train.items() if row["phase"] == 1]
+    branch = _parent(run_dir)
+    label = _label(run_dir, bool(phase1))
+    if branch is not None:
+        label = f"anneal of {Path(branch['run']).name} @{branch['step']}"
     return Curve(run_dir.name, steps, tuple(val[s] for s in steps), at_step, max(phase1) if phase1 else None,
-                 _label(run_dir, bool(phase1)), higher_better=metric != VAL_LOSS, log=path)
+                 label, higher_better=metric != VAL_LOSS, log=path, branch=branch)
+
+
+def _parent(run_dir: Path) -> dict | None:
+    """The `parent` an anneal's run.json records (`run/branch.py`), if any."""
+    import json
+
+    try:
+        parent = json.loads((run_dir / "run.json").read_text()).get("parent")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(parent, dict) and isinstance(parent.get("step"), int) and isinstance(parent.get("run"), str)
+    return parent if ok else None
 
 
 def _label(run_dir: Path, has_phase1: bool) -> str:
@@ -123,6 +148,8 @@ def compare(curves: list[Curve], axis: str, reference: int = 0) -> dict:
             "final_x": c.x(axis, c.steps[-1]), "reach_x": reach,
             "speedup": (ref_reach / reach if reach and ref_reach else None),
             "switch_x": c.x(axis, c.switch_step) if c.switch_step else None,
+            "branch_of": c.branch["run"] if c.branch else None,
+            "branch_x": c.x(axis, c.branch["step"]) if c.branch else None,
         })
     return {"axis": axis, "reference": ref.name, "target_loss": target, "higher_better": ref.higher_better,
             "runs": rows}

@@ -31,9 +31,13 @@ def plot(curves: list[Curve], result: dict, out: Path, ylabel: str = "held-out l
     axis = result["axis"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     for c, row in zip(curves, result["runs"]):
-        (line,) = ax.plot(c.xs(axis), c.losses, marker="o", markersize=2.5, linewidth=1.4,
-                          label=f"{c.name} ({c.label})")
-        if row["switch_x"] is not None:
+        own = c.own_steps()  # a branch from where it leaves its parent: the shared part is the parent's line
+        ys = [y for s, y in zip(c.steps, c.losses) if s in own]
+        (line,) = ax.plot([c.x(axis, s) for s in own], ys, marker="o", markersize=2.5, linewidth=1.4,
+                          linestyle="--" if c.branch else "-", label=f"{c.name} ({c.label})")
+        if c.branch and own:
+            ax.plot([c.x(axis, own[0])], ys[:1], marker="D", markersize=5, color=line.get_color())
+        if row["switch_x"] is not None and not (c.branch and own and c.switch_step < own[0]):
             ax.axvline(row["switch_x"], color=line.get_color(), linestyle=":", linewidth=1)
     ax.axhline(result["target_loss"], color="grey", linestyle="--", linewidth=0.8,
                label=f"final value of {result['reference']}")

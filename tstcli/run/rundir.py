@@ -50,15 +50,17 @@ def lock(run_dir: Path) -> locks.DirLock:
         raise as_error(e, CheckpointError, f"the run directory {run_dir} must be writable") from None
 
 
-def create(run_dir: Path, recipe_toml: str, data_dir: Path, manifest_sha: str, pack_key: str) -> None:
-    """Write the run's description (the caller holds the run's lock and the data directory's lock)."""
+def create(run_dir: Path, recipe_toml: str, data_dir: Path, manifest_sha: str, pack_key: str,
+           extra: dict | None = None) -> None:
+    """Write the run's description (the caller holds the run's lock and the data directory's lock); `extra`: more
+    fields of run.json (an anneal's `parent`)."""
     ensure_new(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RECIPE).write_text(recipe_toml)
     shutil.copyfile(data_dir / TOKENIZER, run_dir / TOKENIZER)
     shutil.copyfile(data_dir / MANIFEST, run_dir / MANIFEST)
     write_json_atomic(run_dir / RUN_INFO, {"data_dir": str(data_dir.resolve()), "manifest_sha256": manifest_sha,
-                                          "pack": pack_key, "tst_version": __version__})
+                                          "pack": pack_key, "tst_version": __version__, **(extra or {})})
     dependents.register(data_dir, run_dir)
 
 

@@ -42,6 +42,10 @@ class Optimizers:
     def state(self) -> dict:
         return {p: s for o in self.parts for p, s in o.state.items()}
 
+    def step(self) -> None:
+        for o in self.parts:
+            o.step()
+
     def state_dict(self) -> list[dict]:
         return [o.state_dict() for o in self.parts]
 

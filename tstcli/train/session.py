@@ -17,6 +17,7 @@ from tstcli.prep import location
 from tstcli.prep.prepare import data_lock, ensure_prepared
 from tstcli.prep.work import Worker
 from tstcli.recipe import Recipe
+from tstcli.run import branch as branches
 from tstcli.run import checkpoint, init_from, rundir
 from tstcli.train import float8
 from tstcli.train.hardware import resolve_dtype
@@ -93,22 +94,37 @@ def train_new(r: Recipe, run_dir: Path, env, eval_data_dir: Path, log) -> tuple[
     return _in_world(r, env, body)
 
 
-def resume_run(run_dir: Path, allow_changed_data: bool, env, eval_data_dir: Path, log) -> tuple[World, dict]:
-    """Continue `run_dir` from its latest complete checkpoint (from the start when there is none)."""
-    info = rundir.read_info(run_dir)
-    r = recipes.load(run_dir / rundir.RECIPE)
+def resume_run(run_dir: Path, allow_changed_data: bool, env, eval_data_dir: Path, log,
+               branch: tuple[Path, Recipe] | None = None) -> tuple[World, dict]:
+    """Continue `run_dir` from its latest complete checkpoint (from the start when there is none). `branch`:
+    (parent run, recipe) of an anneal — rank 0 first writes `run_dir` from the parent (`run/branch.py`)."""
+    if branch is None:
+        rundir.read_info(run_dir)  # one line before joining a world: not a run directory
+    else:
+        rundir.ensure_new(run_dir)  # and again under the lock; before it, so a user's folder gets no lock file
+    r = branch[1] if branch else recipes.load(run_dir / rundir.RECIPE)
 
     def body(world, device):
         hooks = default_hooks(r, world, eval_data_dir)
         Hooks(hooks).preflight(world)
         lock, refused = None, None
         if world.main:  # before reading checkpoints: no writer may be pruning
+            made = not run_dir.exists()
             try:
                 lock = rundir.lock(run_dir)
-            except TstError as e:
+                if branch is not None:
+                    rundir.ensure_new(run_dir)
+                    branches.create(branch[0], run_dir, r, log)
+            except BaseException as e:
+                if lock is not None:
+                    lock.release()
+                    lock = None
+                if made and not rundir.holds_run(run_dir):  # made for the lock only: leave no trace
+                    shutil.rmtree(run_dir, ignore_errors=True)
                 refused = e
         raise_together(world, refused)  # a run in use is one line from every rank
         try:
+            info = rundir.read_info(run_dir)
             ckpt = checkpoint.latest(run_dir / rundir.CHECKPOINTS)
             barrier()  # every rank picked its checkpoint before rank 0 may touch the run directory
             if world.main:
