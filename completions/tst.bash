@@ -2,13 +2,14 @@
 _tst() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" opts=""
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=( $(compgen -W "prepare train resume eval export sample compare --help --version" -- "$cur") )
+        COMPREPLY=( $(compgen -W "prepare train resume anneal eval export sample compare --help --version" -- "$cur") )
         return
     fi
     case "${COMP_WORDS[1]}" in
         prepare) opts="--set --force --verify --worker --workers --merge --json --help" ;;
         train) opts="--run-dir --set --dry-run --nproc --json --help" ;;
         resume) opts="--allow-changed-data --json --help" ;;
+        anneal) opts="--step --decay-steps --run-dir --json --help" ;;
         eval) opts="--bench --limit --num-fewshot --data-dir --batch-size --step --corpus --samples --device --dtype --json --help" ;;
         export) opts="--out --step --dtype --force --push-to-hub --private --revision --json --help" ;;
         sample) opts="--prompt --prompt-file --max-new-tokens --temperature --top-k --top-p --seed --num-samples --step --device --dtype --json --help" ;;

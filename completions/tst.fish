@@ -24,6 +24,13 @@ complete -c tst -n '__fish_seen_subcommand_from resume' -F
 complete -c tst -n '__fish_seen_subcommand_from resume' -l allow-changed-data -d 'continue even though the prepared data changed since the run began'
 complete -c tst -n '__fish_seen_subcommand_from resume' -l json -d 'print one JSON object on stdout instead of text'
 complete -c tst -n '__fish_seen_subcommand_from resume' -l help -d 'show help and exit'
+complete -c tst -n __fish_use_subcommand -a anneal -d 'Start a new run from step N of a WSD run (weights, optimizer state, data position) that decays the learning'
+complete -c tst -n '__fish_seen_subcommand_from anneal' -F
+complete -c tst -n '__fish_seen_subcommand_from anneal' -l step -r -d 'its checkpoint to start from - a step of the stable phase'
+complete -c tst -n '__fish_seen_subcommand_from anneal' -l decay-steps -r -d 'steps of the decay (train.decay_shape, to train.min_lr_ratio)'
+complete -c tst -n '__fish_seen_subcommand_from anneal' -l run-dir -r -a '(__fish_complete_directories)' -d 'the new runs directory (new or empty)'
+complete -c tst -n '__fish_seen_subcommand_from anneal' -l json -d 'print one JSON object on stdout instead of text'
+complete -c tst -n '__fish_seen_subcommand_from anneal' -l help -d 'show help and exit'
 complete -c tst -n __fish_use_subcommand -a eval -d 'Evaluate a run or an export - held-out next-token loss and multiple-choice benchmarks.'
 complete -c tst -n '__fish_seen_subcommand_from eval' -F
 complete -c tst -n '__fish_seen_subcommand_from eval' -l bench -r -d 'comma-separated - hellaswag, arc_easy, arc_challenge, arc, mmlu, mmlu -SUBJECT, boolq, openbookqa, piqa, winogrande, paper (all eight)'

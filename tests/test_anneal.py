@@ -116,3 +116,16 @@ def test_anneal_into_a_directory_holding_files_is_refused(parent, tmp_path):
     assert r.returncode == 2 and "not empty" in r.stderr
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["notes.txt"]
 
+
+
+@pytest.mark.slow
+def test_anneal_under_torchrun_equals_one_process(parent, annealed, tmp_path):
+    """Rank 0 writes the branch while the other ranks wait; then every rank trains its share (DDP, Muon)."""
+    from test_distributed import torchrun
+    child, _ = annealed
+    r = torchrun(2, "anneal", parent, "--step", N, "--decay-steps", K, "--run-dir", tmp_path / "two")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("anneal: ") == 1 and r.stdout.count("final held-out loss") == 1
+    one, two = rows(child), rows(tmp_path / "two")
+    assert sorted(one) == sorted(two)
+    assert all(abs(one[s]["loss"] - two[s]["loss"]) < 1e-4 for s in one), "summation order only"
