@@ -141,13 +141,14 @@ TRACKERS_OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 @pytest.fixture(scope="module")
 def runs(small_data, tmp_path_factory):
     """Two 12-step runs of the SMALL recipe through the real CLI, between them writing every optional row field and
-    run-directory entry the docs name: (a) a mixture of experts with an in-loop benchmark, the profiler, TensorBoard
-    and W&B (offline); (b) a one-entry mixture that starts from (a)'s weights and diverges at once, its non-finite
-    steps skipped."""
+    run-directory entry the docs name: (a) a mixture of experts with an in-loop benchmark, the profiler, TensorBoard,
+    W&B (offline) and documents as units; (b) a one-entry mixture that starts from (a)'s weights and diverges at
+    once, its non-finite steps skipped."""
     tmp = tmp_path_factory.mktemp("docs")
     a = write_recipe(tmp / "a.toml", small_recipe(small_data, **MOE, **{
         "eval.bench": ["arc_easy"], "eval.bench_limit": 2, "eval.bench_data_dir": str(SHARED),
-        "train.profile_steps": [2, 3], "log.tensorboard": True, "log.wandb": True}))
+        "train.profile_steps": [2, 3], "log.tensorboard": True, "log.wandb": True,
+        "train.attention": "document", "tst.bag_boundaries": "document"}))
     r = run_cli("train", a, "--run-dir", tmp / "a", env=TRACKERS_OFFLINE)
     assert r.returncode == 0, r.stderr
     table_b = recipes.to_dict(small_recipe(tmp / "mix-data", **MOE, **{

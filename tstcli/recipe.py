@@ -1,10 +1,7 @@
-"""The recipe: a TOML file parsed once into frozen dataclasses.
-
-Every key is declared here, once, with its type, default, meaning, values, bounds and resume-neutrality
-(`keys.key`); the key table of recipes/README.md, the checks of single values and the keys a resume may change
-are derived from these declarations (`tstcli/keys.py`), and `tstcli/binder.py` reads and writes the TOML. The
-rules that tie keys together are `tstcli/recipe_rules.py`. Nothing below the CLI reads TOML.
-"""
+"""The recipe: a TOML file parsed once into frozen dataclasses. Every key is declared here, once, with its type,
+default, meaning, values, bounds and resume-neutrality (`keys.key`): the key table of recipes/README.md, the checks
+of single values and the keys a resume may change derive from it (`tstcli/keys.py`); `tstcli/binder.py` reads and
+writes the TOML, `tstcli/recipe_rules.py` ties keys together. Nothing below the CLI reads TOML."""
 from __future__ import annotations
 
 import functools
@@ -155,11 +152,12 @@ class TrainConfig:
                              "computes bf16 natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere, "
                              "resolved once by tst train and written into the run's recipe", ("auto", "bf16", "fp32"))
     compile: bool = key(True, "torch.compile the training and evaluation steps")
+    attention: str = key("causal", "causal, or document: attend only to earlier positions of the same document, RoPE "
+                         "positions restarting per document (training, held-out loss)", ("causal", "document"))
     float8: bool = key(False, "float8 matmuls in the blocks' linear layers through torchao (tst[float8]; NVIDIA GPUs "
                        "of compute capability 8.9+: H100/H200); the LM head and the TST embedding mean stay bf16/fp32")
-    loss_chunk_size: int = key(512, "positions whose logits exist at once in the loss (the head's matmul and the "
-                               "loss run chunk by chunk, never materialising all B x L x V logits); 0 computes the "
-                               "full logits (the reference path)", within=(0, 1 << 20))
+    loss_chunk_size: int = key(512, "positions whose logits exist at once in the chunked loss (never all B x L x V); "
+                               "0: the full logits (the reference path)", within=(0, 1 << 20))
     log_every: int = key(10, "steps between reads of the steps' losses and gradient norms from the device (the "
                          "only time the host waits for it; each step keeps its row) and between progress lines when "
                          "not on a terminal", within=(1, 10 ** 9), neutral=True)
@@ -189,6 +187,8 @@ class TstConfig:
     reinit_head: bool = key(False, "ablation: re-initialise the output head at the switch")
     reset_optimizer: bool = key(False, "ablation: reset the optimizer state at the switch (patch-level training)")
     restart_schedule: bool = key(False, "ablation: restart the learning-rate schedule (warmup included) at the switch")
+    bag_boundaries: str = key("cross", "cross: bags run across end-of-text tokens (the paper's); document: each "
+                              "document cut into bags on its own, a short last bag dropped", ("cross", "document"))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,23 @@ def coverage_lines(info: dict) -> list[str]:
     return lines
 
 
+def document_lines(d: dict | None) -> list[str]:
+    """What `train.attention = "document"` and document-aware bags cost on this data (estimates)."""
+    if not d:
+        return []
+    lines = [f"documents: attention {d['attention']}, bags {d['bag_boundaries']}; mean document "
+             f"{d['mean_document_tokens']:,.0f} tokens (estimates, document ends taken at random; each train row "
+             "gives its step's figures)"]
+    if "attention_kept" in d:
+        k = d["attention_kept"]
+        lines.append(f"documents: the mask keeps about {k['1']:.1%} of phase 1's causal attention pairs, "
+                     f"{k['2']:.1%} of phase 2's")
+    if "bag_tokens_dropped" in d:
+        lines.append(f"documents: document-aware bags drop about {d['bag_tokens_dropped']:.2%} of phase 1's tokens "
+                     "(each document's short last bag)")
+    return lines
+
+
 def prepare_lines(out: dict) -> list[str]:
     tr, va, vocab = out["train_tokens"], out["val_tokens"], out["vocab_size"]
     lines = [f"data: {out['data_dir']} ({'up to date' if out['up_to_date'] else 'prepared'})",
@@ -47,6 +64,7 @@ def prepare_lines(out: dict) -> list[str]:
                      f"({out['mb_per_s']:.1f} MB/s)")
     lines.append(f"pack: {out['pack']} ({'built' if out['pack_built'] else 'existing'})")
     lines += coverage_lines(out["coverage"])
+    lines += document_lines(out.get("documents"))
     if out["verified"]:
         lines.append("verify: every shard matches its sha256 in the manifest")
     return lines
@@ -94,6 +112,7 @@ def plan_lines(r, p: dict) -> list[str]:
         lines.append("coverage: unknown until the data is prepared (`tst prepare RECIPE`)")
     else:
         lines += ["coverage: " + x for x in coverage_lines(p["coverage"])]
+        lines += document_lines(p["documents"])
     for n, d in p["devices"].items():
         if not d["batch_splits"]:
             lines.append(f"{n} processes: train.batch_size {p['global_batch_rows']} does not split into {n} ranks x "

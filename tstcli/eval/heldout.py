@@ -8,7 +8,7 @@ import torch
 
 from tstcli.data.opener import open_prepared
 from tstcli.errors import DataError
-from tstcli.objective import next_token_loss
+from tstcli.objective import Documents, next_token_loss
 from tstcli.prep import sources
 from tstcli.run import rundir
 from tstcli.run.load import LoadedModel
@@ -22,7 +22,9 @@ def run_heldout(lm: LoadedModel, share=None) -> dict:
     data = open_prepared(data_dir)
     rows = torch.from_numpy(data.heldout_batch(r))  # the rows training's validation scores
     amp = torch.bfloat16 if r.train.dtype == "bf16" else None
-    h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp, r.train.loss_chunk_size, share)
+    documents = Documents.of(r, data.manifest["tokenizer"]["eot_id"])
+    h = next_token_loss(lm.model, rows, r.train.rows_per_micro_batch(1), amp, r.train.loss_chunk_size, share,
+                        documents)
     part = data.heldout_share(r)
     return {"val_loss": h.val_loss, "rows": h.rows, "tokens": h.tokens, "share": part,
             "scored": f"the run's held-out rows, {part:.1%} of its validation split drawn evenly across it, as "

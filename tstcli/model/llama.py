@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tstcli.model import documents as docs
 from tstcli.model.kv_cache import BlockCache, KVCache
 from tstcli.model.layers import AuxOutput, RMSNorm, SwiGLU
 from tstcli.model.moe import MoEFeedForward, RouterStats
@@ -64,6 +65,9 @@ class Attention(nn.Module):
             S, causal = k.shape[2], False
             if T > 1 and mask is None:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        if isinstance(mask, docs.BlockMask):  # documents on CUDA: flex attention, GQA without copies
+            y = docs.flex_attention(q, k, v, block_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+            return self.wo(y.transpose(1, 2).reshape(B, T, -1))
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
@@ -136,13 +140,19 @@ class Llama(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 with_aux: bool = False, cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None):
+                mask: torch.Tensor | None = None, documents: torch.Tensor | None = None):
         """Final hidden states (B, T, dim) from token ids (B, T) or input embeddings (B, T, dim); with `with_aux`,
         also the model's `AuxOutput` (for a mixture of experts: the routers' losses and statistics averaged over
         its blocks; empty for a dense model). With a `cache` (generation), the T positions continue those cached
         and are appended to it. Several sequences packed in one row: `positions` (B, T), each token's position in
-        its own sequence, and `mask` (B, 1, T, T, bool), which keys each query may see, in place of causal."""
+        its own sequence, and `mask` (B, 1, T, T, bool), which keys each query may see, in place of causal; or
+        `documents` (B, T), each position's document, from which both follow (`documents.py`)."""
         h = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if documents is not None:
+            positions = docs.document_positions(documents)
+            mask = (docs.block_mask(documents) if documents.device.type == "cuda" else
+                    docs.additive_mask(documents, torch.get_autocast_dtype(h.device.type)
+                                       if torch.is_autocast_enabled(h.device.type) else h.dtype))
         start, T = (cache.pos if cache is not None else 0), h.shape[1]
         if positions is None:
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tstcli import locks
-from tstcli.data import shards
+from tstcli.data import documents, shards
 from tstcli.errors import DataError, SourceUnavailable, Terminated, as_error, environment_fault
 from tstcli.files import file_sha256
 from tstcli.prep import dependents, encode, holdings, location, readers, sources, token_files, units, work
@@ -253,7 +253,8 @@ def prepare_recipe(r, force: bool = False, verify: bool = False, log=print,
     out = {"data_dir": str(data_dir), "up_to_date": result is None, "vocab_size": manifest["vocab_size"],
            "dtype": manifest["dtype"], "train_tokens": tr["tokens"], "val_tokens": va["tokens"],
            "train_documents": tr["documents"], "val_documents": va["documents"], "pack": str(pack.directory),
-           "pack_built": built, "coverage": pack.info, "verified": verify}
+           "pack_built": built, "coverage": pack.info, "verified": verify,
+           "documents": documents.effects(r, manifest)}
     if result is not None:
         mb = result.source_bytes / 1e6
         out.update(seconds=result.seconds, mb_per_s=mb / result.seconds, source_mb=mb)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tstcli.data import packing, shards
+from tstcli.data import documents, packing, shards
 from tstcli.errors import DataError
 from tstcli.parallel.engine import checkpointed_blocks
 from tstcli.prep import location
@@ -116,10 +116,12 @@ def build_plan(r: Recipe, vocab_size: int, manifest: dict | None, nprocs: list[i
         "activation_checkpointing": r.distributed.activation_checkpointing,
         "checkpoint_gib": ckpt_gib, "checkpoint_async": r.checkpoint.async_,
         "coverage": None,
+        "documents": None,
     }
     if manifest is not None:
         info, _ = packing.split_phases(r.plan, r.run.seed, r.data.mix, manifest)
         plan["coverage"] = info
+        plan["documents"] = documents.effects(r, manifest)
     return plan
 
 

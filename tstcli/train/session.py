@@ -11,7 +11,6 @@ from tstcli import recipe as recipes
 from tstcli.data.opener import TrainData, open_data
 from tstcli.eval.datafiles import default_data_dir
 from tstcli.files import write_json_atomic
-from tstcli.errors import TstError
 from tstcli.parallel.world import World, barrier, raise_together, shutdown, start
 from tstcli.prep import location
 from tstcli.prep.prepare import data_lock, ensure_prepared

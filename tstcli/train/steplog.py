@@ -75,9 +75,11 @@ def row_of(x: Read, phase1_loss: str, skipped_total: int) -> dict:
     if not x.ok:
         return {"kind": "skip", "step": x.step, "phase": phase, "loss": repr(x.loss), "grad_norm": repr(x.grad_norm),
                 "skipped_total": skipped_total}
-    row = {"kind": "train", "step": x.step, "phase": phase, "loss": x.loss}
+    share = x.metrics.get("scored_share")  # document-aware bags: the loss is a mean over the scored positions
+    loss = x.loss / share if share else x.loss
+    row = {"kind": "train", "step": x.step, "phase": phase, "loss": loss}
     if phase == 1:
-        row[f"{phase1_loss}_loss"] = x.loss  # mce_loss: mean of s CEs, floor about log s (or bce/hinge_loss)
+        row[f"{phase1_loss}_loss"] = loss  # mce_loss: mean of s CEs, floor about log s (or bce/hinge_loss)
     # The host's time of the step plus its share of the read's wait: on a GPU the host runs ahead and the wait is
     # where the device's time shows; on a CPU the wait is nil and this is the step's own time.
     dt = h["dt"] + x.wait_s

@@ -14,7 +14,7 @@ import torch
 from tstcli.data.opener import TrainData
 from tstcli.errors import Stopped
 from tstcli.model import Llama
-from tstcli.objective import HeldOut, Objective, heldout_loss
+from tstcli.objective import Documents, HeldOut, Objective, heldout_loss
 from tstcli.parallel.engine import Engine
 from tstcli.parallel.world import World, full_value, mean_stats_across
 from tstcli.recipe import Recipe
@@ -46,8 +46,9 @@ class Trainer:
         self.model.to(device)
         if r.train.float8:  # before compile and FSDP wrap the blocks (checked at start: float8.check)
             float8.convert(self.model)
+        documents = Documents.of(r, data.manifest["tokenizer"]["eot_id"])
         self.engine = Engine(Objective(self.model, plan.specs, loss_specs(plan, r.tst, r.train.loss_chunk_size),
-                                       self.amp), r.distributed, world, self.amp, r.train.compile)
+                                       self.amp, documents), r.distributed, world, self.amp, r.train.compile)
         self.optimizer = make_optimizer(self.model, r.train)
         self.schedule = Schedule.of(r)
         self.loaders = data.loaders(plan, r.run.seed)

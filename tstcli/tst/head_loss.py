@@ -43,7 +43,7 @@ class LossSpec:
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, head, targets, weights, kind: str, chunk: int, dtype: torch.dtype):
+    def forward(ctx, hidden, head, targets, weights, kind: str, chunk: int, dtype: torch.dtype, keep):
         n = hidden.shape[0]
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         w_c = head.to(dtype)
@@ -55,6 +55,10 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 h_c = hidden[start:start + chunk].to(dtype)
                 loss, dz = chunk_loss(kind, at_least_fp32(F.linear(h_c, w_c)), targets[start:start + chunk], weights,
                                       with_grad=want_h or want_w)
+                if keep is not None:  # unscored positions: no loss, no gradient (the mean is still over all)
+                    k_c = keep[start:start + chunk].to(loss.dtype)
+                    loss = loss * k_c
+                    dz = None if dz is None else dz.mul_(k_c[:, None])
                 total = total + loss.sum()
                 if dz is None:
                     continue
@@ -75,18 +79,21 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = None if grad_h is None else grad_h.mul_(grad_out.to(grad_h.dtype))
         gw = None if grad_w is None else grad_w.mul_(grad_out).to(ctx.head_dtype)
-        return gh, gw, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None
 
 
-def head_loss(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, spec: LossSpec) -> torch.Tensor:
-    """Mean loss over positions. hidden (..., d), head (V, d), targets (..., m) int64. Under autocast the head's
+def head_loss(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, spec: LossSpec,
+              scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss over positions. hidden (..., d), head (V, d), targets (..., m) int64; `scored` (...) bool: the
+    positions in the loss (None: all), the others counting 0 in the mean over all. Under autocast the head's
     matmul runs in the autocast dtype, as `nn.Linear` would; the loss itself is always taken in fp32."""
     if spec.chunk_size == 0:
-        return reference_loss(spec.kind, F.linear(hidden, head), targets, spec.weights)
+        return reference_loss(spec.kind, F.linear(hidden, head), targets, spec.weights, scored)
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.dtype
     h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1, targets.shape[-1])
-    return _ChunkedHeadLoss.apply(h, head, t, spec.weights, spec.kind, spec.chunk_size, dtype)
+    keep = None if scored is None else scored.reshape(-1)
+    return _ChunkedHeadLoss.apply(h, head, t, spec.weights, spec.kind, spec.chunk_size, dtype, keep)
 
 
 def loss_specs(plan: PhasePlan, tst: TstConfig, chunk_size: int) -> dict[int, LossSpec]:

@@ -46,27 +46,36 @@ def _bag_indicator(z: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | 
 
 # ---- the reference: full logits, torch's functions, autograd ----
 
-def multi_hot_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def multi_hot_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                 keep: torch.Tensor | None = None) -> torch.Tensor:
     """Mean MCE over all positions. logits (..., V), targets (..., m) int64, weights (m,) or None."""
     z = at_least_fp32(logits)
     lse = torch.logsumexp(z, dim=-1)
     picked = z.gather(-1, targets)
     target_term = picked.mean(dim=-1) if weights is None else (picked * weights.to(z.device)).sum(dim=-1)
-    return (lse - target_term).mean()
+    return _mean(lse - target_term, keep)
+
+
+def _mean(per_position: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The mean over all positions; with `keep` (1 scored, 0 not) the others count as 0: Σ kept / all, a
+    denominator that does not depend on the rows, so micro-batches and ranks add up to the whole batch exactly."""
+    if keep is None:
+        return per_position.mean()
+    return (per_position * keep.reshape(per_position.shape).to(per_position.dtype)).sum() / per_position.numel()
 
 
 def reference_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> torch.Tensor:
+                   weights: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss over positions from the full logits (..., V): what the chunked path must equal."""
     if kind == "mce":
-        return multi_hot_ce(logits, targets, weights)
+        return multi_hot_ce(logits, targets, weights, keep)
     z, t = at_least_fp32(logits).reshape(-1, logits.shape[-1]), targets.reshape(-1, targets.shape[-1])
     if kind == "bce":
-        return F.binary_cross_entropy_with_logits(z, _bag_indicator(z, t), reduction="none").sum(-1).mean()
+        return _mean(F.binary_cross_entropy_with_logits(z, _bag_indicator(z, t), reduction="none").sum(-1), keep)
     if kind == "hinge":
         padded = torch.full_like(z, -1, dtype=torch.long)  # torch's format: the targets, then -1
         padded[:, :t.shape[-1]] = t
-        return (F.multilabel_margin_loss(z, padded, reduction="none") / t.shape[-1]).mean()
+        return _mean(F.multilabel_margin_loss(z, padded, reduction="none") / t.shape[-1], keep)
     raise ValueError(f"unknown loss {kind!r}")
 
 
