@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--adamw-lrs", default="1e-3,3e-3,1e-2")
-    ap.add_argument("--muon-lrs", default="0.005,0.01,0.02,0.05")
+    ap.add_argument("--muon-lrs", default="0.002,0.005,0.01,0.02,0.05")
     ap.add_argument("--timing-steps", type=int, default=12)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "optimizers")
     args = ap.parse_args()
