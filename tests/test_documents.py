@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, small_recipe, write_recipe
+from conftest import SHARED, run_cli, small_recipe, write_recipe
 from test_resume import SHARD, assert_same_tensors, train_losses
 from tstcli.data.opener import open_data
 from tstcli.model import Llama
@@ -207,6 +207,19 @@ def test_tst_eval_of_the_run_gives_its_validation_loss(doc_run):
     r = run_cli("eval", run, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["heldout"]["val_loss"] == _rows(run, "val")[-1]["val_loss"]
+
+
+@pytest.mark.slow
+def test_the_export_is_a_causal_model_and_benchmarks_score_as_before(doc_run, tmp_path):
+    """One document at a time at inference: the export is the ordinary model (its self-test against transformers
+    passes), and benchmarks score a document-attention run like any other."""
+    _, _, _, run = doc_run
+    r = run_cli("export", run, "--out", tmp_path / "e")
+    assert r.returncode == 0, r.stderr
+    for target in (run, tmp_path / "e"):
+        r = run_cli("eval", target, "--bench", "arc_easy", "--limit", 8, "--data-dir", SHARED, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["results"]["arc_easy"]["n"] == 8
 
 
 @pytest.mark.slow
