@@ -119,6 +119,9 @@ def main() -> None:
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     summary: dict = {"corpus": str(CORPUS), "steps": args.steps, "base": str(BASE.relative_to(ROOT))}
+    earlier = args.out / "summary.json"
+    if args.skip_timing and earlier.exists():  # keep the timings an earlier invocation measured
+        summary["step_time"] = json.loads(earlier.read_text()).get("step_time")
     if not args.skip_timing:
         summary["step_time"] = step_times(args.timing_steps)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
