@@ -174,16 +174,24 @@ def _rows(run, kind="train"):
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if json.loads(l)["kind"] == kind]
 
 
-@pytest.fixture(scope="module", params=[("document", "cross"), ("causal", "document"), ("document", "document")],
-                ids=["attention", "bags", "both"])
-def doc_run(kjv_data, tmp_path_factory, request):
-    attention, bags = request.param
-    tmp = tmp_path_factory.mktemp("docrun")
+def _train(kjv_data, tmp: Path, attention: str, bags: str):
     recipe = write_recipe(tmp / "r.toml", small_recipe(kjv_data, **{
         "data.sources": [str(KJV)], "train.attention": attention, "tst.bag_boundaries": bags}))
     r = run_cli("train", recipe, "--run-dir", tmp / "a")
     assert r.returncode == 0, r.stderr
     return attention, bags, recipe, tmp / "a"
+
+
+@pytest.fixture(scope="module", params=[("document", "cross"), ("causal", "document"), ("document", "document")],
+                ids=["attention", "bags", "both"])
+def doc_run(kjv_data, tmp_path_factory, request):
+    return _train(kjv_data, tmp_path_factory.mktemp("docrun"), *request.param)
+
+
+@pytest.fixture(scope="module")
+def both_run(kjv_data, tmp_path_factory):
+    """Both settings in one run: what the torchrun and export tests need (each costs seconds: one run, not three)."""
+    return _train(kjv_data, tmp_path_factory.mktemp("both"), "document", "document")
 
 
 def test_train_rows_say_what_is_in_effect(doc_run):
@@ -210,10 +218,10 @@ def test_tst_eval_of_the_run_gives_its_validation_loss(doc_run):
 
 
 @pytest.mark.slow
-def test_the_export_is_a_causal_model_and_benchmarks_score_as_before(doc_run, tmp_path):
+def test_the_export_is_a_causal_model_and_benchmarks_score_as_before(both_run, tmp_path):
     """One document at a time at inference: the export is the ordinary model (its self-test against transformers
     passes), and benchmarks score a document-attention run like any other."""
-    _, _, _, run = doc_run
+    _, _, _, run = both_run
     r = run_cli("export", run, "--out", tmp_path / "e")
     assert r.returncode == 0, r.stderr
     for target in (run, tmp_path / "e"):
@@ -238,9 +246,9 @@ def test_resume_in_the_document_modes_is_bitwise(doc_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_equal_one_in_the_document_modes(doc_run, tmp_path, strategy):
+def test_two_processes_equal_one_in_the_document_modes(both_run, tmp_path, strategy):
     from test_distributed import assert_close_runs, torchrun
-    _, _, recipe, one = doc_run
+    _, _, recipe, one = both_run
     r = torchrun(2, "train", recipe, "--run-dir", tmp_path / "two", "--set", f'distributed.strategy="{strategy}"')
     assert r.returncode == 0, r.stderr[-3000:]
     assert_close_runs(one, tmp_path / "two")
