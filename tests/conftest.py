@@ -65,6 +65,15 @@ def write_recipe(path: Path, r: recipes.Recipe) -> Path:
     return path
 
 
+def resumed_from(run_dir: Path, copy: Path, step: int) -> subprocess.CompletedProcess:
+    """`tst resume` of a copy of `run_dir` that lost every checkpoint after `step` (as if it died right after it)."""
+    shutil.copytree(run_dir, copy)
+    for ckpt in (copy / "checkpoints").iterdir():
+        if int(ckpt.name.split("-")[1]) > step:
+            shutil.rmtree(ckpt)
+    return run_cli("resume", copy)
+
+
 def train_small(data_dir, tmp: Path, run_name: str = "run", **overrides) -> tuple[Path, Path]:
     """Train the SMALL recipe (with overrides) in one process through the real CLI; (recipe path, run dir)."""
     recipe = write_recipe(tmp / "r.toml", small_recipe(data_dir, **overrides))

@@ -1,11 +1,10 @@
 """`tst anneal RUN --step N --decay-steps K`: a new run from step N of a WSD run, decaying over K steps on the data
 the parent would have read next; the parent only read; a resume inside the decay bitwise; bad steps exit 2."""
 import json
-import shutil
 
 import pytest
 
-from conftest import _fingerprint, run_cli, small_recipe, write_recipe
+from conftest import resumed_from, _fingerprint, run_cli, small_recipe, write_recipe
 from test_resume import SHARD, assert_same_tensors, train_losses
 from tstcli.schedule import decay_factor
 
@@ -61,11 +60,7 @@ def test_anneal_continues_the_parent_on_its_data_and_decays(parent, annealed):
 def test_resume_inside_the_anneals_decay_is_bitwise(annealed, tmp_path):
     child, _ = annealed
     b = tmp_path / "b"
-    shutil.copytree(child, b)
-    for ckpt in (b / "checkpoints").iterdir():
-        if int(ckpt.name.split("-")[1]) > N + 2:
-            shutil.rmtree(ckpt)
-    r = run_cli("resume", b)
+    r = resumed_from(child, b, N + 2)
     assert r.returncode == 0, r.stderr
     assert train_losses(b) == train_losses(child)
     final = f"checkpoints/step-{N + K:08d}/" + SHARD

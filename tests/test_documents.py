@@ -3,13 +3,12 @@
 scored). Exactness against plain references: a row of two documents against each alone, the vectorised bags
 against a loop over the documents of real packed rows, the masked chunked loss against the full-logits loss."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SHARED, run_cli, small_recipe, write_recipe
+from conftest import SHARED, resumed_from, run_cli, small_recipe, write_recipe
 from test_resume import SHARD, assert_same_tensors, train_losses
 from tstcli.data.opener import open_data
 from tstcli.model import Llama
@@ -234,11 +233,7 @@ def test_the_export_is_a_causal_model_and_benchmarks_score_as_before(both_run, t
 def test_resume_in_the_document_modes_is_bitwise(doc_run, tmp_path):
     _, _, _, a = doc_run
     b = tmp_path / "b"
-    shutil.copytree(a, b)
-    for ckpt in (b / "checkpoints").iterdir():
-        if int(ckpt.name.split("-")[1]) > 4:
-            shutil.rmtree(ckpt)
-    r = run_cli("resume", b)
+    r = resumed_from(a, b, 4)
     assert r.returncode == 0, r.stderr
     assert train_losses(b) == train_losses(a)
     assert_same_tensors(b / "checkpoints/step-00000012" / SHARD, a / "checkpoints/step-00000012" / SHARD)

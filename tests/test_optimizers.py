@@ -3,12 +3,11 @@ Muon, a textbook Newton–Schulz), checkpoints that hold both optimizers and res
 against its formulas."""
 import json
 import math
-import shutil
 
 import pytest
 import torch
 
-from conftest import run_cli, small_recipe, write_recipe
+from conftest import resumed_from, run_cli, small_recipe, write_recipe
 from test_resume import SHARD, assert_same_tensors, train_losses
 from tstcli.model import Llama
 from tstcli.recipe import ModelConfig, TrainConfig
@@ -151,11 +150,7 @@ def test_muon_run_checkpoints_both_optimizers_and_learns(muon_run):
 @pytest.mark.parametrize("stop_at", [4, 6, 8], ids=["phase-1", "at-the-switch", "phase-2"])
 def test_muon_resume_is_bitwise(muon_run, tmp_path, stop_at):
     b = tmp_path / "b"
-    shutil.copytree(muon_run, b)
-    for ckpt in (b / "checkpoints").iterdir():
-        if int(ckpt.name.split("-")[1]) > stop_at:
-            shutil.rmtree(ckpt)
-    r = run_cli("resume", b)
+    r = resumed_from(muon_run, b, stop_at)
     assert r.returncode == 0, r.stderr
     assert train_losses(b) == train_losses(muon_run)
     assert_same_tensors(b / "checkpoints/step-00000012" / SHARD, muon_run / "checkpoints/step-00000012" / SHARD)
