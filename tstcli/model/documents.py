@@ -50,6 +50,7 @@ def block_mask(documents: torch.Tensor) -> BlockMask:
 
 
 def kept_pairs(documents: torch.Tensor) -> torch.Tensor:
-    """Share of the causal (query, key) pairs the document mask keeps, over the batch: a scalar."""
+    """Share of the causal (query, key) pairs the document mask keeps, over the batch: a scalar. Query i keeps its
+    position-in-document + 1 keys, so no (T, T) mask is built for it (on CUDA the mask itself is a sparse BlockMask)."""
     T = documents.shape[1]
-    return _allowed(documents).sum() / (documents.shape[0] * T * (T + 1) / 2)
+    return (document_positions(documents) + 1).sum() / (documents.shape[0] * T * (T + 1) / 2)
