@@ -25,6 +25,7 @@ from test_eval_parity import MMLU_SUBJECTS, SHARED, _harness_tasks  # noqa: E402
 if _threads is None:  # the test suite's conftest sets one thread per test process: both tools here use every core
     os.environ.pop("OMP_NUM_THREADS", None)
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # tst eval's --dtype -> the harness's dtype
 PAIRS = {"tst_hellaswag": ("hellaswag", None), "tst_arc_easy": ("arc_easy", None),
          "tst_arc_challenge": ("arc_challenge", None), **{f"tst_mmlu_{s}": ("mmlu", s) for s in MMLU_SUBJECTS}}
 
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--tasks", default="hellaswag,arc_easy,arc_challenge,mmlu", help="subset to time")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for both tools")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights and compute, for both tools")
     args = ap.parse_args()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,14 +53,15 @@ def main() -> None:
             if subject not in (None, MMLU_SUBJECTS[0]) or task not in args.tasks.split(","):
                 continue  # MMLU: time one subject per tool (tst eval scores all 57 otherwise)
             t0 = time.perf_counter()
-            h = simple_evaluate(model="hf", model_args=f"pretrained={args.export},dtype=float32",
+            h = simple_evaluate(model="hf", model_args=f"pretrained={args.export},dtype={DTYPES[args.dtype]}",
                                 tasks=[harness_task], task_manager=TaskManager(include_path=str(tmp)),
-                                limit=args.limit, batch_size=args.batch_size, device="cpu", log_samples=True)
+                                limit=args.limit, batch_size=args.batch_size, device=args.device, log_samples=True)
             t_harness = time.perf_counter() - t0
             samples = tmp / "s.jsonl"
             bench = f"mmlu:{subject}" if subject else task
             cmd = [sys.executable, "-m", "tstcli", "eval", str(args.export), "--bench", bench, "--data-dir",
-                   str(SHARED), "--batch-size", str(args.batch_size), "--samples", str(samples)]
+                   str(SHARED), "--batch-size", str(args.batch_size), "--samples", str(samples),
+                   "--device", args.device, "--dtype", args.dtype]
             if args.limit:
                 cmd += ["--limit", str(args.limit)]
             t0 = time.perf_counter()
@@ -67,11 +71,13 @@ def main() -> None:
             ours = [json.loads(l) for l in samples.read_text().splitlines()]
             ours = [x for x in ours if x.get("subject") == subject]
             theirs = sorted(h["samples"][harness_task], key=lambda s: s["doc_id"])
-            agree = all(a["acc"] == b["acc"] for a, b in zip(ours, theirs)) and len(ours) == len(theirs)
+            same = sum(a["acc"] == b["acc"] for a, b in zip(ours, theirs))  # bf16: the two may differ on close calls
+            agree = same == len(ours) == len(theirs)
             rows.append((task + (f":{subject}" if subject else ""), len(theirs), t_harness, t_tst, agree))
             print(json.dumps({"task": rows[-1][0], "items": len(theirs), "harness_s": round(t_harness, 1),
                               "tst_s": round(t_tst, 1), "speedup": round(t_harness / t_tst, 2),
-                              "predictions_identical": agree}), flush=True)
+                              "predictions_identical": agree, "same_predictions": same,
+                              "device": args.device, "dtype": args.dtype}), flush=True)
     print("\n| task | items | lm-eval HFLM | tst eval | speed-up | same predictions |\n|---|---|---|---|---|---|")
     for name, n, th, tt, ok in rows:
         print(f"| {name} | {n} | {th:.1f} s | {tt:.1f} s | {th / tt:.2f}x | {'yes' if ok else 'NO'} |")
