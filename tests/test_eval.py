@@ -12,14 +12,18 @@ import pytest
 from conftest import SHARED, run_cli
 from test_cli_errors import assert_one_line_error
 from tstcli.eval.runner import mean_stderr, pooled_stderr
-from tstcli.eval.scoring import encode_pair
+from tstcli.eval.scoring import encode_pairs
 from tstcli.eval.tasks import TASKS, hellaswag_preprocess, parse_bench, winogrande
 
 
-def test_encode_pair_moves_trailing_spaces_and_splits_like_the_harness():
+def test_encode_pairs_moves_trailing_spaces_and_splits_like_the_harness():
     enc = lambda s: [ord(c) for c in s]  # noqa: E731  a character tokenizer makes the split visible
-    assert encode_pair(enc, "Answer: ", "yes", 0) == (enc("Answer:"), enc(" yes"))
-    assert encode_pair(enc, "", "yes", 7) == ([7], enc("yes"))
+    calls = []
+    many = lambda texts: calls.append(texts) or [enc(t) for t in texts]  # noqa: E731
+    pairs = [("Answer: ", "yes"), ("", "yes"), ("Answer: ", "no")]
+    assert encode_pairs(many, pairs, 7) == [(enc("Answer:"), enc(" yes")), ([7], enc("yes")),
+                                            (enc("Answer:"), enc(" no"))]
+    assert calls == [["Answer:", "Answer: yes", "yes", "Answer: no"]], "each distinct text once, in one call"
 
 
 def test_bench_names_and_aliases():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tstcli.eval import scoring
 from tstcli.eval.scoring import batches_of, loglikelihoods, rows_of
-from tstcli.model import Llama
+from tstcli.model import Llama, llama
 from tstcli.recipe import ModelConfig
 
 MAX_LEN = 48
@@ -52,15 +52,46 @@ def _alone(model: Llama, ctx: list[int], cont: list[int]) -> float:
 @pytest.mark.parametrize("overrides", [{}, {"qk_norm": True, "moe_experts": 4, "moe_top_k": 2}],
                          ids=["dense", "moe"])
 @pytest.mark.parametrize("chunk_rows", [None, 7], ids=["one-chunk", "7-position-chunks"])
-def test_shared_contexts_score_as_if_alone(overrides, chunk_rows, monkeypatch):
+@pytest.mark.parametrize("query_chunk", [64, 5], ids=["rows-in-one-attention-call", "5-query-attention-calls"])
+def test_shared_contexts_score_as_if_alone(overrides, chunk_rows, query_chunk, monkeypatch):
     if chunk_rows:  # the output head and log-softmax a few positions at a time
         monkeypatch.setattr(scoring, "logits_per_chunk", lambda device: 97 * chunk_rows)
+    monkeypatch.setattr(llama, "QUERY_CHUNK", query_chunk)  # rows here are <= 48 positions: 5 splits them
     model, requests = _model(**overrides), _requests(random.Random(1))
     got = loglikelihoods(model, requests, MAX_LEN, batch_size=5)
     for (ctx, cont), ll in zip(requests, got):
         ref = _alone(model, ctx, cont)
         # fp32: a sum of len(cont) log-probabilities, each off by a few ulps of the logits it came from
         assert abs(ll - ref) <= 64 * EPS * (abs(ref) + len(cont)), (ctx, cont, ll, ref)
+
+
+@pytest.mark.parametrize("cached", [0, 40], ids=["no-cache", "after-40-cached-positions"])
+def test_attention_in_query_chunks_equals_one_call(cached):
+    """Under an explicit mask, inference computes QUERY_CHUNK queries at a time against the keys up to the last
+    of them: a mask never lets a query see a later key, so the outputs are one call's over every key."""
+    g = torch.Generator().manual_seed(0)
+    B, H, T, d = 3, 4, 150, 16
+    q = torch.randn(B, H, T, d, generator=g)
+    k, v = (torch.randn(B, H, cached + T, d, generator=g) for _ in range(2))
+    segment = torch.randint(0, 3, (B, cached + T), generator=g).sort(dim=1).values  # documents in a row
+    seen = (segment[:, cached:, None] == segment[:, None, :]) & torch.ones(T, cached + T).tril(cached).bool()
+    mask = torch.zeros(seen.shape).masked_fill_(~seen, float("-inf"))[:, None]
+    full = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    chunked = llama.causal_chunks(q, k, v, mask)
+    assert torch.allclose(chunked, full, rtol=0, atol=16 * EPS), (chunked - full).abs().max()
+
+
+def test_each_scored_position_goes_through_the_head_once():
+    """A question's choices all start at its context's last position: the head and log-softmax see it once."""
+    model, seen = _model(), []
+    head = model.logits
+    model.logits = lambda h: seen.append(len(h)) or head(h)
+    ctx, conts = list(range(1, 11)), [[20, 21, 22], [30, 31], [40], [50, 51, 52, 53]]
+    got = loglikelihoods(model, [(ctx, c) for c in conts], MAX_LEN, batch_size=8)
+    assert sum(seen) == 1 + sum(len(c) - 1 for c in conts)  # the context's last position, then each branch's
+    for c, ll in zip(conts, got):
+        ref = _alone(model, ctx, c)
+        assert abs(ll - ref) <= 64 * EPS * (abs(ref) + len(c))
 
 
 def test_rows_hold_each_context_once_and_never_pass_the_window():

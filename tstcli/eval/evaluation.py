@@ -32,7 +32,7 @@ def run_evaluation(path: Path, step: int | None, names: list[str], limit: int | 
         out["heldout"] = run_heldout(lm, share)
     samples: list[dict] = []
     if names:
-        out["results"], samples, out["data_files"] = evaluate(lm.model, lm.encode, lm.eot_id, lm.max_len, names,
+        out["results"], samples, out["data_files"] = evaluate(lm.model, lm.encode_many, lm.eot_id, lm.max_len, names,
                                                               data_dir, limit, num_fewshot, batch_size, share)
     if share is not None:
         log(scored_line(share))

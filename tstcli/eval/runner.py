@@ -3,14 +3,13 @@ the harness's way), score every choice, compute acc / acc_norm with the harness'
 by subject, category and overall (a micro-average over questions)."""
 from __future__ import annotations
 
-import functools
 import math
 import random
 from pathlib import Path
 
 from tstcli.errors import DataError, UsageError
 from tstcli.eval.datafiles import split_rows
-from tstcli.eval.scoring import encode_pair, loglikelihoods
+from tstcli.eval.scoring import encode_pairs, loglikelihoods
 from tstcli.eval.tasks import MMLU_SUBJECTS, Doc, Task, resolve
 from tstcli.files import file_sha256
 
@@ -76,7 +75,7 @@ def _fewshot_prefixes(task: Task, docs: list[Doc], shots_pool: list[Doc] | None,
     return [desc + "".join(_shot_text(task, s) + task.fewshot_delimiter for s in ss) for ss in shots]
 
 
-def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: Path, limit: int | None,
+def run_task(task: Task, model, encode_many, prefix_id: int, max_len: int, data_dir: Path, limit: int | None,
              num_fewshot: int, batch_size: int, share=None) -> tuple[dict, list[dict], dict]:
     """Returns (metrics, per-item samples, {data file: sha256}); `share`: this rank's part (see `loglikelihoods`)."""
     subjects = task.subjects or ("",)
@@ -91,17 +90,16 @@ def run_task(task: Task, model, encode, prefix_id: int, max_len: int, data_dir: 
             files[str(fpath)] = file_sha256(fpath)
         for doc, prefix in zip(docs, _fewshot_prefixes(task, docs, pool, num_fewshot, task.description(subject))):
             items.append((subject, doc, prefix))
-    requests, owners, texts = [], [], []
-    encode = functools.lru_cache(maxsize=16)(encode)  # a question's choices share its context: encoded once
+    pairs_of, owners, texts = [], [], []
     for n, (_, doc, prefix) in enumerate(items):
         if isinstance(doc.context, list):  # one context per choice, the same continuation
             pairs = [(prefix + c, task.target_delimiter + doc.choices[0]) for c in doc.context]
         else:
             pairs = [(prefix + doc.context, task.target_delimiter + ch) for ch in doc.choices]
         texts.append(pairs)
-        for ctx, cont in pairs:
-            requests.append(encode_pair(encode, ctx, cont, prefix_id))
-            owners.append(n)
+        pairs_of += pairs
+        owners += [n] * len(pairs)
+    requests = encode_pairs(encode_many, pairs_of, prefix_id)
     lls = loglikelihoods(model, requests, max_len, batch_size, desc=task.name, share=share)
     per_item: list[list[float]] = [[] for _ in items]
     for n, ll in zip(owners, lls):
@@ -159,11 +157,11 @@ def check_available(names: list[str], data_dir: Path) -> None:
             _docs(task, data_dir, False, subject)
 
 
-def evaluate(model, encode, prefix_id: int, max_len: int, names: list[str], data_dir: Path, limit: int | None,
+def evaluate(model, encode_many, prefix_id: int, max_len: int, names: list[str], data_dir: Path, limit: int | None,
              num_fewshot: int, batch_size: int, share=None) -> tuple[dict, list[dict], dict]:
     results, samples, files = {}, [], {}
     for task in resolve(names):
-        res, s, f = run_task(task, model, encode, prefix_id, max_len, data_dir, limit, num_fewshot, batch_size,
+        res, s, f = run_task(task, model, encode_many, prefix_id, max_len, data_dir, limit, num_fewshot, batch_size,
                              share)
         results[task.name], files = res, {**files, **f}
         samples += s

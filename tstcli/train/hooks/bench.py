@@ -6,6 +6,7 @@ FSDP2 with its shards, one block gathered at a time, every rank running as many 
 rows. The benchmark files are checked before the first step (missing: one line, exit 3)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -16,6 +17,7 @@ from tstcli.eval.tasks import parse_bench
 from tstcli.parallel.dealing import Share
 from tstcli.parallel.world import host_group
 from tstcli.run import rundir
+from tstcli.run.load import encode_many
 from tstcli.train.hooks import Hook
 
 
@@ -47,9 +49,8 @@ class Benchmarks(Hook):
 
     def bench(self, t, step: int) -> None:
         t.flush()  # scoring waits for the device: the queued steps' wait is theirs, read before it
-        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
         before = list(self.share.scored) if self.share else []
-        results, _, _ = evaluate(t.engine.scoring_model(), encode, t.data.manifest["tokenizer"]["eot_id"],
+        results, _, _ = evaluate(t.engine.scoring_model(), functools.partial(encode_many, self.tokenizer), t.data.manifest["tokenizer"]["eot_id"],
                                  t.r.model.max_seq_len, self.names, self.data_dir, self.limit, 0, DEFAULT_BATCH_SIZE,
                                  self.share)
         if not t.world.main:
