@@ -10,6 +10,8 @@
 #   bash benchmarks/gpu_check.sh OUT          # one H100/H200, under GPU_CHECK_BUDGET_S (default 540) seconds
 #   bash benchmarks/gpu_check.sh OUT --cpu    # every stage on the CPU, tiny and short: the script's own test
 # Benchmark files: ../shared/data (the layout of `tst eval --data-dir`). OUT gets at most seven files.
+# A lent machine lacks lm-eval, torchao and the benchmark files: benchmarks/gpu_carry.sh prepares them, and says how
+# to run this script there.
 set -u
 OUT=${1:?usage: gpu_check.sh OUT [--cpu]}
 MODE=${2:-gpu}
