@@ -166,8 +166,9 @@ class Llama(nn.Module):
         also the model's `AuxOutput` (for a mixture of experts: the routers' losses and statistics averaged over
         its blocks; empty for a dense model). With a `cache` (generation), the T positions continue those cached
         and are appended to it. Several sequences packed in one row: `positions` (B, T), each token's position in
-        its own sequence, and `mask` (B, 1, T, T, bool), which keys each query may see, in place of causal; or
-        `documents` (B, T), each position's document, from which both follow (`documents.py`)."""
+        its own sequence, and `mask` (B, 1, T, T, bool), which keys each query may see, in place of causal (never a
+        later key: inference computes it in query chunks, `causal_chunks`); or `documents` (B, T), each position's
+        document, from which both follow (`documents.py`)."""
         h = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         if documents is not None:
             positions = docs.document_positions(documents)
