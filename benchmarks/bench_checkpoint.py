@@ -83,7 +83,7 @@ def main() -> None:
         for _ in range(a.repeats):
             for mode, saver in savers.items():
                 n += 1
-                rows[mode] += saver.save(n, model, optimizer.parts, {"step": n}, "")  # as the trainer
+                rows[mode] += saver.save(n, model, optimizer.parts, {"step": n}, "")  # the parts, as the trainer
                 during += steps_during(saver, step)
                 rows[mode] += saver.wait()
         size = sum(f.stat().st_size for f in checkpoint.latest(Path(tmp) / "sync").iterdir())

@@ -50,7 +50,8 @@ class Benchmarks(Hook):
     def bench(self, t, step: int) -> None:
         t.flush()  # scoring waits for the device: the queued steps' wait is theirs, read before it
         before = list(self.share.scored) if self.share else []
-        results, _, _ = evaluate(t.engine.scoring_model(), functools.partial(encode_many, self.tokenizer), t.data.manifest["tokenizer"]["eot_id"],
+        encode = functools.partial(encode_many, self.tokenizer)
+        results, _, _ = evaluate(t.engine.scoring_model(), encode, t.data.manifest["tokenizer"]["eot_id"],
                                  t.r.model.max_seq_len, self.names, self.data_dir, self.limit, 0, DEFAULT_BATCH_SIZE,
                                  self.share)
         if not t.world.main:
