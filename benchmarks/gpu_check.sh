@@ -21,8 +21,8 @@ TOTAL=${GPU_CHECK_BUDGET_S:-540}
 WORK=${GPU_CHECK_WORK:-$(mktemp -d -t tst-gpu-check-XXXXXX)}
 mkdir -p "$OUT"
 if [ "$MODE" = --cpu ]; then
-  VERBS=(--device cpu --dtype fp32 --compile off --steps 40 --limit 10); VERBS_S=300
-  BENCH=(--device cpu --quick --compile off --configs 270m:bf16,600m:full); EVAL=(--device cpu --dtype fp32 --limit 10)
+  VERBS=(--device cpu --dtype fp32 --compile off --steps 40 --limit 5); VERBS_S=300
+  BENCH=(--device cpu --quick --compile off --configs 270m:bf16); EVAL=(--device cpu --dtype fp32 --limit 5)
 else
   VERBS=(--device cuda --dtype bf16 --compile on --steps 200 --limit 100); VERBS_S=250
   BENCH=(); EVAL=(--device cuda --dtype bf16 --limit 500)

@@ -28,8 +28,7 @@ def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
     assert by["eval run"]["json"]["results"] == by["eval export"]["json"]["results"]
     assert by["sample"]["json"]["device"] == "cpu"
     bench = json.loads((out / "bench_gpu.json").read_text())
-    assert [(x["shape"], x["precision"]) for x in bench["results"]] == [("270m", "bf16"),
-                                                                         ("600m", "bf16 full logits")]
+    assert [(x["shape"], x["precision"]) for x in bench["results"]] == [("270m", "bf16")]
     assert all("phases" in x for x in bench["results"]), bench["results"]
     assert bench["results"][0]["checkpoint"]["sync_s"] > 0
     rows = [json.loads(line) for line in (out / "bench_eval.log").read_text().splitlines() if line.startswith("{")]
