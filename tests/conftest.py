@@ -174,9 +174,10 @@ def wait_until(cond, what: str, proc: subprocess.Popen | None = None, timeout: f
 
 # The suite runs a file per test process (pyproject's addopts) and ends when the last file does: the files that take
 # minutes start first, so that the short ones fill the gaps instead of one long file running alone at the end.
-LONGEST_FIRST = ("test_e2e.py", "test_export.py", "test_distributed.py", "test_eval_ranks.py", "test_workers.py",
-                 "test_reliability.py", "test_float8.py", "test_exit_codes.py", "test_pins.py", "test_eval.py",
-                 "test_sample.py", "test_eval_parity.py")
+LONGEST_FIRST = ("test_e2e.py", "test_export.py", "test_distributed.py", "test_eval_ranks.py", "test_gpu_check.py",
+                 "test_documents.py", "test_anneal.py", "test_optimizers.py", "test_workers.py", "test_reliability.py",
+                 "test_float8.py", "test_exit_codes.py", "test_pins.py", "test_eval.py", "test_sample.py",
+                 "test_eval_parity.py")
 
 
 def pytest_collection_modifyitems(items):
