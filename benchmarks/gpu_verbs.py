@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tstcli.run import checkpoint, metrics  # noqa: E402
 SHARD = "shard-00001-model-00001-of-00001.safetensors"  # the one shard a single process writes
 
 
@@ -67,11 +70,11 @@ class Verbs:
         if stop_after is None:
             return self.cli(name, *args)
         t0, proc = time.perf_counter(), self.cli("train (SIGTERM)", *args, background=True)
-        metrics, sent = run / "metrics.jsonl", None
+        sent = None
         while proc.poll() is None:  # SIGTERM once a step after `stop_after` is logged
-            if sent is None and metrics.is_file() and _last_step(metrics) > stop_after:
+            if sent is None and (run / "metrics.jsonl").is_file() and _last_step(run) > stop_after:
                 proc.send_signal(signal.SIGTERM)
-                sent = _last_step(metrics)
+                sent = _last_step(run)
             time.sleep(0.02)
         out, err = proc.communicate()
         return self.row("train (SIGTERM)", proc.args, proc.returncode, time.perf_counter() - t0, out, err,
@@ -126,19 +129,17 @@ class Verbs:
         print(json.dumps(row), flush=True)
 
 
-def _last_step(metrics: Path) -> int:
-    steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line.endswith("}")]
-    return max(steps, default=0)
+def _last_step(run: Path) -> int:
+    return max((row["step"] for row in metrics.read_rows(run, "train")), default=0)
 
 
 def _checkpoint_steps(run: Path) -> list[int]:
-    d = run / "checkpoints"
-    return sorted(int(p.name.split("-")[1]) for p in d.glob("step-*")) if d.is_dir() else []
+    """Steps of the run's complete checkpoints, oldest first."""
+    return [int(p.name.split("-")[1]) for p in checkpoint.complete(run / "checkpoints")]
 
 
 def _losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+    return {row["step"]: row["loss"] for row in metrics.read_rows(run, "train")}
 
 
 def main() -> None:
