@@ -121,49 +121,68 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: 
     return [out[i] for i in range(len(requests))]
 
 
-def _layout(batch: list[Row]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list]:
-    """(input ids, positions, mask — None when every row is plain —, [(positions to score, continuation, request
-    index)]) of a batch of rows, right-padded to the longest. Built in Python lists, one tensor each at the end."""
+@dataclass
+class Layout:
+    """A batch of rows as tensors: input `ids` (B, width), right-padded; `positions` and `mask` for rows with
+    branches (None when every row is plain); and what to score: the flat indices (into B * width) of the positions
+    whose next-token scores are summed, their `targets`, and per request `sizes` (how many of those it owns, in
+    order) and `owners` (its index)."""
+    ids: torch.Tensor
+    positions: torch.Tensor | None
+    mask: torch.Tensor | None
+    scored: list[int]
+    targets: list[int]
+    sizes: list[int]
+    owners: list[int]
+
+
+def _layout(batch: list[Row]) -> Layout:
+    """The layout of a batch of rows, built in Python lists (ranges, not elements), one tensor each at the end."""
     width = len(batch[0])
     ids, positions, segment = [], [], []  # segment 0: the prefix, k: branch k, -1: padding
-    picks = []
+    scored, targets, sizes, owners = [], [], [], []
     for j, row in enumerate(batch):
-        p = len(row.prefix)
+        p, base = len(row.prefix), j * width
         row_ids, row_pos, row_seg = list(row.prefix), list(range(p)), [0] * p
         for k, (branch, reqs) in enumerate(row.branches.items(), start=1):
             at, e = len(row_ids), len(branch)
             row_ids += branch
             row_pos += range(p, p + e)
             row_seg += [0 if row.plain else k] * e
-            own = [*range(p), *range(at, at + e)]  # the request's own sequence, as indices into the row
-            for cont, i in reqs:
-                n = min(len(cont), len(own))  # a continuation longer than the window: its last tokens only
-                picks.append(([j * width + x for x in own[len(own) - n:]], cont[len(cont) - n:], i))
+            for cont, i in reqs:  # the request's own sequence is the prefix, then its branch at `at`
+                n = min(len(cont), p + e)  # a continuation longer than the window: its last tokens only
+                if n > e:
+                    scored += range(base + p - (n - e), base + p)
+                scored += range(base + at + e - min(n, e), base + at + e)
+                targets += cont[len(cont) - n:]
+                sizes.append(n)
+                owners.append(i)
         pad = width - len(row_ids)
         ids.append(row_ids + [0] * pad)
         positions.append(row_pos + [0] * pad)
         segment.append(row_seg + [-1] * pad)
     ids = torch.tensor(ids, dtype=torch.long)
     if all(row.plain for row in batch):
-        return ids, None, None, picks
+        return Layout(ids, None, None, scored, targets, sizes, owners)
     segment = torch.tensor(segment, dtype=torch.long)
     q, kv = segment[:, :, None], segment[:, None, :]
     mask = ((kv == 0) | (kv == q)) & torch.ones(width, width, dtype=torch.bool).tril()
-    return ids, torch.tensor(positions, dtype=torch.long), mask[:, None], picks
+    return Layout(ids, torch.tensor(positions, dtype=torch.long), mask[:, None], scored, targets, sizes, owners)
 
 
 def _score(model, batch: list[Row], device, out: dict, bar) -> None:
     """Score one batch of rows into `out[request index]`."""
-    ids, positions, mask, picks = _layout(batch)
+    lay = _layout(batch)
+    positions, mask = lay.positions, lay.mask
     if positions is not None:
         # additive, in the compute dtype: SDPA would convert a boolean mask in every block
         mask = torch.zeros(mask.shape, dtype=model.get_input_embeddings().weight.dtype).masked_fill_(~mask, float("-inf"))
         positions, mask = positions.to(device), mask.to(device)
-    hidden = model(input_ids=ids.to(device), positions=positions, mask=mask)
+    hidden = model(input_ids=lay.ids.to(device), positions=positions, mask=mask)
     # Only the positions that predict continuation tokens go through the output head and the log-softmax
     # (most of a request is context), each once: a question's choices all start at its context's last position.
-    rows = torch.tensor([x for at, _, _ in picks for x in at], dtype=torch.long, device=device)
-    targets = torch.tensor([t for _, cont, _ in picks for t in cont], dtype=torch.long, device=device)
+    rows = torch.tensor(lay.scored, dtype=torch.long, device=device)
+    targets = torch.tensor(lay.targets, dtype=torch.long, device=device)
     unique, which = torch.unique(rows, return_inverse=True)
     picked, step = hidden.flatten(0, 1)[unique], max(1, logits_per_chunk(device) // model.vocab_size)
     scores = torch.empty(len(rows), device=device)
@@ -171,7 +190,6 @@ def _score(model, batch: list[Row], device, out: dict, bar) -> None:
         logp = F.log_softmax(model.logits(picked[a:a + step]).float(), dim=-1)
         here = (which >= a) & (which < a + step)
         scores[here] = logp[which[here] - a, targets[here]]
-    scores = scores.split([len(at) for at, _, _ in picks])
-    for (_, _, i), ll in zip(picks, torch.stack([s.sum() for s in scores]).tolist()):  # one copy to the host
-        out[i] = ll
-    bar.update(len(picks))
+    sums = torch.stack([s.sum() for s in scores.split(lay.sizes)]).tolist()  # one copy to the host
+    out.update(zip(lay.owners, sums))
+    bar.update(len(lay.owners))

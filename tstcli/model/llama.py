@@ -35,23 +35,32 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x·cos + rotate_half(x)·sin; in inference two of its five new tensors written in place (same numbers)."""
+    if torch.is_grad_enabled():
+        return x * cos + rotate_half(x) * sin
+    return rotate_half(x).mul_(sin).add_(x * cos)
+
+
 QUERY_CHUNK = 64  # queries per attention call under an explicit mask, in inference
 
 
 def causal_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention of q (B, H, T, d) to k, v (B, H_kv, S, d) under `mask` (B, 1, T, S), QUERY_CHUNK queries at a
-    time, each chunk against the keys up to its last query's own position (S - T + its index): an explicit mask
-    never lets a query see a later key, so these are all the keys it can see, and the softmax is the same. A dense
-    mask makes the CPU kernel compute every pair; this skips the upper triangle (rows of ~300 positions: ~35% less
-    attention time). Inference only: training keeps one call, whose backward needs no sum over chunks."""
-    T, S = q.shape[2], k.shape[2]
-    gqa, out = q.shape[1] != k.shape[1], []  # grouped-query heads read in place, not copied per query head
+    """Attention of q (B, H, T, d) to k, v (B, H_kv, S, d) under `mask` (B, 1, T, S), as (B, T, H, d): QUERY_CHUNK
+    queries at a time, each chunk against the keys up to its last query's own position (S - T + its index): an
+    explicit mask never lets a query see a later key, so these are all the keys it can see, and the softmax is the
+    same. A dense mask makes the CPU kernel compute every pair; this skips the upper triangle (rows of ~300
+    positions: ~35% less attention time). Inference only: training keeps one call, whose backward needs no sum
+    over chunks."""
+    B, H, T, d = q.shape
+    S, gqa = k.shape[2], H != k.shape[1]  # grouped-query heads read in place, not copied per query head
+    out = q.new_empty(B, T, H, d)  # written chunk by chunk, in the layout the output projection reads
     for a in range(0, T, QUERY_CHUNK):
         b = min(T, a + QUERY_CHUNK)
         end = S - T + b
-        out.append(F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :end], v[:, :, :end],
-                                                  attn_mask=mask[..., a:b, :end], enable_gqa=gqa))
-    return torch.cat(out, dim=2)
+        out[:, a:b] = F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :end], v[:, :, :end],
+                                                     attn_mask=mask[..., a:b, :end], enable_gqa=gqa).transpose(1, 2)
+    return out
 
 
 class Attention(nn.Module):
@@ -76,8 +85,7 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         causal = mask is None  # an explicit mask (B, 1, T, T) replaces the causal one
         if cache is not None:  # attend to the cached positions too: query i sits at position S - T + i
             k, v = cache.append(k, v)
@@ -88,7 +96,7 @@ class Attention(nn.Module):
             y = docs.flex_attention(q, k, v, block_mask=mask, enable_gqa=self.n_kv != self.n_heads)
             return self.wo(y.transpose(1, 2).reshape(B, T, -1))
         if mask is not None and T > QUERY_CHUNK and not torch.is_grad_enabled():
-            return self.wo(causal_chunks(q, k, v, mask).transpose(1, 2).reshape(B, T, -1))
+            return self.wo(causal_chunks(q, k, v, mask).view(B, T, -1))
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
