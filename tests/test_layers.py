@@ -1,6 +1,6 @@
 """The model's inference fast paths compute the numbers its training path computes, bit for bit: the fused RMSNorm
 against transformers' LlamaRMSNorm formula (values and gradients), and the in-place SwiGLU and RoPE that run when
-autograd is off."""
+autograd is off; `keep_last` (the last block for the last positions only) gives the whole forward's last positions."""
 from __future__ import annotations
 
 import pytest
@@ -71,3 +71,43 @@ def test_model_forward_without_autograd_equals_with_it(packed):
     with torch.no_grad():
         fast = model(input_ids=ids, **kw)
     assert torch.equal(fast, model(input_ids=ids, **kw).detach())
+
+
+EPS = torch.finfo(torch.float32).eps
+
+
+@pytest.mark.parametrize("overrides", [{}, {"qk_norm": True, "moe_experts": 4, "moe_top_k": 2}], ids=["dense", "moe"])
+@pytest.mark.parametrize("keep", [1, 7, 40])
+@pytest.mark.parametrize("packed", [False, True], ids=["causal", "positions-and-mask"])
+def test_keep_last_gives_the_last_positions_of_the_whole_forward(overrides, keep, packed):
+    """`keep_last=k`: the hidden states of the last k positions, the last block computing only those, equal the
+    whole forward's last k (to fp32 precision: the last block's matrices have fewer rows); a chunked row too."""
+    cfg = ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=160, **overrides)
+    model = Llama(cfg, 97)
+    model.init_weights(torch.Generator().manual_seed(0))
+    T = 150  # > QUERY_CHUNK: the explicit mask's rows go through the query chunks
+    ids = torch.randint(0, 97, (2, T), generator=torch.Generator().manual_seed(1))
+    kw = {}
+    if packed:  # a prefix of 50, then two branches of 50 at the positions they would have alone
+        kw["positions"] = torch.tensor([*range(100), *range(50, 100)]).expand(2, -1)
+        seg = torch.tensor([0] * 50 + [1] * 50 + [2] * 50)
+        seen = ((seg[None, :] == 0) | (seg[None, :] == seg[:, None])) & torch.ones(T, T, dtype=torch.bool).tril()
+        kw["mask"] = torch.zeros(2, 1, T, T).masked_fill_(~seen, float("-inf"))
+    with torch.no_grad():
+        whole, last = model(input_ids=ids, **kw), model(input_ids=ids, keep_last=keep, **kw)
+    assert last.shape == (2, keep, 64)
+    assert torch.allclose(last, whole[:, -keep:], rtol=0, atol=64 * EPS * whole.abs().max().item())
+
+
+def test_keep_last_after_a_cache():
+    """With a KV cache the kept queries are the last of the new positions and still see every cached key."""
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    model = Llama(cfg, 97)
+    model.init_weights(torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 97, (2, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(input_ids=ids)
+        cache = model.new_cache(2)
+        model(input_ids=ids[:, :20], cache=cache)
+        last = model(input_ids=ids[:, 20:], cache=cache, keep_last=4)
+    assert torch.allclose(last, whole[:, -4:], rtol=0, atol=64 * EPS * whole.abs().max().item())

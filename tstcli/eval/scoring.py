@@ -126,7 +126,8 @@ class Layout:
     """A batch of rows as tensors: input `ids` (B, width), right-padded; `positions` and `mask` for rows with
     branches (None when every row is plain); and what to score: the flat indices (into B * width) of the positions
     whose next-token scores are summed, their `targets`, and per request `sizes` (how many of those it owns, in
-    order) and `owners` (its index)."""
+    order) and `owners` (its index); `first`, the first position scored in any row (the model need compute the
+    last block only from there)."""
     ids: torch.Tensor
     positions: torch.Tensor | None
     mask: torch.Tensor | None
@@ -134,13 +135,14 @@ class Layout:
     targets: list[int]
     sizes: list[int]
     owners: list[int]
+    first: int
 
 
 def _layout(batch: list[Row]) -> Layout:
     """The layout of a batch of rows, built in Python lists (ranges, not elements), one tensor each at the end."""
     width = len(batch[0])
     ids, positions, segment = [], [], []  # segment 0: the prefix, k: branch k, -1: padding
-    scored, targets, sizes, owners = [], [], [], []
+    scored, targets, sizes, owners, first = [], [], [], [], width - 1
     for j, row in enumerate(batch):
         p, base = len(row.prefix), j * width
         row_ids, row_pos, row_seg = list(row.prefix), list(range(p)), [0] * p
@@ -154,6 +156,7 @@ def _layout(batch: list[Row]) -> Layout:
                 if n > e:
                     scored += range(base + p - (n - e), base + p)
                 scored += range(base + at + e - min(n, e), base + at + e)
+                first = min(first, p - (n - e) if n > e else at + e - n)
                 targets += cont[len(cont) - n:]
                 sizes.append(n)
                 owners.append(i)
@@ -163,11 +166,12 @@ def _layout(batch: list[Row]) -> Layout:
         segment.append(row_seg + [-1] * pad)
     ids = torch.tensor(ids, dtype=torch.long)
     if all(row.plain for row in batch):
-        return Layout(ids, None, None, scored, targets, sizes, owners)
+        return Layout(ids, None, None, scored, targets, sizes, owners, first)
     segment = torch.tensor(segment, dtype=torch.long)
     q, kv = segment[:, :, None], segment[:, None, :]
     mask = ((kv == 0) | (kv == q)) & torch.ones(width, width, dtype=torch.bool).tril()
-    return Layout(ids, torch.tensor(positions, dtype=torch.long), mask[:, None], scored, targets, sizes, owners)
+    return Layout(ids, torch.tensor(positions, dtype=torch.long), mask[:, None], scored, targets, sizes, owners,
+                  first)
 
 
 def _score(model, batch: list[Row], device, out: dict, bar) -> None:
@@ -176,12 +180,16 @@ def _score(model, batch: list[Row], device, out: dict, bar) -> None:
     positions, mask = lay.positions, lay.mask
     if positions is not None:
         # additive, in the compute dtype: SDPA would convert a boolean mask in every block
-        mask = torch.zeros(mask.shape, dtype=model.get_input_embeddings().weight.dtype).masked_fill_(~mask, float("-inf"))
+        dtype = model.get_input_embeddings().weight.dtype
+        mask = torch.where(mask, torch.zeros((), dtype=dtype), torch.full((), float("-inf"), dtype=dtype))
         positions, mask = positions.to(device), mask.to(device)
-    hidden = model(input_ids=lay.ids.to(device), positions=positions, mask=mask)
+    width = lay.ids.shape[1]
+    # The last block only from the first scored position on: the hidden states (B, width - first, dim).
+    hidden = model(input_ids=lay.ids.to(device), positions=positions, mask=mask, keep_last=width - lay.first)
     # Only the positions that predict continuation tokens go through the output head and the log-softmax
     # (most of a request is context), each once: a question's choices all start at its context's last position.
-    rows = torch.tensor(lay.scored, dtype=torch.long, device=device)
+    rows = torch.tensor(lay.scored, dtype=torch.long)
+    rows = (rows - lay.first * (rows // width + 1)).to(device)  # row j, position x -> into the kept positions
     targets = torch.tensor(lay.targets, dtype=torch.long, device=device)
     unique, which = torch.unique(rows, return_inverse=True)
     picked, step = hidden.flatten(0, 1)[unique], max(1, logits_per_chunk(device) // model.vocab_size)

@@ -75,34 +75,41 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, self.n_kv * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: BlockCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: BlockCache | None = None,
+                mask: torch.Tensor | None = None, keep_last: int | None = None) -> torch.Tensor:
+        """Attention output (B, Tq, dim) of the last Tq = keep_last (default all T) positions of x (B, T, dim),
+        whose keys and values all positions give."""
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        Tq = T if keep_last is None else keep_last
+        q = self.wq(x[:, T - Tq:]).view(B, Tq, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv, self.head_dim)
         if self.q_norm is not None:  # Qwen3: per head, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q, k = rope(q, cos, sin), rope(k, cos, sin)
-        causal = mask is None  # an explicit mask (B, 1, T, T) replaces the causal one
-        if cache is not None:  # attend to the cached positions too: query i sits at position S - T + i
+        q, k = rope(q, cos[..., T - Tq:, :], sin[..., T - Tq:, :]), rope(k, cos, sin)
+        if cache is not None:  # attend to the cached positions too
             k, v = cache.append(k, v)
-            S, causal = k.shape[2], False
-            if T > 1 and mask is None:
-                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        S = k.shape[2]  # query i sits at position S - Tq + i
+        causal = mask is None and Tq == S  # an explicit mask (B, 1, T, S) replaces the causal one
         if isinstance(mask, docs.BlockMask):  # documents on CUDA: flex attention, GQA without copies
+            if Tq != T:
+                raise ValueError("keep_last does not combine with a document BlockMask")
             y = docs.flex_attention(q, k, v, block_mask=mask, enable_gqa=self.n_kv != self.n_heads)
             return self.wo(y.transpose(1, 2).reshape(B, T, -1))
-        if mask is not None and T > QUERY_CHUNK and not torch.is_grad_enabled():
-            return self.wo(causal_chunks(q, k, v, mask).view(B, T, -1))
+        if mask is not None:
+            mask = mask[..., T - Tq:, :]
+        elif 1 < Tq < S:
+            mask = torch.ones(Tq, S, dtype=torch.bool, device=x.device).tril(diagonal=S - Tq)
+        if mask is not None and Tq > QUERY_CHUNK and not torch.is_grad_enabled():
+            return self.wo(causal_chunks(q, k, v, mask).view(B, Tq, -1))
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+        return self.wo(y.transpose(1, 2).reshape(B, Tq, -1))
 
 
 class Block(nn.Module):
@@ -116,9 +123,12 @@ class Block(nn.Module):
                                             cfg.moe_norm_topk, cfg.moe_shared_ffn_dim) if self.moe
                              else SwiGLU(cfg.dim, cfg.intermediate))
 
-    def forward(self, x, cos, sin, cache: BlockCache | None = None, mask: torch.Tensor | None = None):
-        """(output, RouterStats of this block or None when dense)."""
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache, mask)
+    def forward(self, x, cos, sin, cache: BlockCache | None = None, mask: torch.Tensor | None = None,
+                keep_last: int | None = None):
+        """(output, RouterStats of this block or None when dense); with `keep_last`, the output of only the last
+        keep_last positions (what a scorer reads from the last block)."""
+        y = self.attention(self.attention_norm(x), cos, sin, cache, mask, keep_last)
+        x = (x if keep_last is None else x[:, x.shape[1] - keep_last:]) + y
         if self.moe:
             y, stats = self.feed_forward(self.ffn_norm(x))
             return x + y, stats
@@ -169,14 +179,17 @@ class Llama(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 with_aux: bool = False, cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, documents: torch.Tensor | None = None):
+                mask: torch.Tensor | None = None, documents: torch.Tensor | None = None,
+                keep_last: int | None = None):
         """Final hidden states (B, T, dim) from token ids (B, T) or input embeddings (B, T, dim); with `with_aux`,
         also the model's `AuxOutput` (for a mixture of experts: the routers' losses and statistics averaged over
         its blocks; empty for a dense model). With a `cache` (generation), the T positions continue those cached
         and are appended to it. Several sequences packed in one row: `positions` (B, T), each token's position in
         its own sequence, and `mask` (B, 1, T, T, bool), which keys each query may see, in place of causal (never a
         later key: inference computes it in query chunks, `causal_chunks`); or `documents` (B, T), each position's
-        document, from which both follow (`documents.py`)."""
+        document, from which both follow (`documents.py`). With `keep_last`, the hidden states of only the last
+        keep_last positions (B, keep_last, dim), and the last block computes only those (their keys and values
+        still come from every position): transformers' `logits_to_keep`, taken one block further."""
         h = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         if documents is not None:
             positions = docs.document_positions(documents)
@@ -188,9 +201,10 @@ class Llama(nn.Module):
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         else:  # (B, 1, T, head_dim): broadcast over the heads
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
-        total = None
+        total, last = None, len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h, stats = layer(h, cos, sin, None if cache is None else cache.block(i), mask)
+            h, stats = layer(h, cos, sin, None if cache is None else cache.block(i), mask,
+                             keep_last if i == last else None)
             if stats is not None:
                 total = stats if total is None else total + stats
         if cache is not None:

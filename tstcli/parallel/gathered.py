@@ -31,9 +31,9 @@ class _GatheringBlock(nn.Module):
         super().__init__()
         self._refs = (block, template)  # a tuple: neither becomes a submodule (no parameters of their own)
 
-    def forward(self, x, cos, sin, cache=None, mask=None):
+    def forward(self, x, cos, sin, cache=None, mask=None, keep_last=None):
         block, template = self._refs
-        return functional_call(template, _full(block), (x, cos, sin, cache, mask))
+        return functional_call(template, _full(block), (x, cos, sin, cache, mask, keep_last))
 
 
 @torch.no_grad()
