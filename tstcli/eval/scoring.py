@@ -11,7 +11,9 @@
   endings or ARC's choices cost the context once, and all choices of an MMLU question (one token each) are one
   plain sequence. Rows are sorted by length (longest first) and batched with right padding (no query looks
   right); only the positions that predict continuation tokens go through the output head and the log-softmax,
-  each position once. The model computes a row's attention in query chunks (`llama.causal_chunks`).
+  each position once. The model computes a row's attention in query chunks (`llama.causal_chunks`), the last
+  block only from the batch's first scored position (`keep_last`), and in fp32 on a CPU its linear layers through
+  oneDNN (`cpu_linear.py`).
 - Across ranks (`share`), the batches above are dealt whole to the ranks, balanced by the positions they compute,
   and the scores gathered: every number is the one a single process computes.
 """
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from tstcli.eval.cpu_linear import cpu_linear
 
 
 def encode_pairs(encode_many, pairs: list[tuple[str, str]], prefix_id: int) -> list[tuple[list[int], list[int]]]:
@@ -107,14 +111,16 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], max_len: 
     if share is not None:  # the cost of a batch: the positions its forward pass computes, padding included
         mine, pads = share.take([len(b) * len(b[0]) for b in batches])
     out: dict[int, float] = {}
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
+    device = weight.device
     bar = tqdm(total=sum(len(reqs) for k in mine for row in batches[k] for reqs in row.branches.values()),
                desc=desc, unit="req", file=sys.stderr,
                disable=not sys.stderr.isatty() or (share is not None and not share.world.main))
-    for k in mine:
-        _score(model, batches[k], device, out, bar)
-    for _ in range(pads):  # the forward pass is a collective here: as many as the busiest rank, results dropped
-        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
+    with cpu_linear(device, weight.dtype):
+        for k in mine:
+            _score(model, batches[k], device, out, bar)
+        for _ in range(pads):  # the forward pass is a collective here: as many as the busiest rank, results dropped
+            model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
     bar.close()
     if share is not None:
         out = share.gather(out)
