@@ -116,3 +116,29 @@ def test_batches_are_longest_first():
     requests = _requests(random.Random(2))
     lengths = [len(r) for b in batches_of(requests, MAX_LEN, 4) for r in b]
     assert lengths == sorted(lengths, reverse=True)
+
+
+def test_scoring_runs_fp32_linear_layers_through_onednn_with_the_same_numbers():
+    """In fp32 on a CPU scoring sends `F.linear` to oneDNN (`cpu_linear.py`): the profiler sees oneDNN's linear
+    and no MKL `mm`, the scores equal the plain path's to fp32 precision, and other dtypes are left alone."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from tstcli.eval.cpu_linear import cpu_linear
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN: scoring keeps F.linear")
+    model, requests = _model(), _requests(random.Random(2))
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        fast = loglikelihoods(model, requests, MAX_LEN, batch_size=5)
+    ops = {e.key for e in p.key_averages()}
+    assert "mkldnn::_linear_pointwise" in ops and "aten::mm" not in ops, sorted(ops)
+    with torch.no_grad():
+        x, w = torch.randn(7, 64), torch.randn(32, 64)
+        with cpu_linear(torch.device("cpu"), torch.float32):
+            onednn = F.linear(x, w)
+        assert torch.allclose(onednn, F.linear(x, w), rtol=0, atol=64 * EPS * F.linear(x, w).abs().max().item())
+        with profile(activities=[ProfilerActivity.CPU]) as p, cpu_linear(torch.device("cpu"), torch.bfloat16):
+            F.linear(x.bfloat16(), w.bfloat16())
+        assert "mkldnn::_linear_pointwise" not in {e.key for e in p.key_averages()}
+    for (ctx, cont), ll in zip(requests, fast):
+        ref = _alone(model, ctx, cont)
+        assert abs(ll - ref) <= 64 * EPS * (abs(ref) + len(cont)), (ctx, cont, ll, ref)

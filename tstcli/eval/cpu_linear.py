@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 class _OneDNNLinear(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.linear:
+        if func is F.linear and len(args) >= 2 and not kwargs.keys() - {"bias"}:  # as nn.Linear calls it
             x, weight = args[0], args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if x.dtype == weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu":

@@ -17,7 +17,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 and scale in the input dtype, like transformers' LlamaRMSNorm. torch's fused kernel
-        # computes the same numbers as that reference's five kernels, values and gradients (tests/test_model.py).
+        # computes the same numbers as that reference's five kernels, values and gradients (tests/test_layers.py).
         if x.dtype == self.weight.dtype == torch.float32:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
